@@ -1,0 +1,31 @@
+# Everything a fresh machine needs: `make demo` and `make test` create .venv and install into it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA_DIR ?= data
+# Emulated devices for tests and the demo on a CPU-only machine; harmless on GPU/TPU hosts.
+TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8
+
+.PHONY: install data demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+data: install
+	$(BIN)/python launch/fetch_data.py --dest=$(DATA_DIR)/mnist
+
+demo: data
+	$(BIN)/python launch/demo.py --workdir=runs/demo
+
+test: data
+	$(TEST_ENV) $(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,204 @@
+"""Typed, frozen configuration of every part of the library.
+
+Launch scripts build an ``ml_collections.ConfigDict`` (see ``configs/``) and turn it into these
+dataclasses with :func:`from_dict`; library code only ever sees the dataclasses, so everything is
+usable from a notebook without flags. Unknown or misspelt keys are refused with the list of valid
+ones, so a typo in ``--config.a.b=value`` never passes silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+  """A configuration that is inconsistent or names unknown fields."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Which data set, where its files are, and how the training set is split.
+
+  Attributes:
+    name: 'mnist', 'cifar10' or 'cifar100'. Any directory of MNIST-format IDX files loads as
+      'mnist' (fashion-MNIST, KMNIST, ...).
+    dir: directory holding the original files (IDX .gz for MNIST, the CIFAR archive).
+    source: 'files' (default: read the original files from ``dir``) or 'tfds'
+      (tensorflow-datasets, needs the ``tfds`` extra and either internet or prepared data).
+    holdout: number of training images held out for model selection (paper: 4000).
+    split_seed: seed of the deterministic hold-out permutation.
+    cifar100_labels: 'fine' (default) or 'coarse'.
+    train_limit: if > 0, keep only the first ``train_limit`` images of the training split
+      (after the hold-out is removed); for scaled-down runs. 0 keeps all.
+    test_limit: if > 0, evaluate on the first ``test_limit`` test images only.
+    verify: check the sha256 of the original files against the published values. Turn off
+      only for files you made yourself (tests, MNIST-format data sets of your own).
+  """
+  name: str = 'mnist'
+  dir: str = 'data/mnist'
+  source: str = 'files'
+  holdout: int = 4000
+  split_seed: int = 0
+  cifar100_labels: str = 'fine'
+  train_limit: int = 0
+  test_limit: int = 0
+  verify: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The airbench-derived network family (PAPER.md section 2).
+
+  Attributes:
+    widths: channels of the three blocks (paper: 256, 256, 256; airbench94: 64, 256, 256).
+    convs_per_block: 2, 4 or 6 convolutions per block (1, 2 or 3 ConvGroups); only the first
+      ConvGroup of a block pools.
+    head: 'flatten' (paper: flatten the last block, then Linear) or 'maxpool' (airbench94:
+      global max-pool, then Linear).
+    logit_scale: multiplies the logits (paper 1.0, airbench94 1/9).
+    head_bias: whether the final Linear has a bias (airbench: no).
+    bn_momentum: BatchNorm running-average momentum, Flax convention (new = m * old +
+      (1 - m) * batch); paper 0.6.
+    bn_eps: BatchNorm epsilon (paper 1e-12).
+    whiten_eps: added to the patch-covariance eigenvalues of the whitening stem (5e-4).
+    whiten_images: number of training images whose 2x2 patches set the whitening filters.
+    tap_scale: if True, the block-output taps get a learnable per-channel scale (learning
+      network only; see the Fidelity notes). The search network never has one.
+    tap: where a block's output is read for the taps: 'post_gelu' (the block's output, which
+      the next block consumes) or 'pre_gelu' (the last BatchNorm's output before its GELU).
+  """
+  widths: tuple[int, ...] = (256, 256, 256)
+  convs_per_block: int = 2
+  head: str = 'flatten'
+  logit_scale: float = 1.0
+  head_bias: bool = False
+  bn_momentum: float = 0.6
+  bn_eps: float = 1e-12
+  whiten_eps: float = 5e-4
+  whiten_images: int = 5000
+  tap_scale: bool = False
+  tap: str = 'post_gelu'
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  """Nesterov SGD in airbench's decoupled units.
+
+  ``lr`` and ``weight_decay`` are in airbench's units: the loss is summed over the batch and the
+  step is ``lr / (1024 * (1 + 1 / (1 - momentum)))`` per summed-loss gradient, i.e. the lr per
+  1024 examples with the momentum's gain divided out. :func:`decouple_jax.learn.optim.plain_lr`
+  gives the equivalent learning rate on a batch-mean loss.
+
+  Attributes:
+    lr: peak learning rate, decoupled units (paper: 4.0).
+    momentum: Nesterov momentum (paper: 0.85).
+    nesterov: use Nesterov momentum (paper: yes).
+    weight_decay: decoupled L2 weight decay, airbench units (paper: not stated; default 0).
+    schedule: 'constant' or 'triangle' (airbench: linear warm-up from ``lr_start`` x lr to lr
+      over ``warmup`` of training, then linear decay to ``lr_end`` x lr).
+    warmup: fraction of training spent warming up (triangle only).
+    lr_start: start factor of the warm-up.
+    lr_end: end factor of the decay.
+    batch_size: examples per step (paper: 2000).
+    epochs: passes over the training split (paper: 90 CIFAR, 1000 MNIST).
+    label_smoothing: cross-entropy label smoothing for the SGD baseline (paper: none).
+  """
+  lr: float = 4.0
+  momentum: float = 0.85
+  nesterov: bool = True
+  weight_decay: float = 0.0
+  schedule: str = 'triangle'
+  warmup: float = 0.2
+  lr_start: float = 0.2
+  lr_end: float = 0.0
+  batch_size: int = 2000
+  epochs: int = 90
+  label_smoothing: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """How a training run is driven (shared by the SGD baseline and the student).
+
+  Attributes:
+    optim: the optimiser.
+    augment: random horizontal flip and random crop from ``crop_pad``-pixel padding.
+    crop_pad: padding of the random crop (paper: 2).
+    flip: random horizontal flips when augmenting (off for digits, where a flip changes the
+      class).
+    eval_batch: batch size of evaluation (batch-statistics BatchNorm sees this many images).
+    eval_every: evaluate on the hold-out split every this many epochs (and at the end).
+    checkpoint_every: save a resumable checkpoint every this many epochs.
+    seed: seed of initialisation, shuffling and augmentation.
+    bn_batch_stats: normalise with batch statistics in training and evaluation (paper:
+      "no running statistics"); False uses running averages at evaluation.
+  """
+  optim: OptimConfig = OptimConfig()
+  augment: bool = False
+  crop_pad: int = 2
+  flip: bool = True
+  eval_batch: int = 2000
+  eval_every: int = 1
+  checkpoint_every: int = 1
+  seed: int = 0
+  bn_batch_stats: bool = True
+
+
+def _tuple_fields(cls) -> dict[str, Any]:
+  hints = typing.get_type_hints(cls)
+  return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+  if dataclasses.is_dataclass(tp):
+    return from_dict(tp, value, path)
+  origin = typing.get_origin(tp)
+  if origin is tuple:
+    if not isinstance(value, (list, tuple)):
+      raise ConfigError(f'{path}: expected a sequence, got {value!r}')
+    (elem, *_) = typing.get_args(tp)
+    return tuple(_convert(elem, v, path) for v in value)
+  if origin in (typing.Union, types.UnionType):
+    return value
+  if tp is float and isinstance(value, int) and not isinstance(value, bool):
+    return float(value)
+  if tp in (int, float, str, bool) and not isinstance(value, tp):
+    raise ConfigError(f'{path}: expected {tp.__name__}, got {value!r}')
+  return value
+
+
+def from_dict(cls, d: Mapping[str, Any] | Any, path: str = 'config'):
+  """Builds dataclass ``cls`` from a (nested) mapping such as a ConfigDict.
+
+  Missing keys take the dataclass defaults; unknown keys raise :class:`ConfigError` naming the
+  valid ones.
+  """
+  if dataclasses.is_dataclass(d):
+    return d
+  if hasattr(d, 'to_dict'):
+    d = d.to_dict()
+  if not isinstance(d, Mapping):
+    raise ConfigError(f'{path}: expected a mapping for {cls.__name__}, got {d!r}')
+  fields = _tuple_fields(cls)
+  unknown = sorted(set(d) - set(fields))
+  if unknown:
+    raise ConfigError(f'{path}: unknown field(s) {unknown} for {cls.__name__}; '
+                      f'valid fields: {sorted(fields)}')
+  kwargs = {k: _convert(fields[k], v, f'{path}.{k}') for k, v in d.items()}
+  return cls(**kwargs)
+
+
+def to_dict(cfg) -> dict[str, Any]:
+  """A JSON-ready nested dict of a config dataclass."""
+  return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def config_hash(*cfgs) -> str:
+  """A short, stable hash of one or more config dataclasses (for stores and checkpoints)."""
+  blob = json.dumps([to_dict(c) for c in cfgs], sort_keys=True)
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
