@@ -202,3 +202,98 @@ def config_hash(*cfgs) -> str:
   """A short, stable hash of one or more config dataclasses (for stores and checkpoints)."""
   blob = json.dumps([to_dict(c) for c in cfgs], sort_keys=True)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSchedule:
+  """Search settings of one search layer (PAPER.md section 3 table).
+
+  Attributes:
+    generations: G_l.
+    alpha: mutation strength of refinement children.
+    boost: exploratory children mutate with alpha * boost.
+    blur: passes of 3x3 average pooling after mutation (0 for the logits).
+  """
+  generations: int
+  alpha: float
+  boost: float
+  blur: int
+
+
+PAPER_SCHEDULE = (
+    LayerSchedule(generations=300, alpha=0.3, boost=5.0, blur=5),
+    LayerSchedule(generations=100, alpha=0.2, boost=3.0, blur=1),
+    LayerSchedule(generations=100, alpha=0.1, boost=3.0, blur=1),
+    LayerSchedule(generations=10, alpha=0.1, boost=1.0, blur=0),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+  """The layer-wise evolutionary search of PAPER.md section 3.
+
+  Attributes:
+    model: the untrained search network (paper: 1 ConvGroup = 2 convs per block).
+    layers: one :class:`LayerSchedule` per search layer: blocks 0, 1, 2 and the logits.
+    population: n_pop; must equal top_k + n_explore + n_refine (paper: 240).
+    top_k: parents kept unchanged each generation (elitism; paper: 20).
+    n_explore: exploratory children, mutation alpha * boost (paper: 100).
+    n_refine: refinement children, mutation alpha (paper: 120).
+    refine_pool: where refinement parents come from: 'parents_and_explorers' (the paper's
+      pseudo-code; default) or 'parents' (its prose).
+    init_noise: std of the initial population's input noise, as a fraction of each channel's
+      spatial std in the (normalised) input image.
+    seed_next: how layer l+1's population starts: 'best' (the best candidate's downstream
+      activation copied n_pop times; default) or 'population' (the final population's own
+      downstream activations).
+    blur_padding: 'zeros' (zero padding counted in the average, as PyTorch's avg_pool2d;
+      default) or 'valid' (average over the in-image neighbours only).
+    bn_mode: search-network BatchNorm: 'inference' (initial statistics; candidates stay
+      independent; default) or 'batch' (statistics over each image's population).
+    norm_eps: epsilon of the per-sample normalisation (1e-5).
+    seed: base seed; every image's randomness derives from (seed, its dataset index).
+    batch_images: images searched at once per device.
+    skip_identity_convs: skip convolutions whose kernel is exactly the identity (checked once
+      on the actual weights).
+    store_dtype: 'float32', 'float16' or 'bfloat16' for the cached targets.
+    chunk_size: images per store chunk (the unit of resumption).
+  """
+  model: ModelConfig = ModelConfig()
+  layers: tuple[LayerSchedule, ...] = PAPER_SCHEDULE
+  population: int = 240
+  top_k: int = 20
+  n_explore: int = 100
+  n_refine: int = 120
+  refine_pool: str = 'parents_and_explorers'
+  init_noise: float = 0.1
+  seed_next: str = 'best'
+  blur_padding: str = 'zeros'
+  bn_mode: str = 'inference'
+  norm_eps: float = 1e-5
+  seed: int = 0
+  batch_images: int = 8
+  skip_identity_convs: bool = True
+  store_dtype: str = 'float32'
+  chunk_size: int = 1024
+
+  def __post_init__(self):
+    if self.top_k + self.n_explore + self.n_refine != self.population:
+      raise ConfigError(
+          f'search population {self.population} != top_k {self.top_k} + n_explore '
+          f'{self.n_explore} + n_refine {self.n_refine}; make the parts add up '
+          f'(e.g. --config.search.population={self.top_k + self.n_explore + self.n_refine})')
+    if len(self.layers) != 4:
+      raise ConfigError(f'search.layers needs 4 schedules (blocks 0-2, logits), got '
+                        f'{len(self.layers)}')
+    _check_choice('search.refine_pool', self.refine_pool, ('parents_and_explorers', 'parents'))
+    _check_choice('search.seed_next', self.seed_next, ('best', 'population'))
+    _check_choice('search.blur_padding', self.blur_padding, ('zeros', 'valid'))
+    _check_choice('search.bn_mode', self.bn_mode, ('inference', 'batch'))
+    _check_choice('search.store_dtype', self.store_dtype, ('float32', 'float16', 'bfloat16'))
+    if self.top_k < 1 or self.n_explore < 0 or self.n_refine < 0:
+      raise ConfigError('search.top_k must be >= 1 and the child counts >= 0')
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+  if value not in choices:
+    raise ConfigError(f'{name}={value!r} is not one of {choices}')

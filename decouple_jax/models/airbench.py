@@ -1,0 +1,218 @@
+"""The airbench-derived network family of PAPER.md section 2, with taps at every block.
+
+Layout (NHWC):  whitening conv 2x2 (VALID) -> GELU -> block 0 -> block 1 -> block 2 -> head.
+A block is ``convs_per_block // 2`` ConvGroups; a ConvGroup is
+conv3x3 -> [maxpool 2x2, first group of a block only] -> BN -> GELU -> conv3x3 -> BN -> GELU.
+
+The forward pass returns the *taps*: the three block outputs and the logits. Search needs to
+restart the network from any tap (:meth:`AirbenchNet.forward_from`); learning regresses the taps
+onto searched targets.
+
+Shapes: a CIFAR input (B, 32, 32, 3) gives taps (B, 15, 15, w0), (B, 7, 7, w1), (B, 3, 3, w2),
+(B, K); an MNIST input (B, 28, 28, 1) gives (B, 13, 13, w0), (B, 6, 6, w1), (B, 3, 3, w2), (B, K).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from decouple_jax.models import init as inits
+
+NUM_TAPS = 4  # block 0, block 1, block 2, logits
+LOGITS = 3
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm with scale fixed to 1 and a learnable bias (airbench).
+
+  ``use_running_average=False`` normalises with the batch's statistics (and updates the
+  'batch_stats' collection when it is mutable); True uses the stored statistics, which for an
+  untrained network are their initial values (mean 0, variance 1).
+  """
+  momentum: float = 0.6
+  epsilon: float = 1e-12
+
+  @nn.compact
+  def __call__(self, x: jax.Array, use_running_average: bool) -> jax.Array:
+    return nn.BatchNorm(
+        use_running_average=use_running_average, momentum=self.momentum,
+        epsilon=self.epsilon, use_scale=False, use_bias=True, name='bn')(x)
+
+
+class Whiten(nn.Module):
+  """2x2 VALID conv with frozen (stop_gradient) filters and a learnable bias, then GELU.
+
+  The filters are zeros until :func:`decouple_jax.models.init_whitening` sets them from data.
+  """
+  features: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param('kernel', nn.initializers.zeros, (2, 2, x.shape[-1], self.features))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    y = jax.lax.conv_general_dilated(
+        x, jax.lax.stop_gradient(kernel).astype(x.dtype), (1, 1), 'VALID',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return nn.gelu(y + bias, approximate=False)
+
+
+class ConvGroup(nn.Module):
+  """conv -> [pool] -> BN -> GELU -> conv -> BN -> GELU, in NHWC.
+
+  Returns the group output and the last BatchNorm's output (before its GELU), so a caller can
+  tap either.
+  """
+  width: int
+  pool: bool
+  bn_momentum: float = 0.6
+  bn_eps: float = 1e-12
+
+  @nn.compact
+  def __call__(self, x: jax.Array, use_running_average: bool):
+    conv = lambda name: nn.Conv(self.width, (3, 3), padding='SAME', use_bias=False,
+                                kernel_init=inits.dirac_kaiming_uniform, name=name)
+    bn = lambda name: BatchNorm(self.bn_momentum, self.bn_eps, name=name)
+    x = conv('conv1')(x)
+    if self.pool:
+      x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+    x = nn.gelu(bn('norm1')(x, use_running_average), approximate=False)
+    x = conv('conv2')(x)
+    pre = bn('norm2')(x, use_running_average)
+    return nn.gelu(pre, approximate=False), pre
+
+
+class Block(nn.Module):
+  """``n_groups`` ConvGroups; only the first pools. Returns (output, last pre-GELU BN output)."""
+  width: int
+  n_groups: int
+  bn_momentum: float = 0.6
+  bn_eps: float = 1e-12
+
+  @nn.compact
+  def __call__(self, x: jax.Array, use_running_average: bool):
+    pre = x
+    for g in range(self.n_groups):
+      x, pre = ConvGroup(self.width, pool=g == 0, bn_momentum=self.bn_momentum,
+                         bn_eps=self.bn_eps, name=f'group{g}')(x, use_running_average)
+    return x, pre
+
+
+class AirbenchNet(nn.Module):
+  """The airbench family with taps; see the module docstring.
+
+  Attributes:
+    num_classes: K.
+    in_channels: input channels C (1 MNIST, 3 CIFAR); the whitening stem has 8C outputs.
+    widths: block widths.
+    convs_per_block: 2, 4 or 6.
+    head: 'flatten' or 'maxpool'.
+    logit_scale: multiplies the logits.
+    head_bias: bias in the final Linear.
+    bn_momentum, bn_eps: BatchNorm settings.
+    tap: 'post_gelu' (block outputs) or 'pre_gelu' (last BN output of a block, before GELU).
+    tap_scale: a learnable per-channel scale (init 1) on the tapped block outputs.
+  """
+  num_classes: int
+  in_channels: int = 3
+  widths: Sequence[int] = (256, 256, 256)
+  convs_per_block: int = 2
+  head: str = 'flatten'
+  logit_scale: float = 1.0
+  head_bias: bool = False
+  bn_momentum: float = 0.6
+  bn_eps: float = 1e-12
+  tap: str = 'post_gelu'
+  tap_scale: bool = False
+
+  def setup(self):
+    if self.convs_per_block not in (2, 4, 6):
+      raise ValueError(f'convs_per_block must be 2, 4 or 6, got {self.convs_per_block}')
+    if self.head not in ('flatten', 'maxpool'):
+      raise ValueError(f"head must be 'flatten' or 'maxpool', got {self.head!r}")
+    if self.tap not in ('post_gelu', 'pre_gelu'):
+      raise ValueError(f"tap must be 'post_gelu' or 'pre_gelu', got {self.tap!r}")
+    self.whiten = Whiten(8 * self.in_channels, name='whiten')
+    self.blocks = [
+        Block(w, self.convs_per_block // 2, self.bn_momentum, self.bn_eps,
+              name=f'block{i}') for i, w in enumerate(self.widths)]
+    if self.tap_scale:
+      self.tap_scales = [self.param(f'tap_scale{i}', nn.initializers.ones, (w,))
+                         for i, w in enumerate(self.widths)]
+    self.linear = nn.Dense(self.num_classes, use_bias=self.head_bias,
+                           kernel_init=inits.kaiming_uniform, name='head')
+
+  def stem(self, x: jax.Array) -> jax.Array:
+    """Normalised image (B, H, W, C) -> whitened features (B, H-1, W-1, 8C)."""
+    return self.whiten(x)
+
+  def block(self, i: int, h: jax.Array, use_running_average: bool = False):
+    """Block i: its input (B, H, W, C_in) -> (output, tap), each (B, H', W', w_i)."""
+    out, pre = self.blocks[i](h, use_running_average)
+    tap = out if self.tap == 'post_gelu' else pre
+    if self.tap_scale:
+      tap = tap * self.tap_scales[i]
+    return out, tap
+
+  def head_logits(self, h: jax.Array) -> jax.Array:
+    """Last block output (B, h, w, C) -> logits (B, K)."""
+    if self.head == 'maxpool':
+      h = jnp.max(h, axis=(1, 2))
+    else:
+      h = h.reshape(h.shape[0], -1)
+    return self.linear(h) * self.logit_scale
+
+  def __call__(self, x: jax.Array, use_running_average: bool = False):
+    """Normalised images (B, H, W, C) -> taps (block0, block1, block2, logits)."""
+    h = self.stem(x)
+    taps = []
+    for i in range(len(self.widths)):
+      h, tap = self.block(i, h, use_running_average)
+      taps.append(tap)
+    taps.append(self.head_logits(h))
+    return tuple(taps)
+
+  def forward_from(self, layer: int, h: jax.Array, use_running_average: bool = True):
+    """Restarts the network at tap ``layer`` with value h; returns the later taps.
+
+    Args:
+      layer: 0, 1 or 2 (a block output) or 3 (the logits).
+      h: the tap's value, (B, H_l, W_l, w_l) for a block, (B, K) for the logits.
+      use_running_average: BatchNorm form (search uses the inference form).
+
+    Returns:
+      The taps after ``layer``: a tuple of length 3 - layer ending with the logits
+      (empty for layer 3).
+    """
+    if self.tap != 'post_gelu' or self.tap_scale:
+      raise ValueError('forward_from restarts from block outputs; it needs tap=post_gelu '
+                       'and no tap_scale')
+    taps = []
+    if layer >= LOGITS:
+      return ()
+    for i in range(layer + 1, len(self.widths)):
+      h, tap = self.block(i, h, use_running_average)
+      taps.append(tap)
+    taps.append(self.head_logits(h))
+    return tuple(taps)
+
+
+def build(model_cfg, num_classes: int, in_channels: int) -> AirbenchNet:
+  """An :class:`AirbenchNet` from a :class:`decouple_jax.config.ModelConfig`."""
+  return AirbenchNet(
+      num_classes=num_classes, in_channels=in_channels, widths=tuple(model_cfg.widths),
+      convs_per_block=model_cfg.convs_per_block, head=model_cfg.head,
+      logit_scale=model_cfg.logit_scale, head_bias=model_cfg.head_bias,
+      bn_momentum=model_cfg.bn_momentum, bn_eps=model_cfg.bn_eps, tap=model_cfg.tap,
+      tap_scale=model_cfg.tap_scale)
+
+
+def tap_shapes(model: AirbenchNet, image_shape: tuple[int, int, int]):
+  """Per-tap shapes without the batch axis, e.g. ((15,15,256), (7,7,256), (3,3,256), (10,))."""
+  x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  taps = jax.eval_shape(lambda v, x: model.apply(v, x, use_running_average=True), variables, x)
+  return tuple(t.shape[1:] for t in taps)

@@ -1,0 +1,98 @@
+"""The airbench family: parameter count, tap shapes, initialisers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from decouple_jax import config
+from decouple_jax import models
+
+
+def _params(model, shape):
+  return model.init(jax.random.key(0), jnp.zeros((2, *shape)))['params']
+
+
+def test_airbench94_parameter_count():
+  model = models.AirbenchNet(num_classes=10, in_channels=3, widths=(64, 256, 256),
+                             head='maxpool', logit_scale=1 / 9)
+  params = _params(model, (32, 32, 3))
+  assert sum(x.size for x in jax.tree.leaves(params)) == 1_971_640
+
+
+@pytest.mark.parametrize('image_shape, expected', [
+    ((32, 32, 3), ((15, 15, 256), (7, 7, 256), (3, 3, 256), (10,))),
+    ((28, 28, 1), ((13, 13, 256), (6, 6, 256), (3, 3, 256), (10,))),
+])
+@pytest.mark.parametrize('convs', [2, 4, 6])
+def test_tap_shapes(image_shape, expected, convs):
+  model = models.AirbenchNet(num_classes=10, in_channels=image_shape[-1], convs_per_block=convs)
+  assert models.tap_shapes(model, image_shape) == expected
+
+
+def test_learning_net_has_three_groups_per_block_and_pools_once():
+  model = models.AirbenchNet(num_classes=10, in_channels=3, widths=(8, 8, 8), convs_per_block=6)
+  params = _params(model, (32, 32, 3))
+  assert sorted(params['block0']) == ['group0', 'group1', 'group2']
+
+
+def test_square_dirac_conv_is_exact_identity():
+  kernel = models.dirac_kaiming_uniform(jax.random.key(3), (3, 3, 16, 16))
+  assert models.is_identity_kernel(kernel)
+  x = jax.random.normal(jax.random.key(4), (2, 7, 7, 16))
+  y = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME',
+                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  np.testing.assert_array_equal(np.asarray(y), np.asarray(x))
+
+
+def test_dirac_widening_conv_keeps_random_filters_beyond_c_in():
+  kernel = np.asarray(models.dirac_kaiming_uniform(jax.random.key(3), (3, 3, 4, 10)))
+  assert not models.is_identity_kernel(kernel)
+  np.testing.assert_array_equal(kernel[1, 1, :, :4], np.eye(4))
+  np.testing.assert_array_equal(kernel[0, 0, :, :4], 0)
+  bound = 1 / np.sqrt(3 * 3 * 4)
+  assert np.abs(kernel[..., 4:]).max() <= bound
+  assert np.abs(kernel[..., 4:]).max() > 0.5 * bound
+
+
+def test_whitening_kernel_whitens_patches():
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(64, 9, 9, 3)).cumsum(axis=1)  # correlated neighbours
+  kernel = models.whitening_kernel(images, eps=0.0)
+  assert kernel.shape == (2, 2, 3, 24)
+  patches = models.init.patches_2x2(images)
+  filters = kernel.reshape(12, 24)
+  out = patches @ filters[:, :12]
+  np.testing.assert_allclose(out.T @ out / len(out), np.eye(12), atol=1e-4)
+  np.testing.assert_array_equal(filters[:, 12:], -filters[:, :12])
+
+
+def test_stem_filters_get_no_gradient_but_bias_does():
+  model = models.AirbenchNet(num_classes=10, in_channels=1, widths=(8, 8, 8))
+  x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
+  variables = models.init_model(model, jax.random.key(1), np.asarray(x))
+
+  def loss(params):
+    taps, _ = model.apply({**variables, 'params': params}, x, mutable=['batch_stats'])
+    return jnp.sum(taps[-1] ** 2)
+
+  grads = jax.grad(loss)(variables['params'])
+  assert not np.any(np.asarray(grads['whiten']['kernel']))
+  assert np.any(np.asarray(grads['whiten']['bias']))
+
+
+def test_forward_from_matches_full_forward():
+  model = models.AirbenchNet(num_classes=10, in_channels=1, widths=(16, 16, 16))
+  x = jax.random.normal(jax.random.key(0), (3, 28, 28, 1))
+  variables = models.init_model(model, jax.random.key(1), np.asarray(x))
+  taps = model.apply(variables, x, use_running_average=True)
+  for layer in range(3):
+    later = model.apply(variables, layer, taps[layer], method=model.forward_from)
+    for got, want in zip(later, taps[layer + 1:]):
+      np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+  assert model.apply(variables, 3, taps[3], method=model.forward_from) == ()
+
+
+def test_build_from_config():
+  model = models.build(config.ModelConfig(widths=(8, 8, 8), convs_per_block=4), 10, 1)
+  assert model.convs_per_block == 4 and model.widths == (8, 8, 8)
