@@ -1,0 +1,114 @@
+"""Device-side augmentation of NHWC image batches: pure, jit-able functions of explicit keys.
+
+The random crop follows airbench (``CifarLoader`` and ``batch_crop`` in airbench94.py): pad each
+side by ``pad`` pixels with *reflect* padding (the edge pixel is not repeated, as in
+``torch.nn.functional.pad(..., 'reflect')`` and ``numpy.pad(..., mode='reflect')``), then cut a
+window of the original size at a uniformly random offset, independently per image. airbench pads
+after normalising; reflection copies pixels, so padding the uint8 images gives the same result.
+Unlike airbench, which pre-flips at random once and then flips the whole set every other epoch,
+:func:`random_flip` flips each image independently with probability 1/2; a training loop wanting
+airbench's alternating scheme can build it from :func:`flip_with_mask`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from decouple_jax.data.errors import DataError
+
+
+def normalize(x: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
+  """``(x / 255 - mean) / std``.
+
+  Args:
+    x: (B, H, W, C) uint8 (or any real dtype holding 0..255 pixel values).
+    mean: (C,) per-channel mean of pixels / 255 (``Dataset.mean``).
+    std: (C,) per-channel std of pixels / 255 (``Dataset.std``).
+
+  Returns:
+    (B, H, W, C) float32.
+  """
+  x = jnp.asarray(x).astype(jnp.float32) / 255.0
+  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def flip_with_mask(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mirrors left-right the images of ``x`` (B, H, W, C) where ``mask`` (B,) bool is True."""
+  return jnp.where(mask[:, None, None, None], x[:, :, ::-1, :], x)
+
+
+def random_flip(key: jax.Array, x: jax.Array) -> jax.Array:
+  """Mirrors each image of ``x`` (B, H, W, C) left-right independently with probability 1/2.
+
+  Keeps shape and dtype.
+  """
+  return flip_with_mask(x, jax.random.bernoulli(key, 0.5, (x.shape[0],)))
+
+
+def _check_pad(pad: int) -> None:
+  if not isinstance(pad, int) or pad < 0:
+    raise DataError(f'crop padding {pad!r}: need a non-negative Python int (a static value '
+                    'under jit), e.g. TrainConfig.crop_pad=2.')
+
+
+def random_offsets(key: jax.Array, batch: int, pad: int) -> jax.Array:
+  """The crop offsets :func:`random_crop` draws from ``key``.
+
+  Returns:
+    (batch, 2) int32 (row, column) offsets, each uniform in ``0..2 * pad``; ``pad`` means no
+    shift.
+  """
+  _check_pad(pad)
+  return jax.random.randint(key, (batch, 2), 0, 2 * pad + 1, dtype=jnp.int32)
+
+
+def crop_with_offsets(x: jax.Array, offsets: jax.Array, pad: int) -> jax.Array:
+  """Reflect-pads ``x`` by ``pad`` pixels per side, then crops each image at its offset.
+
+  Args:
+    x: (B, H, W, C) images, any dtype.
+    offsets: (B, 2) int (row, column) of each crop's top-left corner in the padded image, in
+      ``0..2 * pad``; larger values are clamped to the border by ``lax.dynamic_slice``.
+    pad: padding per side, a non-negative Python int.
+
+  Returns:
+    (B, H, W, C), dtype of ``x``: image b is ``padded[b, r:r + H, c:c + W]`` for
+    ``(r, c) = offsets[b]``.
+  """
+  _check_pad(pad)
+  if pad == 0:
+    return x
+  _, h, w, c = x.shape
+  padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode='reflect')
+
+  def crop(image, offset):
+    return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, c))
+
+  return jax.vmap(crop)(padded, jnp.asarray(offsets, jnp.int32))
+
+
+def random_crop(key: jax.Array, x: jax.Array, pad: int) -> jax.Array:
+  """airbench's random translation: a per-image random crop of the reflect-padded images.
+
+  Args:
+    key: PRNG key.
+    x: (B, H, W, C) images, any dtype.
+    pad: padding per side (paper: 2); 0 returns ``x`` unchanged.
+
+  Returns:
+    (B, H, W, C), dtype of ``x``; equals
+    ``crop_with_offsets(x, random_offsets(key, B, pad), pad)``.
+  """
+  return crop_with_offsets(x, random_offsets(key, x.shape[0], pad), pad)
+
+
+def augment(key: jax.Array, x: jax.Array, *, pad: int, flip: bool) -> jax.Array:
+  """Random crop (if ``pad > 0``), then random flip (if ``flip``), of a (B, H, W, C) batch.
+
+  Works on uint8 and float images alike and keeps shape and dtype. ``pad`` and ``flip`` must be
+  static under jit.
+  """
+  crop_key, flip_key = jax.random.split(key)
+  x = random_crop(crop_key, x, pad)
+  return random_flip(flip_key, x) if flip else x
