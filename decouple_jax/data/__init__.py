@@ -1,0 +1,40 @@
+"""Data sets from local original files: loading, splitting, fetching, augmentation.
+
+See DATA.md for how the files are obtained on machines that only reach package registries.
+"""
+
+from decouple_jax.data.augment import augment
+from decouple_jax.data.augment import crop_with_offsets
+from decouple_jax.data.augment import flip_with_mask
+from decouple_jax.data.augment import normalize
+from decouple_jax.data.augment import random_crop
+from decouple_jax.data.augment import random_flip
+from decouple_jax.data.augment import random_offsets
+from decouple_jax.data.cifar import read_cifar_archive
+from decouple_jax.data.cifar import write_cifar_archive
+from decouple_jax.data.datasets import Dataset
+from decouple_jax.data.datasets import load_dataset
+from decouple_jax.data.errors import DataError
+from decouple_jax.data.fetch import fetch_cifar_samples
+from decouple_jax.data.fetch import fetch_mnist
+from decouple_jax.data.fetch import read_cifar_samples
+from decouple_jax.data.splits import split_holdout
+
+__all__ = [
+    'DataError',
+    'Dataset',
+    'augment',
+    'crop_with_offsets',
+    'fetch_cifar_samples',
+    'fetch_mnist',
+    'flip_with_mask',
+    'load_dataset',
+    'normalize',
+    'random_crop',
+    'random_flip',
+    'random_offsets',
+    'read_cifar_archive',
+    'read_cifar_samples',
+    'split_holdout',
+    'write_cifar_archive',
+]
