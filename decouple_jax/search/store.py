@@ -1,0 +1,652 @@
+"""The cached searched targets: a chunked, resumable data set on disk (PAPER.md sections 3, 4, 7).
+
+The search gives every training image one target per search layer (block outputs 0..2 and the
+logits). They are computed once and read by every training run, so they are a data set, not a
+train state: about 14.5 GB in float32 for 50k CIFAR images at paper scale, hence on disk, read
+through NumPy memmaps, optionally in 16 bits.
+
+Layout of a store directory (every array file is a plain .npy, readable with
+``np.load(path, mmap_mode='r')``):
+
+  meta.json      format version, the :class:`StoreSpec`, sorted ids of the completed chunks.
+  meta.lock      lock file that serialises metadata commits of concurrent writers.
+  indices.npy    (N,) int64: dataset index of the image at each position 0..N-1.
+  layer{l}.npy   (N, *shapes[l]) targets of search layer l in the store dtype. bfloat16 layers
+                 hold the raw bits as uint16, because .npy has no bfloat16 type (NumPy writes
+                 ml_dtypes' bfloat16 as an opaque void type); read them with
+                 ``.view(ml_dtypes.bfloat16)``.
+  best_loss.npy  (N, L) float32: per image, the loss (cross-entropy, nats) of the best candidate
+                 after searching each layer; NaN until the image's chunk is written.
+  init_loss.npy  (N,) float32: per image, the loss before the search; NaN until written.
+
+Resumption: the store is written one chunk of ``chunk_size`` consecutive positions at a time. A
+chunk counts as done only once meta.json lists it, and :meth:`TargetStore.write_chunk` makes the
+chunk's data durable (fsync) before it commits meta.json atomically (temp file + ``os.replace``).
+A kill at any moment therefore leaves every chunk either complete or missing, and a missing
+chunk is simply searched and written again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import math
+import operator
+import os
+import pathlib
+import queue
+import re
+import shutil
+import threading
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import jax
+import ml_dtypes
+import numpy as np
+
+FORMAT_VERSION = 1
+DTYPES = ('float32', 'float16', 'bfloat16')
+
+_META = 'meta.json'
+_META_TMP = 'meta.json.tmp'
+_LOCK = 'meta.lock'
+# Every name a store (or a store whose creation was killed) can leave in its directory.
+_LAYOUT = re.compile(r'meta\.json(\.tmp)?|meta\.lock|indices\.npy|best_loss\.npy|init_loss\.npy'
+                     r'|layer\d+\.npy')
+
+
+class StoreError(Exception):
+  """A target store that is missing, corrupt, made for another run, or used wrongly."""
+
+
+def indices_hash(indices: np.ndarray) -> str:
+  """The :attr:`StoreSpec.index_hash` of dataset indices.
+
+  Args:
+    indices: (N,) integer dataset indices of the images at store positions 0..N-1.
+
+  Returns:
+    16 hex digits of the sha256 of the indices as little-endian int64, in order.
+  """
+  blob = np.ascontiguousarray(indices, dtype='<i8').tobytes()
+  return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _disk_dtype(dtype: str) -> np.dtype:
+  return np.dtype(np.uint16) if dtype == 'bfloat16' else np.dtype(dtype)
+
+
+def _value_dtype(dtype: str) -> np.dtype:
+  return np.dtype(ml_dtypes.bfloat16) if dtype == 'bfloat16' else np.dtype(dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreSpec:
+  """What a store holds and which run made it; a store is reused only if its spec is equal.
+
+  Attributes:
+    shapes: per search layer, the shape of one image's target without the image axis, e.g.
+      ((15, 15, 256), (7, 7, 256), (3, 3, 256), (10,)) (NHWC, logits last).
+    dtype: 'float32', 'float16' or 'bfloat16': the dtype the targets are kept in.
+    num_images: N, images in the store (positions 0..N-1).
+    chunk_size: images per chunk, the unit of writing and of resumption.
+    config_hash: hash of the search and data configs (computed by the caller).
+    data_name: the data set, e.g. 'mnist'.
+    seed: the search seed.
+    index_hash: :func:`indices_hash` of the dataset indices of the N images, so that a store of
+      another split or subset is refused.
+  """
+  shapes: tuple[tuple[int, ...], ...]
+  dtype: str
+  num_images: int
+  chunk_size: int
+  config_hash: str
+  data_name: str
+  seed: int
+  index_hash: str
+
+  def __post_init__(self):
+    # Normalise, so that a spec built from JSON lists or NumPy ints compares equal.
+    try:
+      shapes = tuple(tuple(operator.index(d) for d in s) for s in self.shapes)
+      for name in ('num_images', 'chunk_size', 'seed'):
+        object.__setattr__(self, name, operator.index(getattr(self, name)))
+    except TypeError as e:
+      raise StoreError(f'StoreSpec needs integer shapes, num_images, chunk_size and seed: '
+                       f'{e} (got {self!r})') from e
+    object.__setattr__(self, 'shapes', shapes)
+    if not shapes or any(d < 1 for s in shapes for d in s):
+      raise StoreError(f'StoreSpec.shapes={shapes!r}: give one shape of positive sizes per '
+                       f'search layer, without the image axis')
+    if self.dtype not in DTYPES:
+      raise StoreError(f'StoreSpec.dtype={self.dtype!r} is not one of {DTYPES}')
+    if self.num_images < 1 or self.chunk_size < 1:
+      raise StoreError(f'StoreSpec.num_images={self.num_images} and chunk_size='
+                       f'{self.chunk_size} must both be >= 1')
+
+  @property
+  def num_chunks(self) -> int:
+    return -(-self.num_images // self.chunk_size)
+
+  def differences(self, found: StoreSpec) -> list[str]:
+    """One 'field: expected ..., found ...' line per field where ``found`` differs."""
+    return [f'{f.name}: expected {getattr(self, f.name)!r}, found {getattr(found, f.name)!r}'
+            for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(found, f.name)]
+
+
+def _spec_from_json(d: Any, where: pathlib.Path) -> StoreSpec:
+  names = {f.name for f in dataclasses.fields(StoreSpec)}
+  if not isinstance(d, dict) or set(d) != names:
+    raise StoreError(f'{where}: the spec in it is not a StoreSpec ({d!r}); the file is corrupt or '
+                     f'from another program: delete {where.parent} and re-run the search')
+  return StoreSpec(**d)
+
+
+def _fsync_dir(directory: pathlib.Path) -> None:
+  # Makes a rename or a new file in the directory itself durable.
+  fd = os.open(directory, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+def _pwrite(path: pathlib.Path, offset: int, array: np.ndarray) -> None:
+  """Writes ``array``'s bytes at byte ``offset`` of ``path`` and fsyncs the file."""
+  view = memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+  fd = os.open(path, os.O_WRONLY)
+  try:
+    while view:  # pwrite may write less than asked (Linux caps a call at ~2 GiB)
+      n = os.pwrite(fd, view, offset)
+      view, offset = view[n:], offset + n
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def _locked(directory: pathlib.Path) -> Iterator[None]:
+  # flock is released by the kernel when its holder dies, so a killed writer never leaves the
+  # store locked.
+  with open(directory / _LOCK, 'a') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _read_meta(directory: pathlib.Path) -> tuple[StoreSpec, list[int]]:
+  path = directory / _META
+  try:
+    meta = json.loads(path.read_text())
+  except FileNotFoundError:
+    raise StoreError(f'{directory} holds no target store (no {_META}): check the path, or run '
+                     f'the search to create the store there') from None
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise StoreError(f'{path} is unreadable or corrupt ({e}); delete {directory} and re-run '
+                     f'the search') from e
+  if not isinstance(meta, dict) or set(meta) != {'format_version', 'spec', 'complete'}:
+    raise StoreError(f'{path} is not target-store metadata (keys '
+                     f'{sorted(meta) if isinstance(meta, dict) else type(meta).__name__}); delete '
+                     f'{directory} and re-run the search')
+  if meta['format_version'] != FORMAT_VERSION:
+    raise StoreError(f'{directory} has store format {meta["format_version"]!r}, this code reads '
+                     f'format {FORMAT_VERSION}; re-run the search into a new directory')
+  spec = _spec_from_json(meta['spec'], path)
+  complete = meta['complete']
+  if (not isinstance(complete, list) or
+      not all(isinstance(c, int) and 0 <= c < spec.num_chunks for c in complete)):
+    raise StoreError(f'{path}: completed chunk ids {complete!r} are not a list of chunk ids in '
+                     f'0..{spec.num_chunks - 1}; the file is corrupt: delete {directory} and '
+                     f're-run the search')
+  return spec, complete
+
+
+def _write_meta(directory: pathlib.Path, spec: StoreSpec, complete: Sequence[int]) -> None:
+  """Atomically replaces meta.json: a reader or a kill sees the old file or the new one."""
+  blob = json.dumps({'format_version': FORMAT_VERSION, 'spec': dataclasses.asdict(spec),
+                     'complete': sorted(complete)}, indent=1, sort_keys=True)
+  tmp = directory / _META_TMP
+  with open(tmp, 'w') as f:
+    f.write(blob + '\n')
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, directory / _META)
+  _fsync_dir(directory)
+
+
+def _check_indices(indices: np.ndarray, spec: StoreSpec) -> np.ndarray:
+  indices = np.asarray(indices)
+  if indices.shape != (spec.num_images,) or indices.dtype.kind not in 'iu':
+    raise StoreError(f'indices must be ({spec.num_images},) integers (one dataset index per '
+                     f'store position), got {indices.shape} {indices.dtype}')
+  found = indices_hash(indices)
+  if found != spec.index_hash:
+    raise StoreError(f'spec.index_hash={spec.index_hash!r} is not the hash of the given indices '
+                     f'({found!r}); set it with decouple_jax.search.store.indices_hash(indices)')
+  return indices.astype(np.int64)
+
+
+class TargetStore:
+  """A directory of cached searched targets; see the module docstring for the layout.
+
+  Build one with :meth:`create_or_open` (search: write chunks, resume after a kill) or
+  :meth:`open` (training: read-only).
+
+  Attributes:
+    directory: the store's directory.
+    spec: what the store holds (:class:`StoreSpec`).
+    indices: (N,) int64 dataset index of the image at each position.
+  """
+
+  def __init__(self, directory: pathlib.Path, spec: StoreSpec, complete: Iterable[int],
+               writable: bool):
+    """Maps the store's files; use :meth:`create_or_open` or :meth:`open` instead."""
+    self.directory = directory
+    self.spec = spec
+    self._writable = writable
+    self._done = np.zeros(spec.num_chunks, bool)
+    self._done[list(complete)] = True
+    n, num_layers = spec.num_images, len(spec.shapes)
+    disk = _disk_dtype(spec.dtype)
+    expected = {'indices.npy': ((n,), np.dtype(np.int64)),
+                'best_loss.npy': ((n, num_layers), np.dtype(np.float32)),
+                'init_loss.npy': ((n,), np.dtype(np.float32))}
+    expected.update({f'layer{l}.npy': ((n, *s), disk) for l, s in enumerate(spec.shapes)})
+    maps = {}
+    for name, (shape, dtype) in expected.items():
+      try:
+        maps[name] = np.load(directory / name, mmap_mode='r')
+      except (OSError, ValueError) as e:  # missing, truncated, or a broken .npy header
+        raise StoreError(f'{directory / name} is missing or corrupt ({e}); delete {directory} '
+                         f'and re-run the search') from e
+      if maps[name].shape != shape or maps[name].dtype != dtype:
+        raise StoreError(f'{directory / name} holds {maps[name].shape} {maps[name].dtype}, the '
+                         f'spec needs {shape} {dtype}; the store is corrupt: delete {directory} '
+                         f'and re-run the search')
+    self.indices = np.array(maps['indices.npy'])
+    if indices_hash(self.indices) != spec.index_hash:
+      raise StoreError(f'{directory / "indices.npy"} does not match the index_hash of '
+                       f'{directory / _META}; the store is corrupt: delete {directory} and '
+                       f're-run the search')
+    self._best_loss = maps['best_loss.npy']
+    self._init_loss = maps['init_loss.npy']
+    self._layers = [maps[f'layer{l}.npy'] for l in range(num_layers)]
+
+  @classmethod
+  def create_or_open(cls, directory: str | os.PathLike, spec: StoreSpec,
+                     indices: np.ndarray) -> TargetStore:
+    """A writable store for ``spec``: a new one, or the existing one to resume.
+
+    Args:
+      directory: where the store lives; created if needed.
+      spec: what the store must hold. An existing store must have exactly this spec.
+      indices: (N,) integer dataset indices of the images at positions 0..N-1;
+        ``spec.index_hash`` must be :func:`indices_hash` of them.
+
+    Raises:
+      StoreError: the directory holds a store with another spec (the message lists each
+        differing field), a corrupt store, or unrelated files; or ``indices`` do not match.
+    """
+    directory = pathlib.Path(directory)
+    indices = _check_indices(indices, spec)
+    directory.mkdir(parents=True, exist_ok=True)
+    # Under the lock, so two processes started on one directory cannot both create it.
+    with _locked(directory):
+      if (directory / _META).exists():
+        found, complete = _read_meta(directory)
+        differences = spec.differences(found)
+        if differences:
+          raise StoreError(f'{directory} holds targets of another run:\n  ' +
+                           '\n  '.join(differences) + '\nUse another directory for this run, '
+                           f'or delete {directory} to start over (its searched chunks are lost).')
+        return cls(directory, found, complete, writable=True)
+      _create(directory, spec, indices)
+    return cls(directory, spec, (), writable=True)
+
+  @classmethod
+  def open(cls, directory: str | os.PathLike,
+           expect: Mapping[str, Any] | None = None) -> TargetStore:
+    """A read-only store, e.g. for training.
+
+    Args:
+      directory: the store's directory.
+      expect: spec fields the store must have, e.g. ``{'data_name': 'mnist', 'config_hash':
+        h}``; keys are :class:`StoreSpec` field names.
+
+    Raises:
+      StoreError: no store, a corrupt store, an unknown key in ``expect``, or a field that
+        differs from ``expect`` (each one named, expected vs found).
+    """
+    directory = pathlib.Path(directory)
+    spec, complete = _read_meta(directory)
+    if expect:
+      names = [f.name for f in dataclasses.fields(StoreSpec)]
+      unknown = sorted(set(expect) - set(names))
+      if unknown:
+        raise StoreError(f'expect has unknown field(s) {unknown}; StoreSpec fields: {names}')
+      differences = dataclasses.replace(spec, **expect).differences(spec)
+      if differences:
+        raise StoreError(f'{directory} holds targets of another run:\n  ' +
+                         '\n  '.join(differences) + '\nPoint training at the store this config '
+                         'searched, or run the search for this config.')
+    return cls(directory, spec, complete, writable=False)
+
+  @property
+  def num_chunks(self) -> int:
+    return self.spec.num_chunks
+
+  def chunk_range(self, c: int) -> tuple[int, int]:
+    """Positions [start, stop) of chunk ``c``; the last chunk may be shorter."""
+    if not 0 <= c < self.num_chunks:
+      raise StoreError(f'chunk {c} is out of range: the store has chunks 0..{self.num_chunks - 1}')
+    start = c * self.spec.chunk_size
+    return start, min(start + self.spec.chunk_size, self.spec.num_images)
+
+  def missing_chunks(self) -> list[int]:
+    """Ids of the chunks not yet written, ascending."""
+    return np.flatnonzero(~self._done).tolist()
+
+  def is_complete(self) -> bool:
+    return bool(self._done.all())
+
+  @property
+  def nbytes(self) -> int:
+    """Bytes of all targets in the store dtype (the losses and indices not counted)."""
+    itemsize = _disk_dtype(self.spec.dtype).itemsize
+    return sum(self.spec.num_images * math.prod(s) * itemsize for s in self.spec.shapes)
+
+  @property
+  def best_loss(self) -> np.ndarray:
+    """(N, L) float32 best loss after each search layer (nats); NaN in unwritten chunks."""
+    return np.array(self._best_loss)
+
+  @property
+  def init_loss(self) -> np.ndarray:
+    """(N,) float32 loss before the search (nats); NaN in unwritten chunks."""
+    return np.array(self._init_loss)
+
+  def write_chunk(self, c: int, targets: Sequence[np.ndarray], best_loss: np.ndarray,
+                  init_loss: np.ndarray) -> None:
+    """Writes chunk ``c`` durably, then marks it complete.
+
+    Args:
+      c: the chunk id; its positions are :meth:`chunk_range` ``(c)``, n of them.
+      targets: per search layer, (n, *spec.shapes[l]) float targets (any float dtype; rounded
+        to the store dtype).
+      best_loss: (n, L) best loss after each search layer.
+      init_loss: (n,) loss before the search.
+
+    Raises:
+      StoreError: a read-only store, a shape that does not fit, or targets that are NaN/inf
+        (or overflow float16).
+    """
+    if not self._writable:
+      raise StoreError(f'{self.directory} was opened read-only (TargetStore.open); use '
+                       f'TargetStore.create_or_open to write chunks')
+    start, stop = self.chunk_range(c)
+    n, num_layers = stop - start, len(self.spec.shapes)
+    if len(targets) != num_layers:
+      raise StoreError(f'chunk {c}: got {len(targets)} target arrays, the store has '
+                       f'{num_layers} layers')
+    # Everything is checked and converted before the first byte is written.
+    encoded = [self._encode(c, l, t, (n, *s))
+               for l, (t, s) in enumerate(zip(targets, self.spec.shapes))]
+    best_loss = np.asarray(best_loss, np.float32)
+    init_loss = np.asarray(init_loss, np.float32)
+    if best_loss.shape != (n, num_layers) or init_loss.shape != (n,):
+      raise StoreError(f'chunk {c}: best_loss {best_loss.shape} and init_loss {init_loss.shape} '
+                       f'must be ({n}, {num_layers}) and ({n},)')
+    for l, array in enumerate(encoded):
+      self._write_rows(self._layers[l], f'layer{l}.npy', start, array)
+    self._write_rows(self._best_loss, 'best_loss.npy', start, best_loss)
+    self._write_rows(self._init_loss, 'init_loss.npy', start, init_loss)
+    self._commit(c)
+
+  def _encode(self, c: int, l: int, target: Any, shape: tuple[int, ...]) -> np.ndarray:
+    target = np.asarray(target)
+    if target.shape != shape:
+      raise StoreError(f'chunk {c} layer {l}: targets have shape {target.shape}, the store '
+                       f'needs {shape}')
+    with np.errstate(over='ignore'):  # overflow is detected and reported just below
+      stored = target.astype(_value_dtype(self.spec.dtype))
+    bad = ~np.isfinite(stored)
+    if bad.any():
+      if np.isfinite(target[bad]).all():
+        raise StoreError(f'chunk {c} layer {l}: {int(bad.sum())} values overflow '
+                         f'{self.spec.dtype} (max |value| {np.abs(target).max():.3g}); use '
+                         f'store_dtype bfloat16 or float32')
+      raise StoreError(f'chunk {c} layer {l}: {int(bad.sum())} targets are NaN or inf; the '
+                       f'search produced them, fix it before caching')
+    return stored.view(_disk_dtype(self.spec.dtype))
+
+  def _write_rows(self, mapped: np.memmap, name: str, start: int, rows: np.ndarray) -> None:
+    _pwrite(self.directory / name, mapped.offset + start * rows[0].nbytes, rows)
+
+  def _commit(self, c: int) -> None:
+    """Atomically adds chunk ``c`` to the completed chunks in meta.json."""
+    with _locked(self.directory):
+      # Re-read under the lock: another writer may have committed chunks since.
+      found, complete = _read_meta(self.directory)
+      if found != self.spec:
+        raise StoreError(f'{self.directory / _META} changed under this writer (another run '
+                         f'recreated the store); give each run its own directory')
+      complete = sorted(set(complete) | {c})
+      _write_meta(self.directory, self.spec, complete)
+    self._done[complete] = True
+
+  def _check_positions(self, positions: np.ndarray, allow_incomplete: bool) -> np.ndarray:
+    positions = np.asarray(positions)
+    if positions.ndim != 1 or positions.dtype.kind not in 'iu':
+      raise StoreError(f'positions must be a 1-D integer array, got {positions.shape} '
+                       f'{positions.dtype}')
+    if positions.size and (positions.min() < 0 or positions.max() >= self.spec.num_images):
+      raise StoreError(f'positions span {positions.min()}..{positions.max()}, the store holds '
+                       f'0..{self.spec.num_images - 1}')
+    if not allow_incomplete:
+      chunks = positions // self.spec.chunk_size
+      missing = np.unique(chunks[~self._done[chunks]])
+      if missing.size:
+        raise StoreError(f'{self.directory}: positions fall in unwritten chunk(s) '
+                         f'{missing.tolist()} ({len(self.missing_chunks())} of {self.num_chunks} '
+                         f'missing); finish the search on this directory, or pass '
+                         f'allow_incomplete=True to read them anyway')
+    return positions.astype(np.int64)
+
+  def _decode(self, raw: np.ndarray, dtype: Any, copy: bool) -> np.ndarray:
+    return raw.view(_value_dtype(self.spec.dtype)).astype(dtype, copy=copy)
+
+  def read(self, positions: np.ndarray, *, dtype: Any = np.float32,
+           allow_incomplete: bool = False) -> tuple[np.ndarray, ...]:
+    """Targets of arbitrary positions (e.g. a random batch).
+
+    Args:
+      positions: (B,) integer store positions, any order, repeats allowed.
+      dtype: dtype of the result; float32 by default, the store dtype (``spec.dtype``; for
+        bfloat16 ``ml_dtypes.bfloat16``) to skip the conversion.
+      allow_incomplete: read unwritten chunks too (zeros, or a killed writer's leftovers).
+
+    Returns:
+      Per search layer, (B, *spec.shapes[l]) arrays of ``dtype``.
+
+    Raises:
+      StoreError: positions out of range, or in an unwritten chunk (unless allowed).
+    """
+    return self._gather(self._check_positions(positions, allow_incomplete), dtype)
+
+  def _gather(self, positions: np.ndarray, dtype: Any) -> tuple[np.ndarray, ...]:
+    return tuple(self._decode(layer[positions], dtype, copy=False) for layer in self._layers)
+
+  def _load_layer(self, l: int, dtype: Any, allow_incomplete: bool) -> np.ndarray:
+    if not allow_incomplete and not self.is_complete():
+      raise StoreError(f'{self.directory} is incomplete (chunks {self.missing_chunks()} '
+                       f'missing); finish the search on this directory, or pass '
+                       f'allow_incomplete=True')
+    return self._decode(self._layers[l], dtype, copy=True)
+
+  def load_all(self, dtype: Any = np.float32, *,
+               allow_incomplete: bool = False) -> tuple[np.ndarray, ...]:
+    """The whole store in host memory: per layer an (N, *spec.shapes[l]) array of ``dtype``."""
+    return tuple(self._load_layer(l, dtype, allow_incomplete) for l in range(len(self._layers)))
+
+
+def device_targets(store: TargetStore, max_bytes: int, *,
+                   sharding: jax.sharding.Sharding | jax.Device | None = None,
+                   ) -> tuple[jax.Array, ...] | None:
+  """The whole store on the device, if it fits.
+
+  Args:
+    store: a complete store.
+    max_bytes: device memory budget for the targets, in bytes.
+    sharding: where to put the arrays (``jax.device_put`` semantics; None: default device).
+
+  Returns:
+    None if ``store.nbytes > max_bytes``; else per layer an (N, *spec.shapes[l]) array in the
+    store dtype (16-bit stores stay 16-bit; cast in the loss).
+
+  Raises:
+    StoreError: the store is incomplete.
+  """
+  if not store.is_complete():
+    raise StoreError(f'{store.directory} is incomplete (chunks {store.missing_chunks()} '
+                     f'missing); finish the search on this directory before training')
+  if store.nbytes > max_bytes:
+    return None
+  dtype = _value_dtype(store.spec.dtype)
+  # One layer at a time, so host memory peaks at one layer, not the whole store.
+  return tuple(jax.device_put(store._load_layer(l, dtype, allow_incomplete=False), sharding)
+               for l in range(len(store.spec.shapes)))
+
+
+class _Failure:
+  """An exception raised in the prefetch thread, on its way to the consumer."""
+
+  def __init__(self, error: BaseException):
+    self.error = error
+
+
+_DONE = object()
+
+
+class Prefetcher:
+  """Streams target batches from a store that does not fit on the device.
+
+  Iterating yields, in the order of ``batches``, ``(positions, targets)``: positions the (B,)
+  int64 NumPy positions of the batch, targets per search layer a (B, *spec.shapes[l]) device
+  array. A background thread reads and transfers up to ``depth`` batches ahead. An exception in
+  the thread (from ``batches`` or from reading) is raised by the consumer's next ``next()``.
+  Use it as a context manager, or call :meth:`close`, so that the thread stops when the
+  consumer stops early.
+
+  Args:
+    store: the store to read.
+    batches: iterable of (B,) integer position arrays; consumed in the background thread.
+    dtype: dtype of the yielded targets; None (default) keeps the store dtype, as
+      :func:`device_targets` does, so both paths feed the train step the same dtypes.
+    sharding: where to put each batch (``jax.device_put`` semantics; None: default device).
+    depth: batches read ahead.
+    allow_incomplete: passed to :meth:`TargetStore.read`.
+  """
+
+  def __init__(self, store: TargetStore, batches: Iterable[np.ndarray], *, dtype: Any = None,
+               sharding: jax.sharding.Sharding | jax.Device | None = None, depth: int = 2,
+               allow_incomplete: bool = False):
+    self._store = store
+    self._dtype = _value_dtype(store.spec.dtype) if dtype is None else dtype
+    self._sharding = sharding
+    self._allow_incomplete = allow_incomplete
+    self._queue: queue.Queue = queue.Queue(maxsize=depth)
+    self._stop = threading.Event()
+    self._finished = False
+    self._thread = threading.Thread(target=self._run, args=(batches,), daemon=True,
+                                    name='target-prefetch')
+    self._thread.start()
+
+  def _run(self, batches: Iterable[np.ndarray]) -> None:
+    try:
+      for positions in batches:
+        positions = self._store._check_positions(positions, self._allow_incomplete)
+        targets = self._store._gather(positions, self._dtype)
+        if not self._put((positions, tuple(jax.device_put(t, self._sharding)
+                                           for t in targets))):
+          return
+    except BaseException as e:  # all of them: otherwise the consumer would wait forever
+      self._put(_Failure(e))
+      return
+    self._put(_DONE)
+
+  def _put(self, item: Any) -> bool:
+    """Queues ``item`` unless closed; False if closed."""
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.05)  # wake up now and then to notice close()
+        return True
+      except queue.Full:
+        pass
+    return False
+
+  def __iter__(self) -> Prefetcher:
+    return self
+
+  def __next__(self) -> tuple[np.ndarray, tuple[jax.Array, ...]]:
+    if self._finished:
+      raise StopIteration
+    item = self._queue.get()
+    if item is _DONE or isinstance(item, _Failure):
+      self._finished = True
+      self._thread.join()
+      if item is _DONE:
+        raise StopIteration
+      raise item.error
+    return item
+
+  def close(self) -> None:
+    """Stops the thread and drops the batches read ahead; idempotent."""
+    self._finished = True
+    self._stop.set()
+    self._thread.join()
+    while not self._queue.empty():
+      self._queue.get_nowait()
+
+  def __enter__(self) -> Prefetcher:
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
+
+def _create(directory: pathlib.Path, spec: StoreSpec, indices: np.ndarray) -> None:
+  """Creates the files of a new store in ``directory`` (caller holds the lock)."""
+  strangers = sorted(p.name for p in directory.iterdir() if not _LAYOUT.fullmatch(p.name))
+  if strangers:
+    raise StoreError(f'{directory} holds no target store ({_META} missing) but other files '
+                     f'{strangers[:5]}; give the store an empty or new directory')
+  # Without meta.json no chunk was ever committed: anything here is a killed creation's
+  # leftover, and stale layer files of another layer count must not survive.
+  for p in directory.iterdir():
+    if p.name != _LOCK:
+      p.unlink()
+  itemsize = _disk_dtype(spec.dtype).itemsize
+  need = sum(spec.num_images * math.prod(s) * itemsize for s in spec.shapes)
+  free = shutil.disk_usage(directory).free
+  if need > free:
+    raise StoreError(f'the store needs {need / 1e9:.2f} GB and {directory} has '
+                     f'{free / 1e9:.2f} GB free; use store_dtype float16/bfloat16 (half the '
+                     f'size) or a directory on a bigger disk')
+  n, num_layers = spec.num_images, len(spec.shapes)
+  np.save(directory / 'indices.npy', indices)
+  np.save(directory / 'best_loss.npy', np.full((n, num_layers), np.nan, np.float32))
+  np.save(directory / 'init_loss.npy', np.full((n,), np.nan, np.float32))
+  for l, shape in enumerate(spec.shapes):
+    # Sparse: allocates no disk blocks until chunks are written.
+    np.lib.format.open_memmap(directory / f'layer{l}.npy', mode='w+',
+                              dtype=_disk_dtype(spec.dtype), shape=(n, *shape))
+  for p in directory.iterdir():
+    with open(p, 'rb+') as f:
+      os.fsync(f.fileno())
+  _fsync_dir(directory)
+  _write_meta(directory, spec, [])
