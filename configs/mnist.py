@@ -1,0 +1,54 @@
+"""MNIST configs. Variants: ``paper``, ``cpu`` (default), ``smoke``.
+
+  python launch/train_sgd.py --config=configs/mnist.py:cpu --workdir=runs/mnist_sgd
+
+- ``paper``: PAPER.md's settings (width 256, batch 2000, search population 240, generations
+  300/100/100/10, alpha 0.1 at every layer). Meant for a GPU/TPU.
+- ``cpu``: scaled down to finish on a 2-core CPU (see BENCHMARKS.md for measured runtimes).
+  SGD baseline: width 32, 2 convs per block, batch 500, 8 epochs: >= 99.0% test accuracy.
+- ``smoke``: seconds; for tests. Numbers from it mean nothing.
+
+Override any field, e.g. ``--config.sgd.train.optim.epochs=3``.
+"""
+
+import ml_collections
+
+from decouple_jax import config as cfglib
+
+
+def get_config(arg: str = 'cpu') -> ml_collections.ConfigDict:
+  if arg not in ('paper', 'cpu', 'smoke'):
+    raise ValueError(f"configs/mnist.py variant must be paper, cpu or smoke, got {arg!r}")
+  c = ml_collections.ConfigDict(cfglib.to_dict(cfglib.ExperimentConfig()))
+  c.name = f'mnist:{arg}'
+  c.scale = 'paper' if arg == 'paper' else f'scaled down ({arg})'
+  c.data.name = 'mnist'
+  c.data.dir = 'data/mnist'
+  # Digits change class when mirrored: augmentation (if switched on) only crops.
+  c.sgd.train.flip = False
+  c.sgd.train.optim.epochs = 1000
+  c.search.layers = [dict(l, alpha=0.1) for l in c.search.layers]
+
+  if arg == 'cpu':
+    c.sgd.model.widths = (32, 32, 32)
+    c.sgd.model.convs_per_block = 2
+    c.sgd.train.optim.batch_size = 500
+    c.sgd.train.optim.epochs = 8
+    c.sgd.train.eval_batch = 2000
+  elif arg == 'smoke':
+    c.data.train_limit = 256
+    c.data.holdout = 200
+    c.data.test_limit = 256
+    c.sgd.model.widths = (8, 8, 8)
+    c.sgd.model.convs_per_block = 2
+    c.sgd.model.whiten_images = 64
+    c.sgd.train.optim.batch_size = 64
+    c.sgd.train.optim.epochs = 2
+    c.sgd.train.eval_batch = 128
+    c.search.model.widths = (8, 8, 8)
+    c.search.model.whiten_images = 64
+    c.search.population, c.search.top_k, c.search.n_explore, c.search.n_refine = 12, 2, 4, 6
+    c.search.layers = [dict(l, generations=g) for l, g in zip(c.search.layers, (2, 1, 1, 1))]
+    c.search.batch_images = 4
+    c.search.chunk_size = 64
+  return c

@@ -1,0 +1,61 @@
+"""The SGD baseline: the same network family trained end to end with cross-entropy."""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from decouple_jax import config as cfglib
+from decouple_jax import data
+from decouple_jax import models
+
+from decouple_jax.learn import trainer
+
+
+def init_variables(model_cfg: cfglib.ModelConfig, ds, seed: int):
+  """(model, variables) for ``ds``, with the whitening stem set from its first training images."""
+  model = models.build(model_cfg, ds.num_classes, ds.image_shape[-1])
+  whiten = np.asarray(data.normalize(ds.train_images[:model_cfg.whiten_images], ds.mean, ds.std))
+  variables = models.init_model(model, jax.random.key(seed), whiten, model_cfg.whiten_eps)
+  return model, variables
+
+
+def cross_entropy_loss_fn(model, num_classes: int, label_smoothing: float = 0.0
+                          ) -> trainer.LossFn:
+  """Batch-mean cross-entropy of the logits tap, with batch-statistics BatchNorm."""
+  def loss_fn(params, batch_stats, batch: trainer.Batch):
+    taps, updates = model.apply({'params': params, 'batch_stats': batch_stats}, batch.images,
+                                use_running_average=False, mutable=['batch_stats'])
+    targets = optax.smooth_labels(jax.nn.one_hot(batch.labels, num_classes), label_smoothing)
+    loss = optax.softmax_cross_entropy(taps[-1], targets).mean()
+    acc = jnp.mean(jnp.argmax(taps[-1], -1) == batch.labels)
+    return loss, (updates['batch_stats'], {'train_accuracy': acc})
+  return loss_fn
+
+
+def train_sgd(data_cfg: cfglib.DataConfig, sgd_cfg: cfglib.SGDConfig,
+              workdir: str | pathlib.Path, *, ds=None, mesh=None) -> dict:
+  """Trains the SGD baseline; resumable from ``workdir``.
+
+  Args:
+    data_cfg: the data set (loaded unless ``ds`` is given).
+    sgd_cfg: network and training settings.
+    workdir: checkpoints, ``metrics.jsonl`` and ``results.json``.
+    ds: an already loaded :class:`decouple_jax.data.Dataset` for ``data_cfg``.
+    mesh: data-parallel mesh; default every device.
+
+  Returns:
+    The results dict of :func:`decouple_jax.learn.trainer.fit` (test accuracy of the
+    hold-out-selected weights, ...), also written to ``workdir/results.json``.
+  """
+  ds = ds if ds is not None else data.load_dataset(data_cfg)
+  model, variables = init_variables(sgd_cfg.model, ds, sgd_cfg.train.seed)
+  loss_fn = cross_entropy_loss_fn(model, ds.num_classes, sgd_cfg.train.optim.label_smoothing)
+  return trainer.fit(model, variables, loss_fn, trainer.TrainData.from_dataset(ds),
+                     sgd_cfg.train, workdir, config_hash=cfglib.config_hash(data_cfg, sgd_cfg),
+                     config={'data': cfglib.to_dict(data_cfg), 'sgd': cfglib.to_dict(sgd_cfg)},
+                     mesh=mesh)

@@ -1,0 +1,282 @@
+"""The epoch loop every network in this library is trained with.
+
+One loop serves the SGD baseline and the student; they differ only in their loss function.
+The training split lives on the device as uint8 (airbench): shuffling, augmentation and
+normalisation run there, and a whole epoch is one jitted ``lax.scan``. Per-image side data
+(the searched targets) rides along, gathered at the same positions as the images, so an
+augmented view reuses its image's targets unchanged.
+
+A run in ``workdir`` is resumable: an Orbax checkpoint every ``checkpoint_every`` epochs holds
+the train state, the best-so-far (hold-out selected) weights and the history; restarting the
+same command continues from it and, because every epoch's randomness derives from
+(seed, epoch), ends with the same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import time
+from typing import Any, Callable, NamedTuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from decouple_jax import runlog
+from decouple_jax.config import TrainConfig
+from decouple_jax import data as datalib
+from decouple_jax.learn import optim
+from decouple_jax.mesh import mesh_1d
+
+
+class TrainError(RuntimeError):
+  """A run that cannot continue as asked (e.g. a workdir holding another config's run)."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+class Batch(NamedTuple):
+  """One training batch, on the device.
+
+  images: (B, H, W, C) float32, normalised (and augmented).
+  labels: (B,) int32.
+  extras: per-image side data gathered at the batch's positions (e.g. targets per layer).
+  """
+  images: jax.Array
+  labels: jax.Array
+  extras: tuple
+
+
+# loss_fn(params, batch_stats, batch) -> (loss, (new_batch_stats, metrics)); metrics is a dict
+# of scalars averaged over the epoch.
+LossFn = Callable[[Any, Any, Batch], tuple[jax.Array, tuple[Any, dict]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainData:
+  """Everything a run reads, as host arrays; see :meth:`from_dataset`.
+
+  images: (N, H, W, C) uint8 training split; labels (N,) int32.
+  extras: per-image arrays with leading axis N (kept in their dtype on the device).
+  holdout_*, test_*: evaluation splits, uint8 images and int32 labels.
+  mean, std: (C,) float32 normalisation statistics (of pixels / 255).
+  """
+  images: np.ndarray
+  labels: np.ndarray
+  holdout_images: np.ndarray
+  holdout_labels: np.ndarray
+  test_images: np.ndarray
+  test_labels: np.ndarray
+  mean: np.ndarray
+  std: np.ndarray
+  extras: tuple = ()
+
+  @classmethod
+  def from_dataset(cls, ds, extras: tuple = ()) -> 'TrainData':
+    return cls(ds.train_images, ds.train_labels, ds.holdout_images, ds.holdout_labels,
+               ds.test_images, ds.test_labels, ds.mean, ds.std, tuple(extras))
+
+
+def default_mesh() -> jax.sharding.Mesh:
+  """A 1-D data-parallel mesh over every device, axis 'batch'."""
+  return mesh_1d('batch')
+
+
+def _batch_mesh(mesh: jax.sharding.Mesh, batch_size: int) -> jax.sharding.Mesh:
+  # A batch that does not split evenly runs on one device rather than failing.
+  if batch_size % mesh.size:
+    return mesh_1d('batch', mesh.devices.flat[:1])
+  return mesh
+
+
+def make_step_fn(loss_fn: LossFn, tx: optax.GradientTransformation, cfg: TrainConfig,
+                 mean: np.ndarray, std: np.ndarray, mesh: jax.sharding.Mesh):
+  """A jitted optimiser step ``(state, images, labels, extras, idx (B,), key) -> (state, m)``.
+
+  Gathers the batch at positions ``idx`` from the device-resident uint8 split, augments,
+  normalises, shards it over the mesh's 'batch' axis and applies one update.
+
+  The epoch loop stays in Python: XLA:CPU runs convolutions inside a ``lax.scan`` (a while
+  loop) about 30x slower than the same step dispatched on its own (measured on jax 0.10.2),
+  and a per-step dispatch costs nothing noticeable on accelerators.
+  """
+  batch_sharding = NamedSharding(mesh, P('batch'))
+
+  def step(state: TrainState, images, labels, extras, idx, key):
+    x = images[idx]
+    if cfg.augment:
+      x = datalib.augment(key, x, pad=cfg.crop_pad, flip=cfg.flip)
+    x = jax.lax.with_sharding_constraint(datalib.normalize(x, mean, std), batch_sharding)
+    batch = Batch(x, labels[idx], tuple(e[idx] for e in extras))
+    (loss, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.batch_stats, batch)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(state.step + 1, params, batch_stats, opt_state), dict(metrics, loss=loss)
+
+  return jax.jit(step, donate_argnums=0)
+
+
+def epoch_batches(key: jax.Array, n: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
+  """An epoch's batches: positions (steps, B) of a permutation of n (remainder dropped), and
+  one augmentation key per step."""
+  steps = n // batch_size
+  perm_key, aug_key = jax.random.split(key)
+  perm = jax.random.permutation(perm_key, n)[:steps * batch_size]
+  return perm.reshape(steps, batch_size), jax.random.split(aug_key, steps)
+
+
+def make_predict_fn(model, batch_stats_mode: bool, mean, std):
+  """Jitted ``(variables, uint8 images (B,H,W,C)) -> taps``; BN per ``batch_stats_mode``."""
+  def predict(variables, images):
+    x = datalib.normalize(images, mean, std)
+    if batch_stats_mode:
+      taps, _ = model.apply(variables, x, use_running_average=False, mutable=['batch_stats'])
+    else:
+      taps = model.apply(variables, x, use_running_average=True)
+    return taps
+  return jax.jit(predict)
+
+
+def evaluate(predict_fn, variables, images: np.ndarray, labels: np.ndarray,
+             batch_size: int) -> float:
+  """Top-1 accuracy (fraction) of the logits tap over ``images`` in batches of ``batch_size``."""
+  if len(images) == 0:
+    return float('nan')
+  correct = 0
+  for start in range(0, len(images), batch_size):
+    logits = predict_fn(variables, images[start:start + batch_size])[-1]
+    correct += int(jnp.sum(jnp.argmax(logits, -1) == labels[start:start + batch_size]))
+  return correct / len(images)
+
+
+def _checkpointer(workdir: pathlib.Path) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      (workdir / 'checkpoints').absolute(),
+      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+
+
+def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConfig,
+        workdir: str | pathlib.Path, *, config_hash: str, config: dict | None = None,
+        mesh: jax.sharding.Mesh | None = None,
+        epoch_callback: Callable[[int, dict], dict] | None = None) -> dict:
+  """Trains ``variables`` of ``model`` with ``loss_fn``; resumes from ``workdir``.
+
+  Args:
+    model: a Flax module whose apply returns taps ending with the logits.
+    variables: initial {'params', 'batch_stats'}.
+    loss_fn: see :data:`LossFn`.
+    data: the splits; ``data.extras`` are gathered per batch (see :class:`Batch`).
+    cfg: optimiser, augmentation, evaluation and checkpoint settings.
+    workdir: where checkpoints, ``metrics.jsonl`` and ``results.json`` go.
+    config_hash: identifies the run's configuration; a workdir holding a checkpoint of
+      another hash is refused.
+    config: recorded in ``results.json``.
+    mesh: data-parallel mesh (axis 'batch'); default: every device.
+    epoch_callback: ``(epoch, {'variables': ...}) -> dict`` of extra metrics logged per epoch.
+
+  Returns:
+    The results dict also written to ``workdir/results.json``: test accuracy of the
+    hold-out-selected weights, best hold-out accuracy and its epoch, final-epoch accuracies,
+    wall time, images/s and the config.
+  """
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  opt = cfg.optim
+  n = len(data.images)
+  steps = n // opt.batch_size
+  if steps == 0:
+    raise TrainError(f'batch_size {opt.batch_size} exceeds the {n} training images; lower '
+                     f'--config...optim.batch_size')
+  tx = optim.optimizer(opt, steps * opt.epochs)
+  mesh = _batch_mesh(mesh or default_mesh(), opt.batch_size)
+  replicated = NamedSharding(mesh, P())
+  put = lambda tree: jax.device_put(tree, replicated)
+
+  state = TrainState(jnp.zeros((), jnp.int32), variables['params'],
+                     variables.get('batch_stats', {}), tx.init(variables['params']))
+  meta = {'epoch': 0, 'best_accuracy': -1.0, 'best_epoch': 0, 'train_seconds': 0.0,
+          'config_hash': config_hash}
+  best = {'params': state.params, 'batch_stats': state.batch_stats}
+  ckpt = _checkpointer(workdir)
+  log = runlog.JsonLines(workdir / 'metrics.jsonl')
+  if ckpt.latest_step() is not None:
+    restored = ckpt.restore(ckpt.latest_step(), args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(state), best=ocp.args.StandardRestore(best),
+        meta=ocp.args.JsonRestore()))
+    if restored.meta['config_hash'] != config_hash:
+      raise TrainError(
+          f'{workdir} holds a run of another configuration (hash '
+          f"{restored.meta['config_hash']} != {config_hash}); use a new --workdir or delete "
+          f'{workdir / "checkpoints"}')
+    state, best, meta = restored.state, restored.best, restored.meta
+    log.keep(lambda r: r.get('epoch', 0) <= meta['epoch'])
+  state = put(state)
+
+  images, labels = put(jnp.asarray(data.images)), put(jnp.asarray(data.labels))
+  extras = tuple(put(jnp.asarray(e)) for e in data.extras)
+  step_fn = make_step_fn(loss_fn, tx, cfg, data.mean, data.std, mesh)
+  predict = make_predict_fn(model, cfg.bn_batch_stats, data.mean, data.std)
+  base_key = jax.random.key(cfg.seed)
+  first = meta['epoch'] + 1
+  bar = runlog.progress(total=opt.epochs, initial=first - 1, desc='train', unit='epoch')
+  for epoch in range(first, opt.epochs + 1):
+    t0 = time.perf_counter()
+    positions, keys = epoch_batches(jax.random.fold_in(base_key, epoch), n, opt.batch_size)
+    sums = {}
+    for idx, key in zip(positions, keys):
+      state, metrics = step_fn(state, images, labels, extras, idx, key)
+      sums = jax.tree.map(jnp.add, sums, metrics) if sums else metrics
+    metrics = {k: float(v) / steps for k, v in sums.items()}
+    meta['train_seconds'] += time.perf_counter() - t0
+    record = {'epoch': epoch, **metrics}
+    current = {'params': state.params, 'batch_stats': state.batch_stats}
+    if epoch % cfg.eval_every == 0 or epoch == opt.epochs:
+      acc = evaluate(predict, current, data.holdout_images, data.holdout_labels, cfg.eval_batch)
+      record['holdout_accuracy'] = acc
+      # Without a hold-out split, the last epoch is the selected one.
+      score = acc if len(data.holdout_images) else epoch
+      if score > meta['best_accuracy']:
+        meta['best_accuracy'], meta['best_epoch'] = score, epoch
+        best = jax.tree.map(jnp.copy, current)
+    if epoch_callback is not None:
+      record.update(epoch_callback(epoch, {'variables': current}))
+    log.write(record)
+    meta['epoch'] = epoch
+    if epoch % cfg.checkpoint_every == 0 or epoch == opt.epochs:
+      ckpt.save(epoch, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), best=ocp.args.StandardSave(best),
+          meta=ocp.args.JsonSave(meta)))
+    bar.set_postfix({k: f'{v:.4g}' for k, v in record.items() if k != 'epoch'})
+    bar.update(1)
+  bar.close()
+  ckpt.wait_until_finished()
+  final = {'params': state.params, 'batch_stats': state.batch_stats}
+  results = {
+      'test_accuracy': evaluate(predict, best, data.test_images, data.test_labels,
+                                cfg.eval_batch),
+      'final_test_accuracy': evaluate(predict, final, data.test_images, data.test_labels,
+                                      cfg.eval_batch),
+      'holdout_accuracy': meta['best_accuracy'] if len(data.holdout_images) else None,
+      'best_epoch': meta['best_epoch'],
+      'epochs': opt.epochs,
+      'train_seconds': meta['train_seconds'],
+      'train_images_per_s': steps * opt.batch_size * opt.epochs / max(meta['train_seconds'],
+                                                                         1e-9),
+      'devices': mesh.size,
+      'config_hash': config_hash,
+      'config': config or {},
+  }
+  runlog.write_json(workdir / 'results.json', results)
+  return {**results, 'variables': best}
