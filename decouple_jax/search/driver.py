@@ -1,0 +1,144 @@
+"""Searches a data set's training split and fills a resumable target store.
+
+:func:`run_search` is what ``launch/search.py`` calls. Work is done chunk by chunk (the store's
+unit of resumption); a killed run started again redoes at most the chunk in flight and, since
+every image's randomness derives from (seed, dataset index), ends with the same store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import resource
+import time
+
+import jax
+import numpy as np
+
+from decouple_jax import config as cfglib
+from decouple_jax import data as datalib
+from decouple_jax import models
+from decouple_jax import runlog
+from decouple_jax.search import sharding
+from decouple_jax.search.store import StoreSpec, TargetStore, indices_hash
+
+LAYER_NAMES = ('block0', 'block1', 'block2', 'logits')
+
+
+def targets_hash(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig) -> str:
+  """Hash of exactly the settings that change the searched targets.
+
+  Where the files live, checksum checks, the test split and how many images run at once do
+  not change a target, so a store stays reusable across them.
+  """
+  data_part = {k: getattr(data_cfg, k) for k in
+               ('name', 'holdout', 'split_seed', 'cifar100_labels', 'train_limit')}
+  search_part = dataclasses.replace(search_cfg, batch_images=1)
+  return cfglib.config_hash(search_part) + '-' + cfglib.hash_dict(data_part)
+
+
+def search_network(search_cfg: cfglib.SearchConfig, ds: datalib.Dataset):
+  """The untrained search network and its variables (deterministic in ``search_cfg.seed``).
+
+  Its whitening stem is set from the first ``model.whiten_images`` training images.
+  """
+  model = models.build(search_cfg.model, ds.num_classes, ds.image_shape[-1])
+  whiten = np.asarray(datalib.normalize(ds.train_images[:search_cfg.model.whiten_images],
+                                        ds.mean, ds.std))
+  variables = models.init_model(model, jax.random.key(search_cfg.seed), whiten,
+                                search_cfg.model.whiten_eps)
+  return model, variables
+
+
+def open_store(directory: str | pathlib.Path, data_cfg: cfglib.DataConfig,
+               search_cfg: cfglib.SearchConfig, ds: datalib.Dataset,
+               model=None) -> TargetStore:
+  """Creates, or reopens to resume, the store for this data and search config."""
+  model = model or models.build(search_cfg.model, ds.num_classes, ds.image_shape[-1])
+  spec = StoreSpec(
+      shapes=models.tap_shapes(model, ds.image_shape), dtype=search_cfg.store_dtype,
+      num_images=len(ds.train_images), chunk_size=search_cfg.chunk_size,
+      config_hash=targets_hash(data_cfg, search_cfg), data_name=ds.name,
+      seed=search_cfg.seed, index_hash=indices_hash(ds.train_index))
+  return TargetStore.create_or_open(directory, spec, ds.train_index)
+
+
+def expected_store_fields(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
+                          ds: datalib.Dataset) -> dict:
+  """What a store must match to serve as targets for ``ds`` (for ``TargetStore.open``)."""
+  return {'config_hash': targets_hash(data_cfg, search_cfg), 'data_name': ds.name,
+          'index_hash': indices_hash(ds.train_index)}
+
+
+def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
+               directory: str | pathlib.Path, *, ds: datalib.Dataset | None = None,
+               mesh: jax.sharding.Mesh | None = None) -> TargetStore:
+  """Searches every training image of ``data_cfg`` into the store at ``directory``.
+
+  Args:
+    data_cfg: the data set; its training split (hold-out removed) is searched.
+    search_cfg: the search.
+    directory: the target store (created, or resumed if it holds this config's store; a
+      store of another config is refused).
+    ds: the already loaded data set, if any.
+    mesh: 1-D device mesh, axis 'images' (default: every device).
+
+  Returns:
+    The complete store. ``directory/search_log.jsonl`` gets one record per chunk (mean best
+    loss per layer, images/s) and ``directory/summary.json`` the totals.
+  """
+  directory = pathlib.Path(directory)
+  ds = ds if ds is not None else datalib.load_dataset(data_cfg)
+  model, variables = search_network(search_cfg, ds)
+  store = open_store(directory, data_cfg, search_cfg, ds, model)
+  mesh = mesh if mesh is not None else sharding.make_mesh()
+  search_fn = sharding.make_search_fn(model, variables, search_cfg, mesh)
+  batch = search_cfg.batch_images * mesh.size
+  log = runlog.JsonLines(directory / 'search_log.jsonl')
+  todo = store.missing_chunks()
+  n_todo = sum(np.subtract(*store.chunk_range(c)[::-1]) for c in todo)
+  bar = runlog.progress(total=len(ds.train_images), initial=len(ds.train_images) - n_todo,
+                        desc='search', unit='img')
+  t_start, done = time.perf_counter(), 0
+  for c in todo:
+    start, stop = store.chunk_range(c)
+    t0 = time.perf_counter()
+    parts = []
+    for s in range(start, stop, batch):
+      e = min(s + batch, stop)
+      # Every call gets the same batch size (the last one padded) so nothing recompiles.
+      pos = np.minimum(np.arange(s, s + batch), e - 1)
+      images = datalib.normalize(ds.train_images[pos], ds.mean, ds.std)
+      result = search_fn(images, ds.train_labels[pos], ds.train_index[pos])
+      parts.append(jax.tree.map(lambda a: np.asarray(a)[:e - s], result))
+      bar.update(e - s)
+      best = np.concatenate([p.best_loss for p in parts]).mean(0)
+      bar.set_postfix({n: f'{v:.3f}' for n, v in zip(LAYER_NAMES, best)})
+    targets = [np.concatenate([p.targets[l] for p in parts]) for l in range(len(LAYER_NAMES))]
+    best_loss = np.concatenate([p.best_loss for p in parts])
+    init_loss = np.concatenate([p.init_loss for p in parts])
+    store.write_chunk(c, targets, best_loss, init_loss)
+    done += stop - start
+    log.write({'chunk': c, 'images': stop - start, 'seconds': time.perf_counter() - t0,
+               'init_loss': float(init_loss.mean()),
+               **{f'best_loss_{n}': float(v) for n, v in zip(LAYER_NAMES, best_loss.mean(0))}})
+  bar.close()
+  seconds = time.perf_counter() - t_start
+  runlog.write_json(directory / 'summary.json', search_summary(store, done, seconds, mesh.size))
+  return store
+
+
+def search_summary(store: TargetStore, images_this_run: int, seconds: float,
+                   devices: int) -> dict:
+  """Mean initial and per-layer best losses over the store, and this run's speed."""
+  best = store.best_loss
+  return {
+      'images': store.spec.num_images,
+      'mean_init_loss': float(np.nanmean(store.init_loss)),
+      'mean_best_loss': {n: float(v) for n, v in zip(LAYER_NAMES, np.nanmean(best, 0))},
+      'images_this_run': images_this_run,
+      'seconds_this_run': seconds,
+      'images_per_s': images_this_run / seconds if seconds > 0 else None,
+      'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+      'devices': devices,
+  }
