@@ -28,6 +28,13 @@ def get_config(arg: str = 'cpu') -> ml_collections.ConfigDict:
   c.sgd.train.flip = False
   c.sgd.train.optim.epochs = 1000
   c.search.layers = [dict(l, alpha=0.1) for l in c.search.layers]
+  # MNIST's blank background survives max-pooling as channels that are constant over a
+  # batch; BatchNorm then gives ~1/sqrt(eps) gradients in the first steps (see OptimConfig).
+  c.sgd.train.optim.clip_norm = 2.0
+  c.student.train.optim.clip_norm = 2.0
+  c.student.model.convs_per_block = 4
+  c.student.train.flip = False
+  c.student.train.optim.epochs = 1000
 
   if arg == 'cpu':
     c.sgd.model.widths = (32, 32, 32)
@@ -51,4 +58,7 @@ def get_config(arg: str = 'cpu') -> ml_collections.ConfigDict:
     c.search.layers = [dict(l, generations=g) for l, g in zip(c.search.layers, (2, 1, 1, 1))]
     c.search.batch_images = 4
     c.search.chunk_size = 64
+    c.student.model.widths = (8, 8, 8)
+    c.student.model.whiten_images = 64
+    c.student.train = c.sgd.train
   return c

@@ -107,6 +107,10 @@ class OptimConfig:
     batch_size: examples per step (paper: 2000).
     epochs: passes over the training split (paper: 90 CIFAR, 1000 MNIST).
     label_smoothing: cross-entropy label smoothing for the SGD baseline (paper: none).
+    clip_norm: if > 0, clip the batch-mean gradient to this global norm (paper: none). A
+      channel that is constant over a batch (MNIST's blank background survives max-pooling
+      into block 2) makes BatchNorm's gradient ~1/sqrt(eps) large; clipping tames the first
+      steps until the channel varies.
   """
   lr: float = 4.0
   momentum: float = 0.85
@@ -119,6 +123,7 @@ class OptimConfig:
   batch_size: int = 2000
   epochs: int = 90
   label_smoothing: float = 0.0
+  clip_norm: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,6 +328,37 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
+class StudentConfig:
+  """The learning phase (PAPER.md section 4): regress block outputs onto searched targets.
+
+  Attributes:
+    model: the learning network; its block widths must equal the search network's, since the
+      targets have the search network's shapes. ``tap``/``tap_scale`` choose where the
+      student is compared with the targets (see the Fidelity notes).
+    train: optimiser and run settings.
+    variant: 'all_layers' (MSE on blocks 0, 1, 2; default) or 'skip_block0' (blocks 1, 2).
+    mse_coef: coefficient of each block's MSE (paper: 1.0); the block terms are averaged over
+      the supervised blocks.
+    mse_reduction: 'mean' (squared error averaged over a target's elements; default) or 'sum'
+      (summed over its elements); both are averaged over the batch.
+    kl_weight: lambda of the KL(p_hat || softmax(head(stop_gradient(block 2)))) term (0.03).
+    device_targets_gb: keep the whole target store on the device when it needs at most this
+      many GB; otherwise stream batches from disk with prefetch.
+  """
+  model: ModelConfig = ModelConfig(convs_per_block=6, tap='pre_gelu', tap_scale=True)
+  train: TrainConfig = TrainConfig()
+  variant: str = 'all_layers'
+  mse_coef: float = 1.0
+  mse_reduction: str = 'mean'
+  kl_weight: float = 0.03
+  device_targets_gb: float = 4.0
+
+  def __post_init__(self):
+    _check_choice('student.variant', self.variant, ('all_layers', 'skip_block0'))
+    _check_choice('student.mse_reduction', self.mse_reduction, ('mean', 'sum'))
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
   """Everything one experiment needs; ``configs/*.py`` build this as a ConfigDict.
 
@@ -333,6 +369,7 @@ class ExperimentConfig:
     data: the data set and its splits.
     sgd: the end-to-end SGD baseline.
     search: the search phase.
+    student: the learning phase on the searched targets.
     seeds: seeds of repeated runs (tables report mean +- std over them).
   """
   name: str = 'experiment'
@@ -340,4 +377,5 @@ class ExperimentConfig:
   data: DataConfig = DataConfig()
   sgd: SGDConfig = SGDConfig()
   search: SearchConfig = SearchConfig()
+  student: StudentConfig = StudentConfig()
   seeds: tuple[int, ...] = (0,)

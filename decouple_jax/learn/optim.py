@@ -50,6 +50,8 @@ def _decay_mask(params):
 def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
   """Nesterov SGD with decoupled-unit lr and weight decay, for batch-mean losses."""
   parts = []
+  if cfg.clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(cfg.clip_norm))
   if cfg.weight_decay:
     parts.append(optax.masked(optax.add_decayed_weights(cfg.weight_decay / kilostep(cfg.momentum)),
                               _decay_mask))

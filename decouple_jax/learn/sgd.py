@@ -6,7 +6,6 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from decouple_jax import config as cfglib
@@ -14,14 +13,6 @@ from decouple_jax import data
 from decouple_jax import models
 
 from decouple_jax.learn import trainer
-
-
-def init_variables(model_cfg: cfglib.ModelConfig, ds, seed: int):
-  """(model, variables) for ``ds``, with the whitening stem set from its first training images."""
-  model = models.build(model_cfg, ds.num_classes, ds.image_shape[-1])
-  whiten = np.asarray(data.normalize(ds.train_images[:model_cfg.whiten_images], ds.mean, ds.std))
-  variables = models.init_model(model, jax.random.key(seed), whiten, model_cfg.whiten_eps)
-  return model, variables
 
 
 def cross_entropy_loss_fn(model, num_classes: int, label_smoothing: float = 0.0
@@ -53,7 +44,7 @@ def train_sgd(data_cfg: cfglib.DataConfig, sgd_cfg: cfglib.SGDConfig,
     hold-out-selected weights, ...), also written to ``workdir/results.json``.
   """
   ds = ds if ds is not None else data.load_dataset(data_cfg)
-  model, variables = init_variables(sgd_cfg.model, ds, sgd_cfg.train.seed)
+  model, variables = models.init_for_dataset(sgd_cfg.model, ds, sgd_cfg.train.seed)
   loss_fn = cross_entropy_loss_fn(model, ds.num_classes, sgd_cfg.train.optim.label_smoothing)
   return trainer.fit(model, variables, loss_fn, trainer.TrainData.from_dataset(ds),
                      sgd_cfg.train, workdir, config_hash=cfglib.config_hash(data_cfg, sgd_cfg),

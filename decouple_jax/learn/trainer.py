@@ -14,6 +14,7 @@ same command continues from it and, because every epoch's randomness derives fro
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
 import time
@@ -32,6 +33,7 @@ from decouple_jax.config import TrainConfig
 from decouple_jax import data as datalib
 from decouple_jax.learn import optim
 from decouple_jax.mesh import mesh_1d
+from decouple_jax.search.store import Prefetcher
 
 
 class TrainError(RuntimeError):
@@ -71,6 +73,8 @@ class TrainData:
   extras: per-image arrays with leading axis N (kept in their dtype on the device).
   holdout_*, test_*: evaluation splits, uint8 images and int32 labels.
   mean, std: (C,) float32 normalisation statistics (of pixels / 255).
+  stream: instead of ``extras``, a :class:`decouple_jax.search.TargetStore` too large for the
+    device, whose targets at each batch's positions are read from disk with prefetch.
   """
   images: np.ndarray
   labels: np.ndarray
@@ -81,11 +85,12 @@ class TrainData:
   mean: np.ndarray
   std: np.ndarray
   extras: tuple = ()
+  stream: Any = None
 
   @classmethod
-  def from_dataset(cls, ds, extras: tuple = ()) -> 'TrainData':
+  def from_dataset(cls, ds, extras: tuple = (), stream=None) -> 'TrainData':
     return cls(ds.train_images, ds.train_labels, ds.holdout_images, ds.holdout_labels,
-               ds.test_images, ds.test_labels, ds.mean, ds.std, tuple(extras))
+               ds.test_images, ds.test_labels, ds.mean, ds.std, tuple(extras), stream)
 
 
 def default_mesh() -> jax.sharding.Mesh:
@@ -101,11 +106,14 @@ def _batch_mesh(mesh: jax.sharding.Mesh, batch_size: int) -> jax.sharding.Mesh:
 
 
 def make_step_fn(loss_fn: LossFn, tx: optax.GradientTransformation, cfg: TrainConfig,
-                 mean: np.ndarray, std: np.ndarray, mesh: jax.sharding.Mesh):
+                 mean: np.ndarray, std: np.ndarray, mesh: jax.sharding.Mesh,
+                 gather_extras: bool = True):
   """A jitted optimiser step ``(state, images, labels, extras, idx (B,), key) -> (state, m)``.
 
   Gathers the batch at positions ``idx`` from the device-resident uint8 split, augments,
-  normalises, shards it over the mesh's 'batch' axis and applies one update.
+  normalises, shards it over the mesh's 'batch' axis and applies one update. ``extras`` are
+  whole per-image arrays gathered at ``idx`` too, or, with ``gather_extras=False``, the
+  batch's extras already (streamed from disk).
 
   The epoch loop stays in Python: XLA:CPU runs convolutions inside a ``lax.scan`` (a while
   loop) about 30x slower than the same step dispatched on its own (measured on jax 0.10.2),
@@ -118,7 +126,7 @@ def make_step_fn(loss_fn: LossFn, tx: optax.GradientTransformation, cfg: TrainCo
     if cfg.augment:
       x = datalib.augment(key, x, pad=cfg.crop_pad, flip=cfg.flip)
     x = jax.lax.with_sharding_constraint(datalib.normalize(x, mean, std), batch_sharding)
-    batch = Batch(x, labels[idx], tuple(e[idx] for e in extras))
+    batch = Batch(x, labels[idx], tuple(e[idx] for e in extras) if gather_extras else extras)
     (loss, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, state.batch_stats, batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -226,7 +234,8 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
 
   images, labels = put(jnp.asarray(data.images)), put(jnp.asarray(data.labels))
   extras = tuple(put(jnp.asarray(e)) for e in data.extras)
-  step_fn = make_step_fn(loss_fn, tx, cfg, data.mean, data.std, mesh)
+  step_fn = make_step_fn(loss_fn, tx, cfg, data.mean, data.std, mesh,
+                         gather_extras=data.stream is None)
   predict = make_predict_fn(model, cfg.bn_batch_stats, data.mean, data.std)
   base_key = jax.random.key(cfg.seed)
   first = meta['epoch'] + 1
@@ -235,10 +244,21 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
     t0 = time.perf_counter()
     positions, keys = epoch_batches(jax.random.fold_in(base_key, epoch), n, opt.batch_size)
     sums = {}
-    for idx, key in zip(positions, keys):
-      state, metrics = step_fn(state, images, labels, extras, idx, key)
-      sums = jax.tree.map(jnp.add, sums, metrics) if sums else metrics
+    with contextlib.ExitStack() as stack:
+      if data.stream is None:
+        batches = ((idx, extras) for idx in positions)
+      else:
+        prefetch = stack.enter_context(Prefetcher(data.stream, np.asarray(positions)))
+        batches = ((jnp.asarray(pos), ex) for pos, ex in prefetch)
+      for (idx, batch_extras), key in zip(batches, keys):
+        state, metrics = step_fn(state, images, labels, batch_extras, idx, key)
+        sums = jax.tree.map(jnp.add, sums, metrics) if sums else metrics
     metrics = {k: float(v) / steps for k, v in sums.items()}
+    if not np.isfinite(metrics['loss']):
+      raise TrainError(
+          f'the training loss became {metrics["loss"]} in epoch {epoch} (metrics {metrics}); '
+          'lower optim.lr, or raise model.bn_eps if the network is very narrow. The last '
+          f'good checkpoint in {workdir} is kept.')
     meta['train_seconds'] += time.perf_counter() - t0
     record = {'epoch': epoch, **metrics}
     current = {'params': state.params, 'batch_stats': state.batch_stats}

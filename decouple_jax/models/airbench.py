@@ -40,7 +40,8 @@ class BatchNorm(nn.Module):
   def __call__(self, x: jax.Array, use_running_average: bool) -> jax.Array:
     return nn.BatchNorm(
         use_running_average=use_running_average, momentum=self.momentum,
-        epsilon=self.epsilon, use_scale=False, use_bias=True, name='bn')(x)
+        epsilon=self.epsilon, use_scale=False, use_bias=True, use_fast_variance=False,
+        name='bn')(x)
 
 
 class Whiten(nn.Module):
@@ -115,6 +116,8 @@ class AirbenchNet(nn.Module):
     bn_momentum, bn_eps: BatchNorm settings.
     tap: 'post_gelu' (block outputs) or 'pre_gelu' (last BN output of a block, before GELU).
     tap_scale: a learnable per-channel scale (init 1) on the tapped block outputs.
+    detach_head: apply ``stop_gradient`` to the head's input, so a loss on the logits trains
+      the head only (the student's body cutoff).
   """
   num_classes: int
   in_channels: int = 3
@@ -127,6 +130,7 @@ class AirbenchNet(nn.Module):
   bn_eps: float = 1e-12
   tap: str = 'post_gelu'
   tap_scale: bool = False
+  detach_head: bool = False
 
   def setup(self):
     if self.convs_per_block not in (2, 4, 6):
@@ -159,6 +163,8 @@ class AirbenchNet(nn.Module):
 
   def head_logits(self, h: jax.Array) -> jax.Array:
     """Last block output (B, h, w, C) -> logits (B, K)."""
+    if self.detach_head:
+      h = jax.lax.stop_gradient(h)
     if self.head == 'maxpool':
       h = jnp.max(h, axis=(1, 2))
     else:
@@ -200,14 +206,17 @@ class AirbenchNet(nn.Module):
     return tuple(taps)
 
 
-def build(model_cfg, num_classes: int, in_channels: int) -> AirbenchNet:
-  """An :class:`AirbenchNet` from a :class:`decouple_jax.config.ModelConfig`."""
+def build(model_cfg, num_classes: int, in_channels: int, **overrides) -> AirbenchNet:
+  """An :class:`AirbenchNet` from a :class:`decouple_jax.config.ModelConfig`.
+
+  ``overrides`` set attributes that are not part of the config (e.g. ``detach_head``).
+  """
   return AirbenchNet(
       num_classes=num_classes, in_channels=in_channels, widths=tuple(model_cfg.widths),
       convs_per_block=model_cfg.convs_per_block, head=model_cfg.head,
       logit_scale=model_cfg.logit_scale, head_bias=model_cfg.head_bias,
       bn_momentum=model_cfg.bn_momentum, bn_eps=model_cfg.bn_eps, tap=model_cfg.tap,
-      tap_scale=model_cfg.tap_scale)
+      tap_scale=model_cfg.tap_scale, **overrides)
 
 
 def tap_shapes(model: AirbenchNet, image_shape: tuple[int, int, int]):

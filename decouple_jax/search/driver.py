@@ -37,19 +37,6 @@ def targets_hash(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig) -
   return cfglib.config_hash(search_part) + '-' + cfglib.hash_dict(data_part)
 
 
-def search_network(search_cfg: cfglib.SearchConfig, ds: datalib.Dataset):
-  """The untrained search network and its variables (deterministic in ``search_cfg.seed``).
-
-  Its whitening stem is set from the first ``model.whiten_images`` training images.
-  """
-  model = models.build(search_cfg.model, ds.num_classes, ds.image_shape[-1])
-  whiten = np.asarray(datalib.normalize(ds.train_images[:search_cfg.model.whiten_images],
-                                        ds.mean, ds.std))
-  variables = models.init_model(model, jax.random.key(search_cfg.seed), whiten,
-                                search_cfg.model.whiten_eps)
-  return model, variables
-
-
 def open_store(directory: str | pathlib.Path, data_cfg: cfglib.DataConfig,
                search_cfg: cfglib.SearchConfig, ds: datalib.Dataset,
                model=None) -> TargetStore:
@@ -89,7 +76,7 @@ def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
   """
   directory = pathlib.Path(directory)
   ds = ds if ds is not None else datalib.load_dataset(data_cfg)
-  model, variables = search_network(search_cfg, ds)
+  model, variables = models.init_for_dataset(search_cfg.model, ds, search_cfg.seed)
   store = open_store(directory, data_cfg, search_cfg, ds, model)
   mesh = mesh if mesh is not None else sharding.make_mesh()
   search_fn = sharding.make_search_fn(model, variables, search_cfg, mesh)

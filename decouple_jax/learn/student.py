@@ -1,0 +1,126 @@
+"""The student (PAPER.md section 4): a network that regresses onto the cached searched targets.
+
+Loss per batch, with S the supervised blocks ({0, 1, 2}, or {1, 2} for 'skip_block0'):
+
+  (1/|S|) * sum_{l in S} mse_coef * MSE(tap_l(x), target_l(x))
+  + kl_weight * KL(softmax(target_logits) || softmax(head(stop_gradient(block2(x)))))
+
+The head sits behind ``stop_gradient`` (``AirbenchNet(detach_head=True)``), so the conv body
+only ever sees the MSE terms and the KL term only ever trains the head. True labels are
+never used by the loss; they only appear in the logged training accuracy.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from decouple_jax import config as cfglib
+from decouple_jax import data as datalib
+from decouple_jax import models
+from decouple_jax.learn import trainer
+from decouple_jax.search import driver
+from decouple_jax.search.store import TargetStore, device_targets
+
+
+def supervised_blocks(variant: str) -> tuple[int, ...]:
+  """Blocks whose outputs regress onto targets: 'all_layers' -> (0, 1, 2), 'skip_block0' ->
+  (1, 2)."""
+  return {'all_layers': (0, 1, 2), 'skip_block0': (1, 2)}[variant]
+
+
+def squared_error(pred: jax.Array, target: jax.Array, reduction: str) -> jax.Array:
+  """Squared error of (B, ...) arrays: per-element mean ('mean') or per-image sum ('sum'),
+  averaged over the batch. Scalar."""
+  err = jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32))
+  err = err.reshape(err.shape[0], -1)
+  per_image = err.mean(1) if reduction == 'mean' else err.sum(1)
+  return per_image.mean()
+
+
+def kl_to_searched(target_logits: jax.Array, logits: jax.Array) -> jax.Array:
+  """Batch-mean KL(softmax(target_logits) || softmax(logits)); (B, K) inputs, nats."""
+  log_p = jax.nn.log_softmax(target_logits.astype(jnp.float32))
+  log_q = jax.nn.log_softmax(logits)
+  return jnp.mean(jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1))
+
+
+def student_loss_fn(model: models.AirbenchNet, cfg: cfglib.StudentConfig) -> trainer.LossFn:
+  """The student's loss for :func:`decouple_jax.learn.trainer.fit`.
+
+  ``batch.extras`` are the searched targets at the batch's positions: (B, H_l, W_l, w_l) for
+  blocks 0..2 and (B, K) logits.
+  """
+  if not model.detach_head:
+    raise ValueError('the student needs AirbenchNet(detach_head=True): the head must sit '
+                     'behind stop_gradient')
+  blocks = supervised_blocks(cfg.variant)
+
+  def loss_fn(params, batch_stats, batch: trainer.Batch):
+    taps, updates = model.apply({'params': params, 'batch_stats': batch_stats}, batch.images,
+                                use_running_average=False, mutable=['batch_stats'])
+    mse = {l: squared_error(taps[l], batch.extras[l], cfg.mse_reduction) for l in (0, 1, 2)}
+    body = sum(cfg.mse_coef * mse[l] for l in blocks) / len(blocks)
+    kl = kl_to_searched(batch.extras[3], taps[3])
+    metrics = {f'mse_block{l}': v for l, v in mse.items()}
+    metrics.update(kl=kl, train_accuracy=jnp.mean(jnp.argmax(taps[3], -1) == batch.labels))
+    return body + cfg.kl_weight * kl, (updates['batch_stats'], metrics)
+  return loss_fn
+
+
+def check_compatible(model: models.AirbenchNet, store: TargetStore,
+                     image_shape: tuple[int, int, int]) -> None:
+  """Refuses a student whose taps do not have the stored targets' shapes."""
+  shapes = models.tap_shapes(model, image_shape)
+  if tuple(map(tuple, store.spec.shapes)) != shapes:
+    raise cfglib.ConfigError(
+        f'student taps {shapes} do not match the stored targets {store.spec.shapes}: set '
+        'student.model.widths to search.model.widths')
+
+
+def open_targets(directory: str | pathlib.Path, data_cfg: cfglib.DataConfig,
+                 search_cfg: cfglib.SearchConfig, ds: datalib.Dataset) -> TargetStore:
+  """The complete target store of ``ds``'s training split, refusing another config's store."""
+  store = TargetStore.open(directory, expect=driver.expected_store_fields(data_cfg, search_cfg,
+                                                                          ds))
+  if not store.is_complete():
+    raise cfglib.ConfigError(
+        f'the target store {directory} is incomplete ({len(store.missing_chunks())} chunks '
+        'missing): finish it with launch/search.py (it resumes) before training the student')
+  return store
+
+
+def train_student(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
+                  student_cfg: cfglib.StudentConfig, workdir: str | pathlib.Path,
+                  targets: str | pathlib.Path, *, ds: datalib.Dataset | None = None,
+                  mesh=None) -> dict:
+  """Trains the student on the searched targets in ``targets``; resumable from ``workdir``.
+
+  Args:
+    data_cfg, search_cfg: the configs the target store was made with (checked).
+    student_cfg: the learning network, loss and training settings.
+    workdir: checkpoints, ``metrics.jsonl``, ``results.json``.
+    targets: the target store directory (``launch/search.py`` writes WORKDIR/targets).
+    ds: the loaded data set, if any.
+    mesh: data-parallel mesh; default every device.
+
+  Returns:
+    The results dict (test accuracy of the hold-out-selected weights, ...), with
+    ``variables`` of the selected student.
+  """
+  ds = ds if ds is not None else datalib.load_dataset(data_cfg)
+  store = open_targets(targets, data_cfg, search_cfg, ds)
+  model, variables = models.init_for_dataset(student_cfg.model, ds, student_cfg.train.seed,
+                                             detach_head=True)
+  check_compatible(model, store, ds.image_shape)
+  on_device = device_targets(store, int(student_cfg.device_targets_gb * 2**30))
+  train_data = trainer.TrainData.from_dataset(
+      ds, extras=on_device or (), stream=None if on_device is not None else store)
+  return trainer.fit(
+      model, variables, student_loss_fn(model, student_cfg), train_data, student_cfg.train,
+      workdir, config_hash=cfglib.config_hash(data_cfg, search_cfg, student_cfg),
+      config={'data': cfglib.to_dict(data_cfg), 'search': cfglib.to_dict(search_cfg),
+              'student': cfglib.to_dict(student_cfg)}, mesh=mesh)
