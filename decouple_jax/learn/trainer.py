@@ -210,78 +210,80 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
   tx = optim.optimizer(opt, steps * opt.epochs)
   mesh = _batch_mesh(mesh or default_mesh(), opt.batch_size)
   replicated = NamedSharding(mesh, P())
-  put = lambda tree: jax.device_put(tree, replicated)
+  # Never alias the caller's arrays: the step donates (and so deletes) the state it is given.
+  put = lambda tree: jax.device_put(jax.tree.map(jnp.copy, tree), replicated)
 
   state = TrainState(jnp.zeros((), jnp.int32), variables['params'],
                      variables.get('batch_stats', {}), tx.init(variables['params']))
   meta = {'epoch': 0, 'best_accuracy': -1.0, 'best_epoch': 0, 'train_seconds': 0.0,
           'config_hash': config_hash}
   best = {'params': state.params, 'batch_stats': state.batch_stats}
-  ckpt = _checkpointer(workdir)
-  log = runlog.JsonLines(workdir / 'metrics.jsonl')
-  if ckpt.latest_step() is not None:
-    restored = ckpt.restore(ckpt.latest_step(), args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(state), best=ocp.args.StandardRestore(best),
-        meta=ocp.args.JsonRestore()))
-    if restored.meta['config_hash'] != config_hash:
-      raise TrainError(
-          f'{workdir} holds a run of another configuration (hash '
-          f"{restored.meta['config_hash']} != {config_hash}); use a new --workdir or delete "
-          f'{workdir / "checkpoints"}')
-    state, best, meta = restored.state, restored.best, restored.meta
-    log.keep(lambda r: r.get('epoch', 0) <= meta['epoch'])
-  state = put(state)
+  # Closing the manager on any exit (also a NaN stop) finishes pending saves cleanly.
+  with _checkpointer(workdir) as ckpt:
+    log = runlog.JsonLines(workdir / 'metrics.jsonl')
+    if ckpt.latest_step() is not None:
+      step = ckpt.latest_step()
+      found = ckpt.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+      if found['config_hash'] != config_hash:
+        raise TrainError(
+            f"{workdir} holds a run of another configuration (hash {found['config_hash']} != "
+            f'{config_hash}); use a new --workdir or delete {workdir / "checkpoints"}')
+      restored = ckpt.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(state), best=ocp.args.StandardRestore(best),
+          meta=ocp.args.JsonRestore()))
+      state, best, meta = restored.state, restored.best, restored.meta
+      log.keep(lambda r: r.get('epoch', 0) <= meta['epoch'])
+    state = put(state)
 
-  images, labels = put(jnp.asarray(data.images)), put(jnp.asarray(data.labels))
-  extras = tuple(put(jnp.asarray(e)) for e in data.extras)
-  step_fn = make_step_fn(loss_fn, tx, cfg, data.mean, data.std, mesh,
-                         gather_extras=data.stream is None)
-  predict = make_predict_fn(model, cfg.bn_batch_stats, data.mean, data.std)
-  base_key = jax.random.key(cfg.seed)
-  first = meta['epoch'] + 1
-  bar = runlog.progress(total=opt.epochs, initial=first - 1, desc='train', unit='epoch')
-  for epoch in range(first, opt.epochs + 1):
-    t0 = time.perf_counter()
-    positions, keys = epoch_batches(jax.random.fold_in(base_key, epoch), n, opt.batch_size)
-    sums = {}
-    with contextlib.ExitStack() as stack:
-      if data.stream is None:
-        batches = ((idx, extras) for idx in positions)
-      else:
-        prefetch = stack.enter_context(Prefetcher(data.stream, np.asarray(positions)))
-        batches = ((jnp.asarray(pos), ex) for pos, ex in prefetch)
-      for (idx, batch_extras), key in zip(batches, keys):
-        state, metrics = step_fn(state, images, labels, batch_extras, idx, key)
-        sums = jax.tree.map(jnp.add, sums, metrics) if sums else metrics
-    metrics = {k: float(v) / steps for k, v in sums.items()}
-    if not np.isfinite(metrics['loss']):
-      raise TrainError(
-          f'the training loss became {metrics["loss"]} in epoch {epoch} (metrics {metrics}); '
-          'lower optim.lr, or raise model.bn_eps if the network is very narrow. The last '
-          f'good checkpoint in {workdir} is kept.')
-    meta['train_seconds'] += time.perf_counter() - t0
-    record = {'epoch': epoch, **metrics}
-    current = {'params': state.params, 'batch_stats': state.batch_stats}
-    if epoch % cfg.eval_every == 0 or epoch == opt.epochs:
-      acc = evaluate(predict, current, data.holdout_images, data.holdout_labels, cfg.eval_batch)
-      record['holdout_accuracy'] = acc
-      # Without a hold-out split, the last epoch is the selected one.
-      score = acc if len(data.holdout_images) else epoch
-      if score > meta['best_accuracy']:
-        meta['best_accuracy'], meta['best_epoch'] = score, epoch
-        best = jax.tree.map(jnp.copy, current)
-    if epoch_callback is not None:
-      record.update(epoch_callback(epoch, {'variables': current}))
-    log.write(record)
-    meta['epoch'] = epoch
-    if epoch % cfg.checkpoint_every == 0 or epoch == opt.epochs:
-      ckpt.save(epoch, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), best=ocp.args.StandardSave(best),
-          meta=ocp.args.JsonSave(meta)))
-    bar.set_postfix({k: f'{v:.4g}' for k, v in record.items() if k != 'epoch'})
-    bar.update(1)
-  bar.close()
-  ckpt.wait_until_finished()
+    images, labels = put(jnp.asarray(data.images)), put(jnp.asarray(data.labels))
+    extras = tuple(put(jnp.asarray(e)) for e in data.extras)
+    step_fn = make_step_fn(loss_fn, tx, cfg, data.mean, data.std, mesh,
+                           gather_extras=data.stream is None)
+    predict = make_predict_fn(model, cfg.bn_batch_stats, data.mean, data.std)
+    base_key = jax.random.key(cfg.seed)
+    first = meta['epoch'] + 1
+    bar = runlog.progress(total=opt.epochs, initial=first - 1, desc='train', unit='epoch')
+    for epoch in range(first, opt.epochs + 1):
+      t0 = time.perf_counter()
+      positions, keys = epoch_batches(jax.random.fold_in(base_key, epoch), n, opt.batch_size)
+      sums = {}
+      with contextlib.ExitStack() as stack:
+        if data.stream is None:
+          batches = ((idx, extras) for idx in positions)
+        else:
+          prefetch = stack.enter_context(Prefetcher(data.stream, np.asarray(positions)))
+          batches = ((jnp.asarray(pos), ex) for pos, ex in prefetch)
+        for (idx, batch_extras), key in zip(batches, keys):
+          state, metrics = step_fn(state, images, labels, batch_extras, idx, key)
+          sums = jax.tree.map(jnp.add, sums, metrics) if sums else metrics
+      metrics = {k: float(v) / steps for k, v in sums.items()}
+      if not np.isfinite(metrics['loss']):
+        raise TrainError(
+            f'the training loss became {metrics["loss"]} in epoch {epoch} (metrics {metrics}); '
+            'lower optim.lr or set optim.clip_norm (see its docstring). The last '
+            f'good checkpoint in {workdir} is kept.')
+      meta['train_seconds'] += time.perf_counter() - t0
+      record = {'epoch': epoch, **metrics}
+      current = {'params': state.params, 'batch_stats': state.batch_stats}
+      if epoch % cfg.eval_every == 0 or epoch == opt.epochs:
+        acc = evaluate(predict, current, data.holdout_images, data.holdout_labels, cfg.eval_batch)
+        record['holdout_accuracy'] = acc
+        # Without a hold-out split, the last epoch is the selected one.
+        score = acc if len(data.holdout_images) else epoch
+        if score > meta['best_accuracy']:
+          meta['best_accuracy'], meta['best_epoch'] = score, epoch
+          best = jax.tree.map(jnp.copy, current)
+      if epoch_callback is not None:
+        record.update(epoch_callback(epoch, {'variables': current}))
+      log.write(record)
+      meta['epoch'] = epoch
+      if epoch % cfg.checkpoint_every == 0 or epoch == opt.epochs:
+        ckpt.save(epoch, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), best=ocp.args.StandardSave(best),
+            meta=ocp.args.JsonSave(meta)))
+      bar.set_postfix({k: f'{v:.4g}' for k, v in record.items() if k != 'epoch'})
+      bar.update(1)
+    bar.close()
   final = {'params': state.params, 'batch_stats': state.batch_stats}
   results = {
       'test_accuracy': evaluate(predict, best, data.test_images, data.test_labels,

@@ -1,0 +1,203 @@
+"""Learning: optimiser units, the resumable trainer, the student's loss and its body cutoff."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from decouple_jax import config as cfglib
+from decouple_jax import data
+from decouple_jax import models
+from decouple_jax.learn import optim, sgd, student, trainer
+from decouple_jax.search import store as store_lib
+
+TINY_MODEL = cfglib.ModelConfig(widths=(8, 8, 8), convs_per_block=2, whiten_images=64)
+# One device keeps these tests fast on 2 cores; data parallelism has its own test below.
+ONE = trainer.mesh_1d('batch', jax.devices()[:1])
+TINY_TRAIN = cfglib.TrainConfig(optim=cfglib.OptimConfig(batch_size=64, epochs=2, clip_norm=2.0),
+                                eval_batch=128, flip=False)
+
+
+@pytest.fixture(scope='module')
+def tiny_mnist(mnist_dir):
+  return data.load_dataset(cfglib.DataConfig(dir=str(mnist_dir), train_limit=192, holdout=128,
+                                             test_limit=128))
+
+
+def test_plain_lr_is_airbench_conversion():
+  cfg = cfglib.OptimConfig(lr=4.0, momentum=0.85, batch_size=2000)
+  # airbench: lr / (1024 * (1 + 1 / (1 - momentum))) per summed-loss gradient.
+  assert optim.kilostep(0.85) == pytest.approx(1024 * (1 + 1 / 0.15))
+  assert optim.plain_lr(cfg) == pytest.approx(4.0 / (1024 * (1 + 1 / 0.15)) * 2000)
+
+
+def test_triangle_schedule_endpoints():
+  cfg = cfglib.OptimConfig(lr=1.0, momentum=0.5, batch_size=1024 * 3, warmup=0.25,
+                           lr_start=0.2, lr_end=0.0)
+  sched = optim.schedule(cfg, 100)
+  assert optim.plain_lr(cfg) == pytest.approx(1.0)
+  assert float(sched(0)) == pytest.approx(0.2)
+  assert float(sched(25)) == pytest.approx(1.0)
+  assert float(sched(100)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_optimizer_never_moves_whitening_filters():
+  params = {'whiten': {'kernel': jnp.ones((2, 2, 1, 8)), 'bias': jnp.ones(8)},
+            'head': {'kernel': jnp.ones((4, 2))}}
+  tx = optim.optimizer(cfglib.OptimConfig(weight_decay=5.0), 10)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  assert not np.any(np.asarray(updates['whiten']['kernel']))
+  assert np.all(np.asarray(updates['whiten']['bias']) != 0)
+
+
+class _Stop(Exception):
+  pass
+
+
+def test_killed_run_resumes_to_the_same_result(tiny_mnist, tmp_path):
+
+  model, variables = models.init_for_dataset(TINY_MODEL, tiny_mnist, 0)
+  loss_fn = sgd.cross_entropy_loss_fn(model, 10)
+  train_data = trainer.TrainData.from_dataset(tiny_mnist)
+  fit = lambda workdir, **kw: trainer.fit(model, variables, loss_fn, train_data, TINY_TRAIN,
+                                          workdir, config_hash='h', mesh=ONE, **kw)
+  full = fit(tmp_path / 'full')
+
+  def kill_in_epoch_2(epoch, _):
+    if epoch == 2:
+      raise _Stop  # after epoch 2's steps, before its checkpoint: as a kill would
+    return {}
+  with pytest.raises(_Stop):
+    fit(tmp_path / 'killed', epoch_callback=kill_in_epoch_2)
+  resumed = fit(tmp_path / 'killed')
+  for a, b in zip(jax.tree.leaves(full['variables']), jax.tree.leaves(resumed['variables'])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert resumed['test_accuracy'] == full['test_accuracy']
+  epochs = [r['epoch'] for r in trainer.runlog.JsonLines(tmp_path / 'killed' /
+                                                         'metrics.jsonl').records()]
+  assert epochs == [1, 2]
+
+
+
+def test_workdir_of_another_config_is_refused(tiny_mnist, tmp_path):
+  one_epoch = dataclasses.replace(TINY_TRAIN, optim=dataclasses.replace(TINY_TRAIN.optim,
+                                                                        epochs=1))
+  sgd.train_sgd(cfglib.DataConfig(), cfglib.SGDConfig(TINY_MODEL, one_epoch), tmp_path,
+                ds=tiny_mnist, mesh=ONE)
+  other = cfglib.SGDConfig(dataclasses.replace(TINY_MODEL, widths=(4, 4, 4)), one_epoch)
+  with pytest.raises(trainer.TrainError, match='another configuration'):
+    sgd.train_sgd(cfglib.DataConfig(), other, tmp_path, ds=tiny_mnist, mesh=ONE)
+
+
+def test_data_parallel_training_matches_one_device(tiny_mnist, tmp_path):
+  assert jax.device_count() == 8
+  # A larger BatchNorm eps: MNIST's batch-constant channels would amplify the devices'
+  # different float reduction orders by ~1/sqrt(eps) and hide what this test checks.
+  model_cfg = dataclasses.replace(TINY_MODEL, bn_eps=1e-3)
+  model, variables = models.init_for_dataset(model_cfg, tiny_mnist, 0)
+  loss_fn = sgd.cross_entropy_loss_fn(model, 10)
+  train_data = trainer.TrainData.from_dataset(tiny_mnist)
+  one_epoch = dataclasses.replace(TINY_TRAIN, optim=dataclasses.replace(TINY_TRAIN.optim,
+                                                                        epochs=1))
+  results = [trainer.fit(model, variables, loss_fn, train_data, one_epoch, tmp_path / str(n),
+                         config_hash='h', mesh=trainer.mesh_1d('batch', jax.devices()[:n]))
+             for n in (1, 8)]
+  assert results[1]['devices'] == 8
+  # Same math, different reduction order across devices: equal to float tolerance.
+  for a, b in zip(*(jax.tree.leaves(r['variables']) for r in results)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-2, atol=1e-3)
+
+
+def _student_setup(tiny_mnist, cfg):
+  model, variables = models.init_for_dataset(cfg.model, tiny_mnist, 0, detach_head=True)
+  shapes = models.tap_shapes(model, tiny_mnist.image_shape)
+  rng = np.random.default_rng(0)
+  targets = tuple(rng.normal(size=(8, *s)).astype(np.float32) for s in shapes)
+  x = data.normalize(tiny_mnist.train_images[:8], tiny_mnist.mean, tiny_mnist.std)
+  batch = trainer.Batch(x, jnp.asarray(tiny_mnist.train_labels[:8]), targets)
+  return model, variables, batch
+
+
+STUDENT = cfglib.StudentConfig(model=dataclasses.replace(TINY_MODEL, tap='pre_gelu',
+                                                         tap_scale=True))
+
+
+def _grads(model, cfg, variables, batch):
+  loss_fn = student.student_loss_fn(model, cfg)
+  return jax.grad(lambda p: loss_fn(p, variables['batch_stats'], batch)[0])(variables['params'])
+
+
+def _nonzero(tree):
+  return {'/'.join(k) for k, v in
+          __import__('flax').traverse_util.flatten_dict(tree).items() if np.any(np.asarray(v))}
+
+
+def test_kl_term_trains_the_head_only(tiny_mnist):
+  model, variables, batch = _student_setup(tiny_mnist, STUDENT)
+  kl_only = dataclasses.replace(STUDENT, mse_coef=0.0, kl_weight=1.0)
+  assert _nonzero(_grads(model, kl_only, variables, batch)) == {'head/kernel'}
+
+
+def test_mse_terms_shape_the_body_not_the_head(tiny_mnist):
+  model, variables, batch = _student_setup(tiny_mnist, STUDENT)
+  mse_only = dataclasses.replace(STUDENT, kl_weight=0.0)
+  touched = _nonzero(_grads(model, mse_only, variables, batch))
+  assert 'head/kernel' not in touched
+  assert {'block0/group0/conv1/kernel', 'block2/group0/conv2/kernel', 'tap_scale0'} <= touched
+
+
+def test_skip_block0_leaves_block0_only_upstream_gradients(tiny_mnist):
+  model, variables, batch = _student_setup(tiny_mnist, STUDENT)
+  skip = dataclasses.replace(STUDENT, variant='skip_block0', kl_weight=0.0)
+  assert 'tap_scale0' not in _nonzero(_grads(model, skip, variables, batch))
+
+
+def test_student_loss_values():
+  pred = jnp.asarray([[1.0, 2.0], [3.0, 5.0]])
+  target = jnp.zeros((2, 2))
+  assert float(student.squared_error(pred, target, 'mean')) == pytest.approx((5 / 2 + 34 / 2) / 2)
+  assert float(student.squared_error(pred, target, 'sum')) == pytest.approx((5 + 34) / 2)
+  p = jnp.log(jnp.asarray([[0.25, 0.75]]))
+  q = jnp.log(jnp.asarray([[0.5, 0.5]]))
+  want = 0.25 * np.log(0.25 / 0.5) + 0.75 * np.log(0.75 / 0.5)
+  assert float(student.kl_to_searched(p, q)) == pytest.approx(want, rel=1e-5)
+
+
+def _tiny_store(tmp_path, ds, model, dtype='float32'):
+  shapes = models.tap_shapes(model, ds.image_shape)
+  spec = store_lib.StoreSpec(shapes=shapes, dtype=dtype, num_images=len(ds.train_images),
+                             chunk_size=64, config_hash='c', data_name=ds.name, seed=0,
+                             index_hash=store_lib.indices_hash(ds.train_index))
+  st = store_lib.TargetStore.create_or_open(tmp_path, spec, ds.train_index)
+  rng = np.random.default_rng(1)
+  for c in range(st.num_chunks):
+    a, b = st.chunk_range(c)
+    st.write_chunk(c, [rng.normal(size=(b - a, *s)) for s in shapes],
+                   np.zeros((b - a, 4), np.float32), np.zeros(b - a, np.float32))
+  return store_lib.TargetStore.open(tmp_path)
+
+
+def test_streamed_targets_train_like_device_targets(tiny_mnist, tmp_path):
+  cfg = dataclasses.replace(STUDENT, train=TINY_TRAIN)
+  model, variables = models.init_for_dataset(cfg.model, tiny_mnist, 0, detach_head=True)
+  st = _tiny_store(tmp_path / 'store', tiny_mnist, model)
+  loss_fn = student.student_loss_fn(model, cfg)
+  on_device = trainer.TrainData.from_dataset(tiny_mnist, extras=st.load_all())
+  streamed = trainer.TrainData.from_dataset(tiny_mnist, stream=st)
+  runs = [trainer.fit(model, variables, loss_fn, d, cfg.train, tmp_path / name,
+                      config_hash='h', mesh=ONE) for d, name in ((on_device, 'dev'), (streamed, 'disk'))]
+  for a, b in zip(*(jax.tree.leaves(r['variables']) for r in runs)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_student_refuses_targets_of_another_config(tiny_mnist, tmp_path):
+  data_cfg = cfglib.DataConfig(train_limit=192, holdout=128, test_limit=128)
+  cfg = dataclasses.replace(STUDENT, train=TINY_TRAIN)
+  model = models.build(cfg.model, 10, 1)
+  _tiny_store(tmp_path / 'store', tiny_mnist, model)  # config_hash 'c': not this config's
+  with pytest.raises(store_lib.StoreError, match='config_hash'):
+    student.train_student(data_cfg, cfglib.SearchConfig(model=TINY_MODEL), cfg,
+                          tmp_path / 'run', tmp_path / 'store', ds=tiny_mnist, mesh=ONE)
