@@ -22,7 +22,7 @@ data: install
 	$(BIN)/python launch/fetch_data.py --dest=$(DATA_DIR)/mnist
 
 demo: data
-	$(BIN)/python launch/demo.py --workdir=runs/demo
+	$(BIN)/python launch/reproduce.py --config=configs/mnist.py:demo --workdir=runs/demo
 
 test: data
 	$(TEST_ENV) $(BIN)/python -m pytest -q tests

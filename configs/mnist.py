@@ -60,5 +60,5 @@ def get_config(arg: str = 'cpu') -> ml_collections.ConfigDict:
     c.search.chunk_size = 64
     c.student.model.widths = (8, 8, 8)
     c.student.model.whiten_images = 64
-    c.student.train = c.sgd.train
+    c.student.train = ml_collections.ConfigDict(c.sgd.train.to_dict())
   return c

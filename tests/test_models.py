@@ -7,6 +7,7 @@ import pytest
 
 from decouple_jax import config
 from decouple_jax import models
+from flax.linen import max_pool as flax_max_pool
 
 
 def _params(model, shape):
@@ -96,3 +97,9 @@ def test_forward_from_matches_full_forward():
 def test_build_from_config():
   model = models.build(config.ModelConfig(widths=(8, 8, 8), convs_per_block=4), 10, 1)
   assert model.convs_per_block == 4 and model.widths == (8, 8, 8)
+
+
+def test_max_pool_matches_flax_max_pool_on_odd_sizes():
+  x = jax.random.normal(jax.random.key(0), (2, 31, 15, 3))
+  want = flax_max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+  np.testing.assert_array_equal(np.asarray(models.airbench.max_pool_2x2(x)), np.asarray(want))

@@ -1,0 +1,102 @@
+"""Training throughput of the paper's CIFAR learning network, against the machine's matmul rate.
+
+  python benchmarks/train_throughput.py [--batch=N] [--steps=N] [--width=256] [--convs=6]
+
+Prints images/s of one SGD step (forward + backward + Nesterov update, batch-statistics
+BatchNorm, as the trainer runs it), the step's FLOPs from XLA's cost analysis, the achieved
+GFLOP/s, and that as a fraction of the dense float32 matmul rate measured in the same run.
+Also prints the student's step (MSE onto targets + KL head) on the same network, as a ratio.
+"""
+
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from decouple_jax import config as cfglib
+from decouple_jax import models
+from decouple_jax.learn import optim, sgd, student, trainer
+
+_BATCH = flags.DEFINE_integer('batch', 256, 'Images per step.')
+_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps (after one warm-up step).')
+_WIDTH = flags.DEFINE_integer('width', 256, 'Block width (paper: 256).')
+_CONVS = flags.DEFINE_integer('convs', 6, 'Convs per block (paper CIFAR learning net: 6).')
+_MATMUL = flags.DEFINE_integer('matmul', 2048, 'Side of the square matmul that sets the peak.')
+
+
+def _time(fn, *args, steps: int) -> float:
+  """Seconds per call, after one warm-up call; ``fn`` returns (state, ...) fed back in."""
+  out = fn(*args)
+  jax.block_until_ready(out)
+  t = time.perf_counter()
+  for _ in range(steps):
+    out = fn(out[0], *args[1:])
+  jax.block_until_ready(out)
+  return (time.perf_counter() - t) / steps
+
+
+def matmul_gflops(n: int, repeats: int = 5) -> float:
+  """Measured dense float32 matmul rate (GFLOP/s) of an n x n x n product."""
+  a = jax.random.normal(jax.random.key(0), (n, n))
+  mm = jax.jit(lambda x: (x @ a, a))
+  seconds = _time(mm, a, steps=repeats)
+  return 2 * n ** 3 / seconds / 1e9
+
+
+def step_setup(loss_fn, model_cfg, batch, extras):
+  model = models.build(model_cfg, 10, 3, detach_head=bool(extras))
+  x = np.random.default_rng(0).normal(size=(64, 32, 32, 3)).astype(np.float32)
+  variables = models.init_model(model, jax.random.key(0), x)
+  opt_cfg = cfglib.OptimConfig(batch_size=batch)
+  tx = optim.optimizer(opt_cfg, 100)
+  train_cfg = cfglib.TrainConfig(optim=opt_cfg)
+  mesh = trainer.mesh_1d('batch', jax.devices()[:1])
+  step = trainer.make_step_fn(loss_fn(model), tx, train_cfg, np.zeros(3, np.float32),
+                              np.ones(3, np.float32), mesh)
+  state = trainer.TrainState(jnp.zeros((), jnp.int32), variables['params'],
+                             variables['batch_stats'], tx.init(variables['params']))
+  images = jnp.asarray(np.random.default_rng(1).integers(0, 256, (batch, 32, 32, 3), np.uint8))
+  labels = jnp.asarray(np.random.default_rng(2).integers(0, 10, batch, np.int32))
+  args = (state, images, labels, extras(model) if extras else (), jnp.arange(batch),
+          jax.random.key(0))
+  return step, args
+
+
+def main(argv):
+  del argv
+  batch, width = _BATCH.value, _WIDTH.value
+  model_cfg = cfglib.ModelConfig(widths=(width,) * 3, convs_per_block=_CONVS.value)
+  print(f'jax {jax.__version__} on {jax.devices()[0].platform} x{jax.device_count()}; '
+        f'network widths {width}, {_CONVS.value} convs/block, batch {batch}')
+  peak = matmul_gflops(_MATMUL.value)
+  print(f'dense f32 matmul {_MATMUL.value}^3: {peak:.1f} GFLOP/s')
+
+  def sgd_loss(model):
+    return sgd.cross_entropy_loss_fn(model, 10)
+
+  student_cfg = cfglib.StudentConfig(model=model_cfg)
+
+  def student_loss(model):
+    return student.student_loss_fn(model, student_cfg)
+
+  def targets(model):
+    shapes = models.tap_shapes(model, (32, 32, 3))
+    return tuple(jnp.zeros((batch, *s), jnp.float32) for s in shapes)
+
+  results = {}
+  for name, loss_fn, extras in (('sgd', sgd_loss, None), ('student', student_loss, targets)):
+    step, args = step_setup(loss_fn, model_cfg, batch, extras)
+    flops = step.lower(*args).compile().cost_analysis()['flops']
+    seconds = _time(step, *args, steps=_STEPS.value)
+    results[name] = seconds
+    gflops = flops / seconds / 1e9
+    print(f'{name:8s} step: {batch / seconds:8.1f} images/s  {flops / batch / 1e9:.3f} GFLOP/image'
+          f'  {gflops:7.1f} GFLOP/s  = {gflops / peak:.1%} of the matmul rate')
+  print(f"student step / sgd step time: {results['student'] / results['sgd']:.3f}")
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,20 @@
+"""CIFAR-100 configs: those of configs/cifar10.py on CIFAR-100 (fine labels by default).
+
+Put ``cifar-100-python.tar.gz`` (or the binary archive) in ``data/cifar100``; coarse labels
+with ``--config.data.cifar100_labels=coarse``.
+
+  python launch/reproduce.py --config=configs/cifar100.py:paper --workdir=runs/cifar100
+"""
+
+import importlib.util
+import pathlib
+
+# configs/ is not a package (it is not installed): load the sibling file by path.
+_spec = importlib.util.spec_from_file_location(
+    'decouple_jax_configs_cifar10', pathlib.Path(__file__).with_name('cifar10.py'))
+_cifar10 = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_cifar10)
+
+
+def get_config(arg: str = 'cpu'):
+  return _cifar10.get_config(arg, name='cifar100')
