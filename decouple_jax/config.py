@@ -359,6 +359,31 @@ class StudentConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ReproduceConfig:
+  """What ``launch/reproduce.py`` runs per seed (PAPER.md section 5).
+
+  Attributes:
+    sgd_convs: convs per block of the SGD baselines tried; the table reports the one with the
+      best mean hold-out accuracy (paper: best of 2, 4 and 6).
+    variants: student variants trained ('all_layers', 'skip_block0').
+    holdout_search: also search the hold-out split, so the student's diagnostics include
+      how well it fits targets of images it never trained on (costs holdout/train of the
+      training search).
+  """
+  sgd_convs: tuple[int, ...] = (2, 4, 6)
+  variants: tuple[str, ...] = ('all_layers', 'skip_block0')
+  holdout_search: bool = True
+
+  def __post_init__(self):
+    if not self.sgd_convs or not self.variants:
+      raise ConfigError('reproduce.sgd_convs and reproduce.variants each need at least one entry')
+    if not set(self.sgd_convs) <= {2, 4, 6}:
+      raise ConfigError(f'reproduce.sgd_convs={self.sgd_convs}: convs per block must be 2, 4 or 6')
+    for variant in self.variants:
+      _check_choice('reproduce.variants', variant, ('all_layers', 'skip_block0'))
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
   """Everything one experiment needs; ``configs/*.py`` build this as a ConfigDict.
 
@@ -371,6 +396,7 @@ class ExperimentConfig:
     search: the search phase.
     student: the learning phase on the searched targets.
     seeds: seeds of repeated runs (tables report mean +- std over them).
+    reproduce: what ``launch/reproduce.py`` runs for each seed.
   """
   name: str = 'experiment'
   scale: str = 'paper'
@@ -379,3 +405,4 @@ class ExperimentConfig:
   search: SearchConfig = SearchConfig()
   student: StudentConfig = StudentConfig()
   seeds: tuple[int, ...] = (0,)
+  reproduce: ReproduceConfig = ReproduceConfig()
