@@ -1,8 +1,11 @@
-"""Searches a data set's training split and fills a resumable target store.
+"""Searches a data set's training (or hold-out) split and fills a resumable target store.
 
 :func:`run_search` is what ``launch/search.py`` calls. Work is done chunk by chunk (the store's
 unit of resumption); a killed run started again redoes at most the chunk in flight and, since
 every image's randomness derives from (seed, dataset index), ends with the same store.
+
+The hold-out split is searched only for diagnostics (how well the student fits targets of
+images it never trained on); its store lives beside the training one (:func:`store_dir`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,20 @@ from decouple_jax.search import sharding
 from decouple_jax.search.store import StoreSpec, TargetStore, indices_hash
 
 LAYER_NAMES = ('block0', 'block1', 'block2', 'logits')
+# Store directory of each searchable split, inside a run directory.
+STORE_DIRS = {'train': 'targets', 'holdout': 'targets_holdout'}
+
+
+def store_dir(workdir: str | pathlib.Path, split: str = 'train') -> pathlib.Path:
+  """Where the store of ``split`` goes in run directory ``workdir``."""
+  return pathlib.Path(workdir) / STORE_DIRS[split]
+
+
+def split_arrays(ds: datalib.Dataset, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """``split``'s uint8 images (N, H, W, C), int32 labels (N,) and int64 dataset indices (N,)."""
+  if split not in STORE_DIRS:
+    raise cfglib.ConfigError(f'split={split!r} is not one of {tuple(STORE_DIRS)}')
+  return tuple(getattr(ds, f'{split}_{part}') for part in ('images', 'labels', 'index'))
 
 
 def targets_hash(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig) -> str:
@@ -39,36 +56,40 @@ def targets_hash(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig) -
 
 def open_store(directory: str | pathlib.Path, data_cfg: cfglib.DataConfig,
                search_cfg: cfglib.SearchConfig, ds: datalib.Dataset,
-               model=None) -> TargetStore:
-  """Creates, or reopens to resume, the store for this data and search config."""
+               model=None, split: str = 'train') -> TargetStore:
+  """Creates, or reopens to resume, the store of ``split`` for this data and search config."""
   model = model or models.build(search_cfg.model, ds.num_classes, ds.image_shape[-1])
+  _, _, index = split_arrays(ds, split)
   spec = StoreSpec(
       shapes=models.tap_shapes(model, ds.image_shape), dtype=search_cfg.store_dtype,
-      num_images=len(ds.train_images), chunk_size=search_cfg.chunk_size,
+      num_images=len(index), chunk_size=search_cfg.chunk_size,
       config_hash=targets_hash(data_cfg, search_cfg), data_name=ds.name,
-      seed=search_cfg.seed, index_hash=indices_hash(ds.train_index))
-  return TargetStore.create_or_open(directory, spec, ds.train_index)
+      seed=search_cfg.seed, index_hash=indices_hash(index))
+  return TargetStore.create_or_open(directory, spec, index)
 
 
 def expected_store_fields(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
-                          ds: datalib.Dataset) -> dict:
-  """What a store must match to serve as targets for ``ds`` (for ``TargetStore.open``)."""
+                          ds: datalib.Dataset, split: str = 'train') -> dict:
+  """What a store must match to serve as ``split``'s targets (for ``TargetStore.open``)."""
+  _, _, index = split_arrays(ds, split)
   return {'config_hash': targets_hash(data_cfg, search_cfg), 'data_name': ds.name,
-          'index_hash': indices_hash(ds.train_index)}
+          'index_hash': indices_hash(index)}
 
 
 def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
                directory: str | pathlib.Path, *, ds: datalib.Dataset | None = None,
-               mesh: jax.sharding.Mesh | None = None) -> TargetStore:
-  """Searches every training image of ``data_cfg`` into the store at ``directory``.
+               mesh: jax.sharding.Mesh | None = None, split: str = 'train') -> TargetStore:
+  """Searches every image of ``split`` of ``data_cfg`` into the store at ``directory``.
 
   Args:
-    data_cfg: the data set; its training split (hold-out removed) is searched.
+    data_cfg: the data set.
     search_cfg: the search.
     directory: the target store (created, or resumed if it holds this config's store; a
-      store of another config is refused).
+      store of another config or split is refused).
     ds: the already loaded data set, if any.
     mesh: 1-D device mesh, axis 'images' (default: every device).
+    split: 'train' (the training split, hold-out removed: the student's targets) or
+      'holdout' (the hold-out split, searched with the same network, for diagnostics).
 
   Returns:
     The complete store. ``directory/search_log.jsonl`` gets one record per chunk (mean best
@@ -77,15 +98,16 @@ def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
   directory = pathlib.Path(directory)
   ds = ds if ds is not None else datalib.load_dataset(data_cfg)
   model, variables = models.init_for_dataset(search_cfg.model, ds, search_cfg.seed)
-  store = open_store(directory, data_cfg, search_cfg, ds, model)
+  images, labels, index = split_arrays(ds, split)
+  store = open_store(directory, data_cfg, search_cfg, ds, model, split)
   mesh = mesh if mesh is not None else sharding.make_mesh()
   search_fn = sharding.make_search_fn(model, variables, search_cfg, mesh)
   batch = search_cfg.batch_images * mesh.size
   log = runlog.JsonLines(directory / 'search_log.jsonl')
   todo = store.missing_chunks()
   n_todo = sum(np.subtract(*store.chunk_range(c)[::-1]) for c in todo)
-  bar = runlog.progress(total=len(ds.train_images), initial=len(ds.train_images) - n_todo,
-                        desc='search', unit='img')
+  bar = runlog.progress(total=len(images), initial=len(images) - n_todo, desc=f'search {split}',
+                        unit='img')
   t_start, done = time.perf_counter(), 0
   for c in todo:
     start, stop = store.chunk_range(c)
@@ -95,8 +117,8 @@ def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
       e = min(s + batch, stop)
       # Every call gets the same batch size (the last one padded) so nothing recompiles.
       pos = np.minimum(np.arange(s, s + batch), e - 1)
-      images = datalib.normalize(ds.train_images[pos], ds.mean, ds.std)
-      result = search_fn(images, ds.train_labels[pos], ds.train_index[pos])
+      x = datalib.normalize(images[pos], ds.mean, ds.std)
+      result = search_fn(x, labels[pos], index[pos])
       parts.append(jax.tree.map(lambda a: np.asarray(a)[:e - s], result))
       bar.update(e - s)
       best = np.concatenate([p.best_loss for p in parts]).mean(0)
