@@ -7,7 +7,8 @@ Loss per batch, with S the supervised blocks ({0, 1, 2}, or {1, 2} for 'skip_blo
 
 The head sits behind ``stop_gradient`` (``AirbenchNet(detach_head=True)``), so the conv body
 only ever sees the MSE terms and the KL term only ever trains the head. True labels are
-never used by the loss; they only appear in the logged training accuracy.
+never used by the loss; they only appear in the logged training accuracy (and in the
+diagnostics computed after training, see :mod:`decouple_jax.learn.diagnostics`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import numpy as np
 from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
 from decouple_jax import models
+from decouple_jax import runlog
+from decouple_jax.learn import diagnostics
 from decouple_jax.learn import trainer
 from decouple_jax.search import driver
 from decouple_jax.search.store import TargetStore, device_targets
@@ -82,10 +85,11 @@ def check_compatible(model: models.AirbenchNet, store: TargetStore,
 
 
 def open_targets(directory: str | pathlib.Path, data_cfg: cfglib.DataConfig,
-                 search_cfg: cfglib.SearchConfig, ds: datalib.Dataset) -> TargetStore:
-  """The complete target store of ``ds``'s training split, refusing another config's store."""
+                 search_cfg: cfglib.SearchConfig, ds: datalib.Dataset,
+                 split: str = 'train') -> TargetStore:
+  """The complete target store of ``ds``'s ``split``, refusing another config's or split's."""
   store = TargetStore.open(directory, expect=driver.expected_store_fields(data_cfg, search_cfg,
-                                                                          ds))
+                                                                          ds, split))
   if not store.is_complete():
     raise cfglib.ConfigError(
         f'the target store {directory} is incomplete ({len(store.missing_chunks())} chunks '
@@ -95,8 +99,9 @@ def open_targets(directory: str | pathlib.Path, data_cfg: cfglib.DataConfig,
 
 def train_student(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
                   student_cfg: cfglib.StudentConfig, workdir: str | pathlib.Path,
-                  targets: str | pathlib.Path, *, ds: datalib.Dataset | None = None,
-                  mesh=None) -> dict:
+                  targets: str | pathlib.Path, *,
+                  holdout_targets: str | pathlib.Path | None = None,
+                  ds: datalib.Dataset | None = None, mesh=None) -> dict:
   """Trains the student on the searched targets in ``targets``; resumable from ``workdir``.
 
   Args:
@@ -104,23 +109,35 @@ def train_student(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
     student_cfg: the learning network, loss and training settings.
     workdir: checkpoints, ``metrics.jsonl``, ``results.json``.
     targets: the target store directory (``launch/search.py`` writes WORKDIR/targets).
+    holdout_targets: the hold-out split's target store (``run_search(split='holdout')``), or
+      None; with it the diagnostics include R^2 on images the student never trained on.
     ds: the loaded data set, if any.
     mesh: data-parallel mesh; default every device.
 
   Returns:
-    The results dict (test accuracy of the hold-out-selected weights, ...), with
-    ``variables`` of the selected student.
+    The results dict (test accuracy of the hold-out-selected weights, ..., and the
+    ``diagnostics`` of :func:`decouple_jax.learn.diagnostics.student_diagnostics` of the
+    selected weights), also written to ``workdir/results.json``, with ``variables`` of the
+    selected student.
   """
   ds = ds if ds is not None else datalib.load_dataset(data_cfg)
   store = open_targets(targets, data_cfg, search_cfg, ds)
+  # Opened before training, so a wrong path fails now rather than after the last epoch.
+  holdout_store = (open_targets(holdout_targets, data_cfg, search_cfg, ds, 'holdout')
+                   if holdout_targets is not None else None)
   model, variables = models.init_for_dataset(student_cfg.model, ds, student_cfg.train.seed,
                                              detach_head=True)
   check_compatible(model, store, ds.image_shape)
   on_device = device_targets(store, int(student_cfg.device_targets_gb * 2**30))
   train_data = trainer.TrainData.from_dataset(
       ds, extras=on_device or (), stream=None if on_device is not None else store)
-  return trainer.fit(
+  results = trainer.fit(
       model, variables, student_loss_fn(model, student_cfg), train_data, student_cfg.train,
       workdir, config_hash=cfglib.config_hash(data_cfg, search_cfg, student_cfg),
       config={'data': cfglib.to_dict(data_cfg), 'search': cfglib.to_dict(search_cfg),
               'student': cfglib.to_dict(student_cfg)}, mesh=mesh)
+  results['diagnostics'] = diagnostics.student_diagnostics(
+      model, results['variables'], ds, store, holdout_store, student_cfg)
+  runlog.write_json(pathlib.Path(workdir) / 'results.json',
+                    {k: v for k, v in results.items() if k != 'variables'})
+  return results

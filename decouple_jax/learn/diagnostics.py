@@ -1,0 +1,226 @@
+"""What limits the student's accuracy: fitting the targets, the targets' labels, or the head.
+
+Three questions, one number each (PAPER.md section 9 found all three worth asking):
+
+- Does the body fit its targets? R^2 of each block's tap against the searched targets, on
+  training images and, when the hold-out split was searched too, on images the student never
+  trained on.
+- Do the targets carry the label? How often the cached logits' argmax (p_hat's mode) is the
+  true label: the KL head can do no better than what it is taught.
+- Does the body carry the label to unseen images? A linear probe trained with TRUE labels on
+  the frozen block-2 output (the head's input) next to the KL-trained head's test accuracy: a
+  probe far above the head means the head, not the body, is what limits.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import optax
+
+from decouple_jax import config as cfglib
+from decouple_jax import data as datalib
+from decouple_jax.models import airbench
+from decouple_jax.search.store import TargetStore
+
+# Sufficient statistics of R^2 over images: (SSE, per-element sum of the targets (D,), their
+# per-element sum of squares (D,), number of images). They add up over batches.
+R2Stats = tuple[float, np.ndarray, np.ndarray, int]
+
+
+@jax.jit
+def _batch_r2_stats(pred: jax.Array, target: jax.Array):
+  p = pred.reshape(pred.shape[0], -1).astype(jnp.float32)
+  t = target.reshape(target.shape[0], -1).astype(jnp.float32)
+  return jnp.sum(jnp.square(p - t)), t.sum(0), jnp.square(t).sum(0)
+
+
+def r2_stats(pred, target) -> R2Stats:
+  """The :data:`R2Stats` of ``pred`` against ``target``, both (N, ...), as float64."""
+  sse, sum_t, sum_t2 = _batch_r2_stats(jnp.asarray(pred), jnp.asarray(target))
+  return (float(sse), np.asarray(sum_t, np.float64), np.asarray(sum_t2, np.float64),
+          len(target))
+
+
+def r2_from_stats(stats: R2Stats) -> float:
+  """1 - SSE / SST, with SST the squared deviation of each element from its mean over images."""
+  sse, sum_t, sum_t2, n = stats
+  sst = float(np.sum(sum_t2 - np.square(sum_t) / n))
+  # Targets identical over all images leave nothing to explain.
+  return 1.0 - sse / sst if sst > 0 else float('nan')
+
+
+def r_squared(pred, target) -> float:
+  """R^2 of ``pred`` (N, ...) against ``target`` (N, ...): 1 for a perfect prediction, 0 for
+  predicting every element's mean over the N images, negative for worse."""
+  return r2_from_stats(r2_stats(pred, target))
+
+
+def add_r2_stats(a: R2Stats, b: R2Stats) -> R2Stats:
+  """The statistics of two disjoint sets of images together."""
+  return tuple(x + y for x, y in zip(a, b))
+
+
+def stored_logits(store: TargetStore) -> np.ndarray:
+  """(N, K) float32: the store's cached logits (its last layer), read without the blocks.
+
+  Reads the layer's .npy file directly (layout in :mod:`decouple_jax.search.store`): the
+  block targets are far larger than the logits and are not needed here.
+  """
+  raw = np.load(store.directory / f'layer{len(store.spec.shapes) - 1}.npy', mmap_mode='r')
+  if store.spec.dtype == 'bfloat16':
+    raw = raw.view(ml_dtypes.bfloat16)
+  return np.asarray(raw, np.float32)
+
+
+def phat_accuracy(store: TargetStore, labels: np.ndarray) -> float:
+  """Fraction of the store's images whose cached logits' argmax is ``labels`` (N,)."""
+  return float(np.mean(np.argmax(stored_logits(store), -1) == np.asarray(labels)))
+
+
+@functools.partial(jax.jit, static_argnames=('num_classes', 'epochs'))
+def _probe(x_train, y_train, x_test, y_test, num_classes: int, epochs: int, lr: float):
+  mean = x_train.mean(0)
+  std = x_train.std(0)
+  # A feature constant over the training images carries nothing; keep it at zero.
+  std = jnp.where(std > 0, std, 1.0)
+  x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+  params = {'w': jnp.zeros((x_train.shape[1], num_classes)), 'b': jnp.zeros(num_classes)}
+  tx = optax.adam(lr)
+
+  def loss(p):
+    logits = x_train @ p['w'] + p['b']
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y_train).mean()
+
+  def step(carry, _):
+    p, opt_state = carry
+    updates, opt_state = tx.update(jax.grad(loss)(p), opt_state)
+    return (optax.apply_updates(p, updates), opt_state), None
+
+  (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), None, length=epochs)
+  return jnp.mean(jnp.argmax(x_test @ params['w'] + params['b'], -1) == y_test)
+
+
+def linear_probe(features_train: np.ndarray, labels: np.ndarray, features_test: np.ndarray,
+                 labels_test: np.ndarray, num_classes: int, *, epochs: int = 300,
+                 lr: float = 0.01) -> float:
+  """Test accuracy of softmax regression trained on frozen features with true labels.
+
+  Features are standardised with the training features' per-dimension mean and std; the
+  regression is trained full-batch with Adam (one step per epoch) from zero weights.
+
+  Args:
+    features_train: (N, D) float features of the training images.
+    labels: (N,) int true labels.
+    features_test: (M, D) features of the test images.
+    labels_test: (M,) int.
+    num_classes: K.
+    epochs: full-batch steps.
+    lr: Adam learning rate.
+
+  Returns:
+    Fraction of the M test images classified correctly.
+  """
+  return float(_probe(jnp.asarray(features_train, jnp.float32), jnp.asarray(labels, jnp.int32),
+                      jnp.asarray(features_test, jnp.float32),
+                      jnp.asarray(labels_test, jnp.int32), num_classes, epochs, lr))
+
+
+def make_features_fn(model: airbench.AirbenchNet, batch_stats_mode: bool, mean, std):
+  """Jitted ``(variables, uint8 images (B, H, W, C)) -> (taps, head input (B, D))``.
+
+  The head input is the last block's output (post-GELU, whatever ``model.tap`` is) flattened;
+  it is what the 'flatten' head reads. BatchNorm as in evaluation: batch statistics of the B
+  images if ``batch_stats_mode``, else the running averages.
+  """
+  last = f'block{len(model.widths) - 1}'
+
+  def is_last_block(module, method_name):
+    del method_name
+    return isinstance(module, airbench.Block) and module.name == last
+
+  def features(variables, images):
+    x = datalib.normalize(images, mean, std)
+    taps, state = model.apply(variables, x, use_running_average=not batch_stats_mode,
+                              capture_intermediates=is_last_block,
+                              mutable=['intermediates', 'batch_stats'])
+    ((out, _),) = state['intermediates'][last]['__call__']
+    return taps, out.reshape(out.shape[0], -1)
+  return jax.jit(features)
+
+
+def _pass(features_fn, variables, images: np.ndarray, labels: np.ndarray, batch_size: int,
+          store: TargetStore | None) -> tuple[list[float] | None, np.ndarray, float]:
+  """One pass over ``images`` (positions 0..N-1 of ``store``, if given).
+
+  Returns:
+    R^2 per block against the stored targets (None without a store), the head inputs
+    (N, D) and the head's accuracy.
+  """
+  stats, features, correct = None, [], 0
+  for start in range(0, len(images), batch_size):
+    stop = min(start + batch_size, len(images))
+    taps, feats = features_fn(variables, images[start:stop])
+    features.append(np.asarray(feats))
+    correct += int(np.sum(np.argmax(np.asarray(taps[-1]), -1) == labels[start:stop]))
+    if store is not None:
+      targets = store.read(np.arange(start, stop))
+      batch = [r2_stats(taps[l], targets[l]) for l in range(len(taps) - 1)]
+      stats = batch if stats is None else [add_r2_stats(a, b) for a, b in zip(stats, batch)]
+  r2 = None if stats is None else [r2_from_stats(s) for s in stats]
+  return r2, np.concatenate(features), correct / len(images)
+
+
+def student_diagnostics(model: airbench.AirbenchNet, variables, ds: datalib.Dataset,
+                        store: TargetStore, holdout_store: TargetStore | None,
+                        cfg: cfglib.StudentConfig, *, max_images: int = 4000,
+                        probe_epochs: int = 300, probe_lr: float = 0.01) -> dict:
+  """The diagnostics of a trained student (see the module docstring).
+
+  Every forward pass uses the evaluation's BatchNorm mode and batch size
+  (``cfg.train.bn_batch_stats``, ``cfg.train.eval_batch``). To stay cheap, R^2 and the probe use
+  the first ``max_images`` images of each split; ``head_test_accuracy`` is measured on the same
+  test images as the probe, so the two compare exactly (it can differ slightly from the run's
+  ``test_accuracy`` when the test split is larger).
+
+  Args:
+    model: the student network (its taps are what the loss compared with the targets).
+    variables: the selected student's {'params', 'batch_stats'}.
+    ds: the data set; ``store`` holds targets of ``ds.train_*`` position by position.
+    store: the training split's target store.
+    holdout_store: the hold-out split's target store, or None.
+    cfg: the student config.
+    max_images: images per split for R^2 and the probe.
+    probe_epochs, probe_lr: see :func:`linear_probe`.
+
+  Returns:
+    ``r2_train`` and ``r2_holdout`` (R^2 per block, the latter None without a hold-out
+    store), ``phat_accuracy`` (over the whole training store), ``linear_probe_test_accuracy``,
+    ``head_test_accuracy`` and the number of ``images`` each split contributed.
+  """
+  fn = make_features_fn(model, cfg.train.bn_batch_stats, ds.mean, ds.std)
+  batch = cfg.train.eval_batch
+  n_train, n_test = (min(max_images, len(ds.train_images)), min(max_images, len(ds.test_images)))
+  r2_train, f_train, _ = _pass(fn, variables, ds.train_images[:n_train],
+                               ds.train_labels[:n_train], batch, store)
+  _, f_test, head_accuracy = _pass(fn, variables, ds.test_images[:n_test],
+                                   ds.test_labels[:n_test], batch, None)
+  r2_holdout, n_holdout = None, 0
+  if holdout_store is not None:
+    n_holdout = min(max_images, len(ds.holdout_images))
+    r2_holdout, _, _ = _pass(fn, variables, ds.holdout_images[:n_holdout],
+                             ds.holdout_labels[:n_holdout], batch, holdout_store)
+  probe = linear_probe(f_train, ds.train_labels[:n_train], f_test, ds.test_labels[:n_test],
+                       ds.num_classes, epochs=probe_epochs, lr=probe_lr)
+  return {
+      'r2_train': r2_train,
+      'r2_holdout': r2_holdout,
+      'phat_accuracy': phat_accuracy(store, ds.train_labels),
+      'linear_probe_test_accuracy': probe,
+      'head_test_accuracy': head_accuracy,
+      'images': {'train': n_train, 'holdout': n_holdout, 'test': n_test},
+  }

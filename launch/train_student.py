@@ -1,0 +1,52 @@
+"""Trains the student on searched targets (MSE body + KL head); resumes from --workdir.
+
+  python launch/search.py --config=configs/mnist.py:cpu --workdir=runs/mnist
+  python launch/train_student.py --config=configs/mnist.py:cpu --workdir=runs/mnist_student \
+      --targets=runs/mnist/targets
+
+--targets defaults to WORKDIR/targets. If a hold-out target store sits beside the targets
+(TARGETS_holdout, e.g. runs/mnist/targets_holdout, as launch/reproduce.py writes it), the
+diagnostics in WORKDIR/results.json include R^2 on hold-out images; --holdout_targets names
+another one.
+"""
+
+import pathlib
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from decouple_jax import config as cfglib
+from decouple_jax import learn
+from decouple_jax.cli import run_cli
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'A configs/*.py file:variant.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (resumed if it exists).')
+_TARGETS = flags.DEFINE_string('targets', None, 'Target store (default: WORKDIR/targets).')
+_HOLDOUT_TARGETS = flags.DEFINE_string(
+    'holdout_targets', None, "Hold-out split's target store (default: TARGETS_holdout if it "
+    'exists, else none).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  del argv
+  exp = cfglib.from_dict(cfglib.ExperimentConfig, _CONFIG.value)
+  targets = _TARGETS.value or str(pathlib.Path(_WORKDIR.value) / 'targets')
+  holdout = _HOLDOUT_TARGETS.value
+  if holdout is None and pathlib.Path(f'{targets}_holdout').exists():
+    holdout = f'{targets}_holdout'
+  results = learn.train_student(exp.data, exp.search, exp.student, _WORKDIR.value, targets,
+                                holdout_targets=holdout)
+  d = results['diagnostics']
+  r2 = ' / '.join(f'{v:.3f}' for v in d['r2_train'])
+  print(f"[{exp.name}, {exp.scale}] student ({exp.student.variant}) test accuracy "
+        f"{100 * results['test_accuracy']:.2f}% (hold-out "
+        f"{100 * results['holdout_accuracy']:.2f}% at epoch {results['best_epoch']}); R^2 per "
+        f"block {r2}, p_hat accuracy {100 * d['phat_accuracy']:.1f}%, linear probe "
+        f"{100 * d['linear_probe_test_accuracy']:.1f}% vs head "
+        f"{100 * d['head_test_accuracy']:.1f}%; results in {_WORKDIR.value}/results.json")
+
+
+if __name__ == '__main__':
+  app.run(run_cli(main))
