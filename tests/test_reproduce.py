@@ -1,0 +1,204 @@
+"""Diagnostics, hold-out search, the launch scripts end to end and reproduce's resumption."""
+
+import dataclasses
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from decouple_jax import config as cfglib
+from decouple_jax import data
+from decouple_jax import models
+from decouple_jax import reproduce
+from decouple_jax.learn import diagnostics, student
+from decouple_jax.search import store as store_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_r_squared_exact_values():
+  target = np.array([[0.0, 1.0], [2.0, 5.0]])
+  assert diagnostics.r_squared(target, target) == 1.0
+  mean = np.broadcast_to(target.mean(0), target.shape)
+  assert diagnostics.r_squared(mean, target) == pytest.approx(0.0, abs=1e-12)
+  # SSE 1, SST (0-1)^2 + (2-1)^2 + (1-3)^2 + (5-3)^2 = 10.
+  assert diagnostics.r_squared(target + [[1.0, 0.0], [0.0, 0.0]], target) == pytest.approx(0.9)
+
+
+def test_r_squared_statistics_add_over_batches():
+  rng = np.random.default_rng(0)
+  pred, target = rng.normal(size=(2, 10, 3, 3, 4))
+  parts = [diagnostics.r2_stats(pred[s], target[s]) for s in (slice(0, 4), slice(4, 10))]
+  together = diagnostics.r2_from_stats(diagnostics.add_r2_stats(*parts))
+  assert together == pytest.approx(diagnostics.r_squared(pred, target), rel=1e-6)
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_phat_accuracy_reads_the_cached_logits(tmp_path, dtype):
+  logits = np.array([[3.0, 0, 0], [0, 2.0, 0], [0, 0, 1.0], [1.0, 0, 0]])
+  shapes = ((2, 2, 1), (3,))
+  spec = store_lib.StoreSpec(shapes=shapes, dtype=dtype, num_images=4, chunk_size=4,
+                             config_hash='c', data_name='mnist', seed=0,
+                             index_hash=store_lib.indices_hash(np.arange(4)))
+  st = store_lib.TargetStore.create_or_open(tmp_path, spec, np.arange(4))
+  st.write_chunk(0, [np.zeros((4, 2, 2, 1)), logits], np.zeros((4, 2), np.float32),
+                 np.zeros(4, np.float32))
+  assert diagnostics.phat_accuracy(st, np.array([0, 1, 1, 0])) == 0.75
+
+
+def test_linear_probe_separates_separable_features():
+  rng = np.random.default_rng(0)
+  centers = 4.0 * rng.normal(size=(3, 16))
+
+  def draw(n):
+    labels = rng.integers(0, 3, n)
+    feats = centers[labels] + rng.normal(size=(n, 16))
+    # A constant feature carries nothing and must not break standardisation.
+    return np.concatenate([feats, np.ones((n, 1))], 1), labels
+  (x, y), (x_test, y_test) = draw(300), draw(200)
+  assert diagnostics.linear_probe(x, y, x_test, y_test, 3, epochs=200, lr=0.05) == 1.0
+
+
+@pytest.mark.parametrize('batch_stats_mode', [True, False])
+def test_features_are_the_heads_input(batch_stats_mode):
+  model_cfg = cfglib.ModelConfig(widths=(4, 4, 4), convs_per_block=4, tap='pre_gelu',
+                                 tap_scale=True)
+  model = models.build(model_cfg, 10, 1, detach_head=True)
+  images = np.random.default_rng(0).integers(0, 256, (6, 28, 28, 1), dtype=np.uint8)
+  variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 28, 28, 1), np.float32))
+  fn = diagnostics.make_features_fn(model, batch_stats_mode, np.zeros(1, np.float32),
+                                    np.ones(1, np.float32))
+  taps, features = fn(variables, images)
+  assert features.shape == (6, 3 * 3 * 4)
+  np.testing.assert_allclose(features @ variables['params']['head']['kernel'], taps[-1],
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_reproduce_config_refuses_unknown_options():
+  with pytest.raises(cfglib.ConfigError, match='2, 4 or 6'):
+    cfglib.ReproduceConfig(sgd_convs=(3,))
+  with pytest.raises(cfglib.ConfigError, match='variants'):
+    cfglib.ReproduceConfig(variants=('all',))
+
+
+def test_scale_label_and_paper_numbers():
+  assert reproduce.scale_label('paper') == 'paper'
+  assert reproduce.scale_label('cpu') == 'scaled down: cpu'
+  assert reproduce.paper_result('mnist', 'all_layers', False) == (1, (99.0, 0.1))
+  assert reproduce.paper_result('cifar100', 'skip_block0', True) == (2, (69.2, 0.3))
+  assert reproduce.paper_result('mnist', 'sgd', True) == (2, None)
+
+
+# The pipeline below runs every launch script once on `configs/mnist.py:smoke` (1 epoch), each
+# writing where launch/reproduce.py looks, so that reproduce then only has to add the hold-out
+# search and the second student variant; a second reproduce must add nothing.
+
+# Command-line lists do not override ConfigDict list fields; a config file sets the one
+# reproduce option the test needs (SGD with 2 convs per block only, as the smoke baseline).
+_SMOKE_CONFIG = f'''
+import importlib.util
+_spec = importlib.util.spec_from_file_location('mnist_config', {str(REPO / 'configs/mnist.py')!r})
+_mnist = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_mnist)
+
+
+def get_config(arg):
+  c = _mnist.get_config(arg)
+  c.reproduce.sgd_convs = [2]
+  return c
+'''
+
+
+def _launch(script, workdir, config, mnist_dir, *extra):
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  cmd = [sys.executable, f'launch/{script}', f'--config={config}:smoke', f'--workdir={workdir}',
+         f'--config.data.dir={mnist_dir}', '--config.sgd.train.optim.epochs=1',
+         '--config.student.train.optim.epochs=1', *extra]
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, f'{cmd} failed:\n{proc.stdout}\n{proc.stderr[-3000:]}'
+  return proc.stdout
+
+
+@pytest.fixture(scope='module')
+def pipeline(tmp_path_factory, mnist_dir):
+  root = tmp_path_factory.mktemp('pipeline')
+  config = root / 'smoke_config.py'
+  config.write_text(_SMOKE_CONFIG)
+  w = root / 'run'
+  out = {
+      'search': _launch('search.py', w / 'search', config, mnist_dir),
+      'sgd': _launch('train_sgd.py', w / 'seed0' / 'sgd_convs2', config, mnist_dir),
+      'student': _launch('train_student.py', w / 'seed0' / 'student_all_layers', config,
+                         mnist_dir, f'--targets={w / "search" / "targets"}'),
+      'reproduce': _launch('reproduce.py', w, config, mnist_dir),
+  }
+  first = json.loads((w / 'results.json').read_text())
+  mtimes = {p: p.stat().st_mtime_ns for p in w.glob('seed0/*/results.json')}
+  out['again'] = _launch('reproduce.py', w, config, mnist_dir)
+  return {'workdir': w, 'out': out, 'first': first, 'mtimes': mtimes,
+          'second': json.loads((w / 'results.json').read_text())}
+
+
+@pytest.mark.slow
+def test_launch_search_and_train_sgd(pipeline):
+  w, out = pipeline['workdir'], pipeline['out']
+  assert 'searched 256 images' in out['search']
+  assert store_lib.TargetStore.open(w / 'search' / 'targets').is_complete()
+  assert 'SGD test accuracy' in out['sgd']
+  assert (w / 'seed0' / 'sgd_convs2' / 'results.json').exists()
+
+
+@pytest.mark.slow
+def test_launch_train_student_writes_diagnostics(pipeline):
+  w = pipeline['workdir']
+  assert 'linear probe' in pipeline['out']['student']
+  results = json.loads((w / 'seed0' / 'student_all_layers' / 'results.json').read_text())
+  d = results['diagnostics']
+  assert len(d['r2_train']) == 3 and all(np.isfinite(d['r2_train']))
+  assert d['r2_holdout'] is None  # no hold-out store existed yet
+  assert 0 <= d['phat_accuracy'] <= 1 and 0 <= d['linear_probe_test_accuracy'] <= 1
+  assert d['images'] == {'train': 256, 'holdout': 0, 'test': 256}
+
+
+@pytest.mark.slow
+def test_reproduce_reuses_finished_runs_and_adds_the_rest(pipeline, mnist_dir):
+  w, first = pipeline['workdir'], pipeline['first']
+  assert first['ran_this_invocation'] == ['search_holdout', 'seed0/student_skip_block0']
+  skip = first['students']['skip_block0']['runs']['0']['diagnostics']
+  assert len(skip['r2_holdout']) == 3 and skip['images']['holdout'] == 200
+  assert first['sgd']['selected_convs'] == 2
+  assert set(first['throughput']) >= {'all_layers', 'skip_block0', 'sgd_images_per_s'}
+  # The hold-out store serves hold-out images only: as training targets it is refused.
+  exp = cfglib.from_dict(cfglib.ExperimentConfig, first['config'])
+  ds = data.load_dataset(dataclasses.replace(exp.data, dir=str(mnist_dir)))
+  with pytest.raises(store_lib.StoreError, match='index_hash'):
+    student.open_targets(w / 'search' / 'targets_holdout', exp.data, exp.search, ds)
+
+
+@pytest.mark.slow
+def test_reproduce_table_names_rows_scale_and_paper(pipeline):
+  table = (pipeline['workdir'] / 'table.md').read_text()
+  assert table.strip() in pipeline['out']['again']  # the table is what reproduce.py prints
+  title, *_ = table.splitlines()
+  assert 'scaled down (smoke)' in title and "NOT the paper's settings" in title
+  rows = [l for l in table.splitlines() if l.startswith('| SGD') or l.startswith('| Search')]
+  assert len(rows) == 3 + 2  # 3 accuracy rows, 2 diagnostics rows
+  accuracy_rows = rows[:3]
+  assert all('scaled down (smoke)' in r for r in accuracy_rows)
+  assert '99.10 ± 0.10 (Table 1)' in accuracy_rows[0]
+  assert 'Search-based (All layers)' in accuracy_rows[1] and '99.00 ± 0.10' in accuracy_rows[1]
+  assert 'not in Table 1' in accuracy_rows[2]
+
+
+@pytest.mark.slow
+def test_second_reproduce_reruns_nothing(pipeline):
+  assert pipeline['second']['ran_this_invocation'] == []
+  for path, mtime in pipeline['mtimes'].items():
+    assert path.stat().st_mtime_ns == mtime, path
+  assert pipeline['second']['rows'] == pipeline['first']['rows']
