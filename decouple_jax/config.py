@@ -277,10 +277,6 @@ class SearchConfig:
       on the actual weights).
     store_dtype: 'float32', 'float16' or 'bfloat16' for the cached targets.
     chunk_size: images per store chunk (the unit of resumption).
-    prng_impl: JAX PRNG implementation of the search's draws (``jax.random.key(seed,
-      impl=...)``). Default 'philox4x32' (Random123 Philox-4x32-10, 64-bit key): on CPU its
-      normal draws are about 2x faster than JAX's default 'threefry2x32' and compile about 3x
-      faster. Every choice is deterministic; different choices give different draws.
   """
   model: ModelConfig = ModelConfig()
   layers: tuple[LayerSchedule, ...] = PAPER_SCHEDULE
@@ -299,7 +295,6 @@ class SearchConfig:
   skip_identity_convs: bool = True
   store_dtype: str = 'float32'
   chunk_size: int = 1024
-  prng_impl: str = 'philox4x32'
 
   def __post_init__(self):
     if self.top_k + self.n_explore + self.n_refine != self.population:
@@ -315,9 +310,6 @@ class SearchConfig:
     _check_choice('search.blur_padding', self.blur_padding, ('zeros', 'valid'))
     _check_choice('search.bn_mode', self.bn_mode, ('inference', 'batch'))
     _check_choice('search.store_dtype', self.store_dtype, ('float32', 'float16', 'bfloat16'))
-    _check_choice('search.prng_impl', self.prng_impl,
-                  ('philox4x32', 'philox2x32', 'threefry2x32', 'threefry4x32', 'rbg',
-                   'unsafe_rbg'))
     if self.top_k < 1 or self.n_explore < 0 or self.n_refine < 0:
       raise ConfigError('search.top_k must be >= 1 and the child counts >= 0')
 
