@@ -1,0 +1,19 @@
+"""Layer-wise evolutionary search of per-image targets (PAPER.md section 3).
+
+Fitness is a LOSS everywhere: cross-entropy against the label, lower is better, NaN -> +inf.
+"""
+
+from decouple_jax.search import fast
+from decouple_jax.search import operators
+from decouple_jax.search.evolve import Draws
+from decouple_jax.search.evolve import Operators
+from decouple_jax.search.evolve import Population
+from decouple_jax.search.evolve import SearchResult
+from decouple_jax.search.evolve import draw_generation
+from decouple_jax.search.evolve import evolve_layer
+from decouple_jax.search.evolve import generation_step
+from decouple_jax.search.evolve import generation_step_with_draws
+from decouple_jax.search.evolve import search_batch
+from decouple_jax.search.evolve import search_image
+from decouple_jax.search.sharding import make_mesh
+from decouple_jax.search.sharding import make_search_fn

@@ -1,0 +1,185 @@
+"""Pure per-image search operators (PAPER.md section 3).
+
+Every operator acts on ONE image's population of candidates: ``(P, H, W, C)`` NHWC block
+activations or ``(P, K)`` logits. Batching over images is ``jax.vmap``.
+
+Operators that need randomness take their draws as arguments, so a test can feed the same draws
+to a NumPy reference; each has a keyed convenience (``*_from_key``) that only draws and calls it.
+
+Fitness is a LOSS everywhere: the cross-entropy of a candidate's logits against the image's
+label. Lower is better; NaN counts as +inf, so a diverged candidate is never selected.
+
+The blur here is the plain definition (passes of ``lax.reduce_window``); the search engine uses
+the equal, faster matrix form of :mod:`decouple_jax.search.fast`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Sampler = Callable[[jax.Array, tuple[int, ...]], jax.Array]
+
+
+def is_logits(h: jax.Array) -> bool:
+  """True for a logits population (P, K), False for block activations (P, H, W, C)."""
+  return h.ndim == 2
+
+
+def spread(h: jax.Array) -> jax.Array:
+  """Each candidate's mutation scale, shaped to broadcast against ``h``.
+
+  Args:
+    h: (P, H, W, C) activations or (P, K) logits.
+
+  Returns:
+    (P, 1, 1, C): the spatial std of every channel; or (P, 1): the std across classes.
+    Population std (ddof 0).
+  """
+  return jnp.std(h, axis=(1,) if is_logits(h) else (1, 2), keepdims=True)
+
+
+def init_population(image: jax.Array, noise: jax.Array, init_noise: float) -> jax.Array:
+  """Noisy variants of the input image: the initial population before the network.
+
+  Args:
+    image: (H, W, C) normalised image.
+    noise: (P, H, W, C) standard normal draws.
+    init_noise: noise std as a fraction of each channel's spatial std in ``image``.
+
+  Returns:
+    (P, H, W, C): image + init_noise * std_c(image) * noise.
+  """
+  return image + init_noise * spread(image[None]) * noise
+
+
+def init_population_from_key(key: jax.Array, image: jax.Array, n_pop: int, init_noise: float,
+                             normal: Sampler = jax.random.normal) -> jax.Array:
+  """:func:`init_population` with its (n_pop, H, W, C) noise drawn from ``key``."""
+  return init_population(image, normal(key, (n_pop, *image.shape)), init_noise)
+
+
+def crossover(h1: jax.Array, h2: jax.Array) -> jax.Array:
+  """The mean of two parents (any matching shapes)."""
+  return (h1 + h2) / 2
+
+
+def mutate(h: jax.Array, sigma: jax.Array, alpha: float, noise: jax.Array) -> jax.Array:
+  """Gaussian mutation: h + alpha * sigma * noise.
+
+  Args:
+    h: (C, *S) candidates.
+    sigma: per-candidate scale broadcasting against h, e.g. (C, 1, 1, Ch) or (C, 1).
+    alpha: mutation strength.
+    noise: (C, *S) standard normal draws.
+  """
+  return h + alpha * sigma * noise
+
+
+def mutate_from_key(key: jax.Array, h: jax.Array, sigma: jax.Array, alpha: float,
+                    normal: Sampler = jax.random.normal) -> jax.Array:
+  """:func:`mutate` with its noise drawn from ``key``."""
+  return mutate(h, sigma, alpha, normal(key, h.shape))
+
+
+def center(h: jax.Array) -> jax.Array:
+  """Logits (P, K) minus their mean across classes (softmax is unchanged by it)."""
+  return h - jnp.mean(h, axis=-1, keepdims=True)
+
+
+def blur(h: jax.Array, passes: int, padding: str = 'zeros') -> jax.Array:
+  """``passes`` of 3x3 average pooling, stride 1, padding 1, on (P, H, W, C).
+
+  Args:
+    h: (P, H, W, C).
+    passes: number of passes (0 returns h).
+    padding: 'zeros' divides every window by 9, counting the zero padding (PyTorch's
+      avg_pool2d default); 'valid' divides by the number of in-image neighbours.
+  """
+  window, strides, pad = (1, 3, 3, 1), (1, 1, 1, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
+  box_sum = lambda x: lax.reduce_window(x, 0.0, lax.add, window, strides, pad)
+  if padding == 'zeros':
+    count = 9.0
+  else:
+    count = box_sum(jnp.ones((1, *h.shape[1:3], 1), h.dtype))
+  for _ in range(passes):
+    h = box_sum(h) / count
+  return h
+
+
+def normalise(h: jax.Array, eps: float) -> jax.Array:
+  """Per-sample normalisation over (H, W, C): (h - mean) / sqrt(var + eps); h is (P, H, W, C)."""
+  mean = jnp.mean(h, axis=(1, 2, 3), keepdims=True)
+  var = jnp.mean(jnp.square(h - mean), axis=(1, 2, 3), keepdims=True)
+  return (h - mean) * lax.rsqrt(var + eps)
+
+
+def fitness(logits: jax.Array, label: jax.Array) -> jax.Array:
+  """Cross-entropy LOSS of each candidate (lower is better; NaN -> +inf).
+
+  Args:
+    logits: (P, K).
+    label: () int, the image's class.
+
+  Returns:
+    (P,) float32.
+  """
+  ce = jax.nn.logsumexp(logits, axis=-1) - logits[:, label]
+  return jnp.where(jnp.isnan(ce), jnp.inf, ce)
+
+
+def select(loss: jax.Array, k: int) -> jax.Array:
+  """Indices (k,) of the k lowest losses, best first (ties: lower index first)."""
+  return lax.top_k(-loss, k)[1]
+
+
+def draw_parents(key: jax.Array, pool_sizes) -> jax.Array:
+  """Parent indices of C children, each uniform over child i's pool [0, pool_sizes[i]).
+
+  Args:
+    key: PRNG key.
+    pool_sizes: (C,) int, the size of the pool each child's two parents come from.
+
+  Returns:
+    (C, 2) int32; the two parents are independent (they may coincide). Drawn as 32 random bits
+    modulo the pool size: the bias, at most pool_size / 2**32, is negligible, and one draw
+    instead of ``randint``'s three keeps compile time down.
+  """
+  pool_sizes = jnp.asarray(pool_sizes, jnp.uint32)
+  bits = jax.random.bits(key, (pool_sizes.shape[0], 2), jnp.uint32)
+  return (bits % pool_sizes[:, None]).astype(jnp.int32)
+
+
+def make_children(pool: jax.Array, parents: jax.Array, noise: jax.Array, alpha: float,
+                  finish: Callable[[jax.Array], jax.Array] = lambda h: h,
+                  crossover: Callable = crossover, mutate: Callable = mutate) -> jax.Array:
+  """Children of parent pairs: crossover, mutation scaled by the parents' mean spread, finish.
+
+  Args:
+    pool: (N, *S) candidates the parents come from.
+    parents: (C, 2) int indices into ``pool``.
+    noise: (C, *S) standard normal draws.
+    alpha: mutation strength.
+    finish: applied last, e.g. blur + normalisation for activations, centring for logits.
+    crossover, mutate: the operators to use (defaults: this module's).
+
+  Returns:
+    (C, *S) children.
+  """
+  i, j = parents[:, 0], parents[:, 1]
+  scale = spread(pool)
+  sigma = (scale[i] + scale[j]) / 2
+  return finish(mutate(crossover(pool[i], pool[j]), sigma, alpha, noise))
+
+
+def make_children_from_key(key: jax.Array, pool: jax.Array, n_children: int, alpha: float,
+                           finish: Callable[[jax.Array], jax.Array] = lambda h: h,
+                           normal: Sampler = jax.random.normal) -> jax.Array:
+  """:func:`make_children` with parents and noise drawn from ``key``."""
+  k_parents, k_noise = jax.random.split(key)
+  parents = draw_parents(k_parents, jnp.full((n_children,), pool.shape[0]))
+  noise = normal(k_noise, (n_children, *pool.shape[1:]))
+  return make_children(pool, parents, noise, alpha, finish)

@@ -1,0 +1,225 @@
+"""Generation step, layer scan and the whole search: NumPy reference with the same draws, jit,
+scan vs loop, identity-conv skip, sharding, batch-size invariance, recompilation, progress."""
+
+import dataclasses
+import functools
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from decouple_jax import config
+from decouple_jax import models
+from decouple_jax import search
+from decouple_jax.search import evolve
+from decouple_jax.search import fast
+from decouple_jax.search import operators as ops
+
+from test_search_operators import np_blur, np_children, np_fitness, np_normalise
+
+MNIST = pathlib.Path(__file__).resolve().parents[1] / 'data' / 'mnist'
+CFG = config.SearchConfig(
+    model=config.ModelConfig(widths=(8, 8, 8)), population=12, top_k=3, n_explore=4,
+    n_refine=5, layers=(config.LayerSchedule(6, 0.3, 5.0, 2), config.LayerSchedule(3, 0.2, 3.0, 1),
+                        config.LayerSchedule(3, 0.1, 3.0, 1), config.LayerSchedule(4, 0.1, 1.0, 0)))
+
+
+# --- one generation against NumPy ------------------------------------------------------------
+
+def np_generation(h, loss, draws, cfg, schedule, np_score):
+  """PAPER.md section 3, steps 1-4, written out plainly."""
+  top = np.argsort(loss, kind='stable')[:cfg.top_k]
+  parents = h[top]
+  if h.ndim == 2:
+    finish = lambda x: x - x.mean(axis=1, keepdims=True)
+  else:
+    finish = lambda x: np_normalise(np_blur(x, schedule.blur, cfg.blur_padding), cfg.norm_eps)
+  e = cfg.n_explore
+  explorers = np_children(parents, draws.parents[:e], draws.noise[:e],
+                          schedule.alpha * schedule.boost, finish)
+  pool = np.concatenate([parents, explorers]) if cfg.refine_pool == 'parents_and_explorers' \
+      else parents
+  refiners = np_children(pool, draws.parents[e:], draws.noise[e:], schedule.alpha, finish)
+  new = np.concatenate([parents, explorers, refiners])
+  return new, np.concatenate([loss[top], np_score(new[cfg.top_k:])])
+
+
+@pytest.mark.parametrize('shape, refine_pool', [
+    ((5, 4, 3), 'parents_and_explorers'), ((5, 4, 3), 'parents'), ((10,), 'parents_and_explorers')])
+def test_generation_equals_numpy_with_same_draws(shape, refine_pool):
+  cfg = dataclasses.replace(CFG, refine_pool=refine_pool, blur_padding='valid')
+  schedule = cfg.layers[0 if len(shape) == 3 else 3]
+  rng = np.random.default_rng(1)
+  head = rng.normal(size=(int(np.prod(shape)), 10)).astype(np.float32) * 0.1
+  h = rng.normal(size=(cfg.population, *shape)).astype(np.float32)
+  loss = rng.permutation(cfg.population).astype(np.float32)
+  draws = evolve.draw_generation(jax.random.key(2), cfg, shape)
+  score = lambda c: ops.fitness(c.reshape(len(c), -1) @ head, 4)
+  step = jax.jit(functools.partial(evolve.generation_step_with_draws, schedule=schedule, cfg=cfg,
+                                   score=score))
+  got = step(evolve.Population(jnp.asarray(h), jnp.asarray(loss)), draws)
+  np_score = lambda c: np_fitness(c.reshape(len(c), -1) @ head.astype(np.float64), 4)
+  draws = jax.tree.map(np.asarray, draws)
+  expected_h, expected_loss = np_generation(h.astype(np.float64), loss, draws, cfg, schedule,
+                                            np_score)
+  np.testing.assert_allclose(got.h, expected_h, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(got.loss, expected_loss, rtol=1e-4)
+  np.testing.assert_array_equal(got.loss[:cfg.top_k], [0, 1, 2])  # elitism: parents kept
+
+
+def test_batch_bn_mode_scores_the_whole_population():
+  seen = []
+  score = lambda c: seen.append(c.shape[0]) or jnp.zeros(c.shape[0])
+  pop = evolve.Population(jnp.zeros((12, 10)), jnp.arange(12.0))
+  for mode in ('inference', 'batch'):
+    cfg = dataclasses.replace(CFG, bn_mode=mode)
+    jax.eval_shape(lambda p: evolve.generation_step(p, jax.random.key(0), schedule=cfg.layers[3],
+                                                    cfg=cfg, score=score), pop)
+  assert seen == [CFG.n_explore + CFG.n_refine, CFG.population]
+
+
+# --- a real network -------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def problem():
+  """4 real MNIST training images (random ones if MNIST is absent) and the search net."""
+  if (MNIST / 'train-images-idx3-ubyte.gz').exists():
+    from decouple_jax import data
+    ds = data.load_dataset(config.DataConfig(name='mnist', dir=str(MNIST), train_limit=4,
+                                             test_limit=1))
+    images = np.asarray(data.normalize(ds.train_images, ds.mean, ds.std))
+    labels, indices = ds.train_labels, ds.train_index.astype(np.int32)
+  else:
+    images = np.random.default_rng(0).normal(size=(4, 28, 28, 1)).astype(np.float32)
+    labels, indices = np.array([0, 4, 1, 9], np.int32), np.arange(1, 5, dtype=np.int32)
+  model = models.build(CFG.model, num_classes=10, in_channels=1)
+  # Jitted init: eager init compiles every random op separately (seconds on 2 cores).
+  variables = jax.jit(model.init)(jax.random.key(CFG.seed), jnp.asarray(images[:2]))
+  variables = {**variables, 'params': models.init_whitening(variables['params'], images)}
+  return model, variables, images, labels, indices
+
+
+def _layer0(model, variables, images, labels, skip, ops_=evolve.Operators()):
+  """Layer 0 of image 0 from its initial population: (initial population, score, key)."""
+  taps = model.apply(variables, jnp.asarray(images[:1].repeat(CFG.population, 0)),
+                     use_running_average=True)
+  pop = evolve.Population(taps[0], ops.fitness(taps[-1], labels[0]))
+  score = lambda h: ops.fitness(fast.forward_from(model, variables, 0, h, skip=skip)[-1],
+                                labels[0])
+  return pop, functools.partial(evolve.generation_step, schedule=CFG.layers[0], cfg=CFG,
+                                score=score, ops=ops_)
+
+
+def test_scan_equals_python_loop(problem):
+  model, variables, images, labels, _ = problem
+  pop, step = _layer0(model, variables, images, labels, fast.identity_convs(variables))
+  key = jax.random.key(7)
+  scanned, curve = jax.jit(lambda p: evolve.evolve_layer(
+      p, key, schedule=CFG.layers[0], cfg=CFG, score=step.keywords['score']))(pop)
+  looped, jitted_step = pop, jax.jit(step)
+  for g in range(CFG.layers[0].generations):
+    looped = jitted_step(looped, jax.random.fold_in(key, g))
+    np.testing.assert_allclose(curve[g], looped.loss.min(), rtol=1e-6)
+  np.testing.assert_allclose(scanned.h, looped.h, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(scanned.loss, looped.loss, rtol=1e-6)
+
+
+def test_jit_equals_no_jit():
+  rng = np.random.default_rng(3)
+  head = jnp.asarray(rng.normal(size=(10, 10)), jnp.float32)
+  step = functools.partial(evolve.generation_step, schedule=CFG.layers[3], cfg=CFG,
+                           score=lambda c: ops.fitness(c @ head, 2))
+  pop = evolve.Population(jnp.asarray(rng.normal(size=(12, 10)), jnp.float32), jnp.arange(12.0))
+  eager, jitted = step(pop, jax.random.key(1)), jax.jit(step)(pop, jax.random.key(1))
+  np.testing.assert_allclose(eager.h, jitted.h, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(eager.loss, jitted.loss, rtol=1e-5)
+
+
+def test_identity_conv_skip_equals_full_computation(problem):
+  model, variables, images, labels, _ = problem
+  assert fast.identity_convs(variables)  # the search net's square convs are Dirac identities
+  results = []
+  for skip in (fast.identity_convs(variables), frozenset()):
+    pop, step = _layer0(model, variables, images, labels, skip)
+    results.append(jax.jit(step)(pop, jax.random.key(3)))
+  np.testing.assert_array_equal(results[0].h, results[1].h)
+  np.testing.assert_array_equal(results[0].loss, results[1].loss)
+
+
+# --- the whole search, sharded ---------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def searched(problem):
+  """4 images searched on 8 devices (1 image per device after padding to 8) and on 1 device
+  (a vmap batch of 4), and image 2 alone on 8 devices."""
+  model, variables, images, labels, indices = problem
+  assert len(jax.devices()) == 8, 'tests/conftest.py emulates 8 CPU devices'
+  fn8 = search.make_search_fn(model, variables, CFG)
+  fn1 = search.make_search_fn(model, variables, CFG, mesh=search.make_mesh(jax.devices()[:1]))
+  run = lambda fn, sl: jax.tree.map(np.asarray, fn(images[sl], labels[sl], indices[sl]))
+  return dict(fn8=fn8, r8=run(fn8, slice(0, 4)), r8_one=run(fn8, slice(2, 3)),
+              r1=run(fn1, slice(0, 4)))
+
+
+def _assert_same(a, b):
+  """Equal up to float rounding: XLA's CPU reductions sum in an order that depends on the
+  batch shape (about an ulp); a different draw or selection would differ by far more."""
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_sharded_over_8_devices_equals_one_device(searched):
+  _assert_same(searched['r8'], searched['r1'])
+
+
+def test_image_result_does_not_depend_on_batch_size(searched):
+  # r8 vs r1 is also a vmap batch of 1 vs 4 on a device; here the call's batch differs too.
+  _assert_same(jax.tree.map(lambda a: a[2:3], searched['r8']), searched['r8_one'])
+  _assert_same(jax.tree.map(lambda a: a[2:3], searched['r1']), searched['r8_one'])
+
+
+def test_second_call_does_not_recompile(problem, searched):
+  _, _, images, labels, indices = problem
+  compiles = []
+  listener = lambda event, *args, **kwargs: compiles.append(event)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    jax.block_until_ready(searched['fn8'](images, labels, indices))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert not [e for e in compiles if e.startswith('/jax/core/compile/')]  # no trace either
+
+
+def test_result_shapes_and_losses_are_consistent(problem, searched):
+  model, variables, _, labels, _ = problem
+  r = searched['r8']
+  assert [t.shape for t in r.targets] == [(4, 13, 13, 8), (4, 6, 6, 8), (4, 3, 3, 8), (4, 10)]
+  assert [c.shape for c in r.curves] == [(4, s.generations) for s in CFG.layers]
+  assert r.best_loss.shape == (4, 4) and r.init_loss.shape == (4,)
+  for layer in range(4):
+    # A target's loss, re-scored through the rest of the network, is its reported loss.
+    h = jnp.asarray(r.targets[layer])
+    logits = h if layer == 3 else fast.forward_from(model, variables, layer, h)[-1]
+    rescored = jax.vmap(lambda z, y: ops.fitness(z[None], y)[0])(logits, labels)
+    np.testing.assert_allclose(rescored, r.best_loss[:, layer], rtol=1e-5)
+    np.testing.assert_array_equal(r.curves[layer][:, -1], r.best_loss[:, layer])
+    assert np.all(np.diff(r.curves[layer], axis=1) <= 0)  # elitism: the best never worsens
+
+
+def test_fitness_falls_over_the_search(searched):
+  r = searched['r8']
+  steps = np.concatenate([r.init_loss[:, None], r.best_loss], axis=1)
+  assert np.all(np.diff(steps, axis=1) <= 0)
+  assert np.all(r.best_loss[:, 3] < r.init_loss - 0.1)
+
+
+def test_non_default_options_run(problem):
+  model, variables, images, labels, indices = problem
+  cfg = dataclasses.replace(CFG, bn_mode='batch', seed_next='population', blur_padding='valid',
+                            refine_pool='parents', skip_identity_convs=False)
+  r = search.make_search_fn(model, variables, cfg, mesh=search.make_mesh(jax.devices()[:2]))(
+      images[:2], labels[:2], indices[:2])
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(r))
+  assert r.targets[0].shape == (2, 13, 13, 8)

@@ -1,0 +1,250 @@
+"""Search operators and the engine's fast paths against plain NumPy, fed the same draws."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from decouple_jax import models
+from decouple_jax.search import fast
+from decouple_jax.search import operators as ops
+
+RNG = np.random.default_rng(0)
+
+
+def _f32(*shape, scale=1.0, shift=0.0):
+  return (RNG.normal(size=shape) * scale + shift).astype(np.float32)
+
+
+# --- NumPy references -------------------------------------------------------------------------
+
+def np_spread(h):
+  return h.std(axis=(1,) if h.ndim == 2 else (1, 2), keepdims=True)
+
+
+def np_blur(h, passes, padding):
+  """Literal 3x3 average pooling, stride 1, padding 1, one window at a time."""
+  p, hh, ww, c = h.shape
+  for _ in range(passes):
+    pad = np.pad(h, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = np.zeros_like(h)
+    for i in range(hh):
+      for j in range(ww):
+        window = pad[:, i:i + 3, j:j + 3]
+        count = 9 if padding == 'zeros' else (min(i + 1, hh - 1) - max(i - 1, 0) + 1) * (
+            min(j + 1, ww - 1) - max(j - 1, 0) + 1)
+        out[:, i, j] = window.sum(axis=(1, 2)) / count
+    h = out
+  return h
+
+
+def np_normalise(h, eps):
+  mean = h.mean(axis=(1, 2, 3), keepdims=True)
+  return (h - mean) / np.sqrt(h.var(axis=(1, 2, 3), keepdims=True) + eps)
+
+
+def np_fitness(logits, label):
+  logits = logits.astype(np.float64)
+  m = logits.max(axis=1, keepdims=True)
+  ce = np.log(np.exp(logits - m).sum(axis=1)) + m[:, 0] - logits[:, label]
+  return np.where(np.isnan(ce), np.inf, ce)
+
+
+def np_children(pool, parents, noise, alpha, finish):
+  i, j = parents[:, 0], parents[:, 1]
+  s = np_spread(pool)
+  return finish((pool[i] + pool[j]) / 2 + alpha * (s[i] + s[j]) / 2 * noise)
+
+
+# --- elementwise operators --------------------------------------------------------------------
+
+def test_crossover_and_mutate_exact_values():
+  a, b = np.array([[1.0, 3.0]], np.float32), np.array([[3.0, 7.0]], np.float32)
+  np.testing.assert_array_equal(ops.crossover(a, b), [[2.0, 5.0]])
+  out = ops.mutate(a, np.array([[2.0]], np.float32), 0.5, np.array([[1.0, -2.0]], np.float32))
+  np.testing.assert_array_equal(out, [[2.0, 1.0]])
+
+
+@pytest.mark.parametrize('shape', [(5, 4, 3, 6), (5, 10)])
+def test_spread_is_per_channel_spatial_std_or_class_std(shape):
+  h = _f32(*shape, scale=2.0)
+  got = ops.spread(jnp.asarray(h))
+  assert got.shape == ((5, 1, 1, 6) if len(shape) == 4 else (5, 1))
+  np.testing.assert_allclose(got, np_spread(h), rtol=1e-5)
+
+
+def test_init_population_scales_noise_by_channel_std():
+  image = np.stack([np.zeros((4, 4)), np.arange(16.0).reshape(4, 4)], -1).astype(np.float32)
+  noise = _f32(3, 4, 4, 2)
+  got = ops.init_population(jnp.asarray(image), jnp.asarray(noise), 0.1)
+  np.testing.assert_array_equal(got[..., 0], noise[..., 0] * 0.0)  # constant channel: no noise
+  np.testing.assert_allclose(got[..., 1], image[..., 1] + 0.1 * image[..., 1].std() * noise[..., 1],
+                             rtol=1e-6)
+  keyed = jax.jit(ops.init_population_from_key, static_argnums=(2, 3))(
+      jax.random.key(1), jnp.asarray(image), 3, 0.1)
+  drawn = jax.random.normal(jax.random.key(1), (3, 4, 4, 2))
+  np.testing.assert_allclose(keyed, ops.init_population(jnp.asarray(image), drawn, 0.1),
+                             rtol=1e-6)
+
+
+def test_mutate_from_key_uses_the_keys_draws():
+  h, sigma = jnp.asarray(_f32(4, 10)), jnp.asarray(_f32(4, 1))
+  key = jax.random.key(2)
+  np.testing.assert_array_equal(ops.mutate_from_key(key, h, sigma, 0.3),
+                                ops.mutate(h, sigma, 0.3, jax.random.normal(key, (4, 10))))
+
+
+def test_center_removes_the_class_mean():
+  got = ops.center(jnp.array([[1.0, 2.0, 6.0]]))
+  np.testing.assert_array_equal(got, [[-2.0, -1.0, 3.0]])
+
+
+def test_normalise_exact_and_reference():
+  h = np.array([1.0, 3.0, 1.0, 3.0], np.float32).reshape(1, 2, 2, 1)  # mean 2, var 1
+  np.testing.assert_allclose(ops.normalise(jnp.asarray(h), 0.0).ravel(), [-1, 1, -1, 1])
+  h = _f32(3, 5, 4, 6, scale=3.0, shift=1.0)
+  np.testing.assert_allclose(ops.normalise(jnp.asarray(h), 1e-5), np_normalise(h, 1e-5),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_fitness_is_cross_entropy_loss_and_nan_is_inf():
+  logits = np.array([[0.0, 0.0], [np.log(3.0), 0.0], [np.nan, 0.0]], np.float32)
+  got = ops.fitness(jnp.asarray(logits), 0)
+  np.testing.assert_allclose(got, [np.log(2.0), np.log(4 / 3), np.inf], rtol=1e-6)
+  logits = _f32(6, 10, scale=4.0)
+  np.testing.assert_allclose(ops.fitness(jnp.asarray(logits), 7), np_fitness(logits, 7),
+                             rtol=1e-5)
+
+
+def test_select_returns_lowest_losses_best_first():
+  loss = jnp.array([3.0, jnp.inf, 0.5, 2.0, 0.5, 1.0])
+  np.testing.assert_array_equal(ops.select(loss, 4), [2, 4, 5, 3])  # tie: lower index first
+
+
+def test_draw_parents_uniform_over_each_pool():
+  pools = np.repeat([3, 7], [2000, 2000])
+  parents = np.asarray(ops.draw_parents(jax.random.key(0), pools))
+  assert parents.shape == (4000, 2) and parents.dtype == np.int32
+  for rows, n in ((parents[:2000], 3), (parents[2000:], 7)):
+    counts = np.bincount(rows.ravel(), minlength=n)
+    assert len(counts) == n
+    np.testing.assert_allclose(counts / counts.sum(), 1 / n, atol=0.03)
+
+
+# --- blur -------------------------------------------------------------------------------------
+
+def test_blur_exact_values():
+  delta = np.zeros((1, 5, 5, 1), np.float32)
+  delta[0, 2, 2, 0] = 9.0
+  got = np.asarray(ops.blur(jnp.asarray(delta), 1))[0, ..., 0]
+  expected = np.zeros((5, 5))
+  expected[1:4, 1:4] = 1.0
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+  ones = jnp.ones((1, 4, 4, 1))
+  np.testing.assert_allclose(ops.blur(ones, 1)[0, 0, 0, 0], 4 / 9, rtol=1e-6)  # zeros count
+  np.testing.assert_allclose(ops.blur(ones, 3, 'valid'), ones, rtol=1e-6)
+
+
+@pytest.mark.parametrize('padding', ['zeros', 'valid'])
+@pytest.mark.parametrize('passes', [0, 1, 3])
+def test_blur_plain_and_matrix_forms_equal_numpy(passes, padding):
+  h = _f32(3, 6, 5, 4)
+  expected = np_blur(h.astype(np.float64), passes, padding)
+  np.testing.assert_allclose(ops.blur(jnp.asarray(h), passes, padding), expected,
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(fast.blur(jnp.asarray(h), passes, padding), expected,
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_matrix_blur_equals_reduce_window_at_paper_shape():
+  h = jnp.asarray(_f32(4, 15, 15, 32))
+  np.testing.assert_allclose(fast.blur(h, 5), ops.blur(h, 5), rtol=1e-5, atol=1e-6)
+
+
+# --- children ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('kind', ['conv', 'logits'])
+def test_make_children_equals_numpy_with_same_draws(kind):
+  shape = (4, 5, 3) if kind == 'conv' else (10,)
+  pool = _f32(6, *shape, scale=2.0, shift=0.5)
+  parents = np.asarray(ops.draw_parents(jax.random.key(3), np.full(9, 6)))
+  noise = _f32(9, *shape)
+  if kind == 'conv':
+    finish = lambda x: ops.normalise(fast.blur(x, 2), 1e-5)
+    np_finish = lambda x: np_normalise(np_blur(x, 2, 'zeros'), 1e-5)
+  else:
+    finish, np_finish = ops.center, lambda x: x - x.mean(axis=1, keepdims=True)
+  run = lambda *a: ops.make_children(*a, 0.7, finish)
+  got = run(jnp.asarray(pool), jnp.asarray(parents), jnp.asarray(noise))
+  jitted = jax.jit(run)(jnp.asarray(pool), jnp.asarray(parents), jnp.asarray(noise))
+  expected = np_children(pool.astype(np.float64), parents, noise, 0.7, np_finish)
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(jitted, got, rtol=1e-6, atol=1e-6)
+
+
+def test_make_children_from_key_uses_the_keys_draws():
+  pool = jnp.asarray(_f32(5, 10))
+  key = jax.random.key(4)
+
+  @jax.jit
+  def both(key, pool):
+    k_parents, k_noise = jax.random.split(key)
+    expected = ops.make_children(pool, ops.draw_parents(k_parents, np.full(7, 5)),
+                                 jax.random.normal(k_noise, (7, 10)), 0.2)
+    return ops.make_children_from_key(key, pool, 7, 0.2), expected
+  np.testing.assert_array_equal(*both(key, pool))
+
+
+# --- fast paths -------------------------------------------------------------------------------
+
+def test_fast_normal_is_jax_threefry_normal_in_its_original_layout():
+  key = jax.random.key(5)
+  got = fast.normal(key, (7, 3, 5))
+  with jax.threefry_partitionable(False):
+    np.testing.assert_array_equal(got, jax.random.normal(key, (7, 3, 5)))
+  keys = jax.random.split(key, 3)
+  np.testing.assert_array_equal(jax.vmap(lambda k: fast.normal(k, (4, 6)))(keys)[1],
+                                fast.normal(keys[1], (4, 6)))
+  big = np.asarray(fast.normal(key, (200_000,)))
+  assert abs(big.mean()) < 0.01 and abs(big.std() - 1) < 0.01
+
+
+@pytest.fixture(scope='module')
+def net():
+  model = models.AirbenchNet(num_classes=10, in_channels=3, widths=(12, 16, 16))
+  images = _f32(8, 32, 32, 3)
+  # Jitted init: eager init compiles every random op separately (seconds on 2 cores).
+  variables = jax.jit(model.init)(jax.random.key(0), images[:2])
+  return model, {**variables, 'params': models.init_whitening(variables['params'], images)}
+
+
+def test_identity_convs_found_on_the_weights(net):
+  model, variables = net
+  skip = fast.identity_convs(variables)
+  assert skip == {('block0', 'group0', 'conv2'), ('block1', 'group0', 'conv2'),
+                  ('block2', 'group0', 'conv1'), ('block2', 'group0', 'conv2')}
+  params = jax.tree.map(lambda x: x, variables['params'])
+  params['block2']['group0']['conv1']['kernel'] = (
+      params['block2']['group0']['conv1']['kernel'].at[0, 0, 0, 1].set(1e-3))
+  assert ('block2', 'group0', 'conv1') not in fast.identity_convs({**variables, 'params': params})
+
+
+@pytest.mark.parametrize('use_running_average', [True, False])
+@pytest.mark.parametrize('layer', [0, 1, 2, 3])
+def test_fast_forward_equals_model_forward_from(net, layer, use_running_average):
+  model, variables = net
+  taps = model.apply(variables, jnp.asarray(_f32(6, 32, 32, 3)), use_running_average=True)
+  h = taps[layer]
+  kwargs = dict(use_running_average=use_running_average)
+  if use_running_average:
+    expected = model.apply(variables, layer, h, method=model.forward_from, **kwargs)
+  else:
+    expected, _ = model.apply(variables, layer, h, method=model.forward_from,
+                              mutable=['batch_stats'], **kwargs)
+  full = fast.forward_from(model, variables, layer, h, **kwargs)
+  skipped = fast.forward_from(model, variables, layer, h, skip=fast.identity_convs(variables),
+                              **kwargs)
+  assert len(full) == len(expected) == 3 - layer
+  for e, f, s in zip(expected, full, skipped):
+    np.testing.assert_allclose(f, e, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(s, f)  # skipping an exact identity changes nothing
