@@ -48,7 +48,8 @@ def get_config(arg: str = 'cpu', *, name: str = 'cifar10') -> ml_collections.Con
       part.train.optim.epochs = 20
       part.train.eval_batch = 500
     c.search.population, c.search.top_k, c.search.n_explore, c.search.n_refine = 24, 4, 10, 10
-    c.search.layers = [dict(l, generations=g) for l, g in zip(c.search.layers, (30, 10, 10, 5))]
+    c.search.layers = tuple(dict(l, generations=g)
+                            for l, g in zip(c.search.layers, (30, 10, 10, 5)))
     c.search.batch_images = 16
     c.search.chunk_size = 512
   elif arg == 'smoke':
@@ -66,7 +67,8 @@ def get_config(arg: str = 'cpu', *, name: str = 'cifar10') -> ml_collections.Con
       part.train.optim.epochs = 1
       part.train.eval_batch = 32
     c.search.population, c.search.top_k, c.search.n_explore, c.search.n_refine = 12, 2, 4, 6
-    c.search.layers = [dict(l, generations=g) for l, g in zip(c.search.layers, (2, 1, 1, 1))]
+    c.search.layers = tuple(dict(l, generations=g)
+                            for l, g in zip(c.search.layers, (2, 1, 1, 1)))
     c.search.batch_images = 4
     c.search.chunk_size = 64
   return c

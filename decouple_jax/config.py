@@ -210,8 +210,9 @@ def from_dict(cls, d: Mapping[str, Any] | Any, path: str = 'config'):
 
 
 def to_dict(cfg) -> dict[str, Any]:
-  """A JSON-ready nested dict of a config dataclass."""
-  return json.loads(json.dumps(dataclasses.asdict(cfg)))
+  """A nested dict of a config dataclass; tuples stay tuples, so a ConfigDict made from it
+  accepts ``--config.a.b='(1, 2)'`` overrides (config_flags cannot override lists)."""
+  return dataclasses.asdict(cfg)
 
 
 def hash_dict(obj: Any) -> str:

@@ -17,3 +17,11 @@ from decouple_jax.search.evolve import search_batch
 from decouple_jax.search.evolve import search_image
 from decouple_jax.search.sharding import make_mesh
 from decouple_jax.search.sharding import make_search_fn
+from decouple_jax.search.driver import run_search
+from decouple_jax.search.driver import search_summary
+from decouple_jax.search.store import Prefetcher
+from decouple_jax.search.store import StoreError
+from decouple_jax.search.store import StoreSpec
+from decouple_jax.search.store import TargetStore
+from decouple_jax.search.store import device_targets
+from decouple_jax.search.store import indices_hash
