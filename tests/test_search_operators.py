@@ -197,16 +197,22 @@ def test_make_children_from_key_uses_the_keys_draws():
 
 # --- fast paths -------------------------------------------------------------------------------
 
-def test_fast_normal_is_jax_threefry_normal_in_its_original_layout():
+@pytest.mark.parametrize('shape', [(7, 3, 5), (4, 6)])  # odd and even sizes
+def test_fast_normal_is_jax_normal_with_threefrys_original_layout(shape):
   key = jax.random.key(5)
-  got = fast.normal(key, (7, 3, 5))
+  normal = jax.jit(fast.normal, static_argnums=1)
   with jax.threefry_partitionable(False):
-    np.testing.assert_array_equal(got, jax.random.normal(key, (7, 3, 5)))
+    np.testing.assert_array_equal(normal(key, shape), jax.random.normal(key, shape))
   keys = jax.random.split(key, 3)
-  np.testing.assert_array_equal(jax.vmap(lambda k: fast.normal(k, (4, 6)))(keys)[1],
-                                fast.normal(keys[1], (4, 6)))
-  big = np.asarray(fast.normal(key, (200_000,)))
-  assert abs(big.mean()) < 0.01 and abs(big.std() - 1) < 0.01
+  np.testing.assert_array_equal(jax.jit(jax.vmap(lambda k: fast.normal(k, shape)))(keys)[1],
+                                normal(keys[1], shape))
+
+
+def test_fast_normal_is_standard_normal():
+  draws = np.asarray(jax.jit(fast.normal, static_argnums=1)(jax.random.key(6), (200_000,)))
+  assert abs(draws.mean()) < 0.01 and abs(draws.std() - 1) < 0.01
+  with pytest.raises(ValueError, match='threefry'):
+    fast.normal(jax.random.key(0, impl='rbg'), (3,))
 
 
 @pytest.fixture(scope='module')
@@ -230,17 +236,18 @@ def test_identity_convs_found_on_the_weights(net):
 
 
 @pytest.mark.parametrize('use_running_average', [True, False])
-@pytest.mark.parametrize('layer', [0, 1, 2, 3])
+@pytest.mark.parametrize('layer', [-1, 0, 1, 2, 3])
 def test_fast_forward_equals_model_forward_from(net, layer, use_running_average):
   model, variables = net
-  taps = model.apply(variables, jnp.asarray(_f32(6, 32, 32, 3)), use_running_average=True)
-  h = taps[layer]
+  x = jnp.asarray(_f32(6, 32, 32, 3))
+  h = x if layer < 0 else model.apply(variables, x, use_running_average=True)[layer]
   kwargs = dict(use_running_average=use_running_average)
-  if use_running_average:
-    expected = model.apply(variables, layer, h, method=model.forward_from, **kwargs)
+  if layer < 0:
+    apply = lambda **kw: model.apply(variables, h, **kw)
   else:
-    expected, _ = model.apply(variables, layer, h, method=model.forward_from,
-                              mutable=['batch_stats'], **kwargs)
+    apply = lambda **kw: model.apply(variables, layer, h, method=model.forward_from, **kw)
+  expected = apply(**kwargs) if use_running_average else apply(mutable=['batch_stats'],
+                                                               **kwargs)[0]
   full = fast.forward_from(model, variables, layer, h, **kwargs)
   skipped = fast.forward_from(model, variables, layer, h, skip=fast.identity_convs(variables),
                               **kwargs)

@@ -194,13 +194,6 @@ def base_key(cfg: SearchConfig) -> jax.Array:
   return jax.random.key(cfg.seed)
 
 
-def _image_forward(model, variables, x: jax.Array, use_running_average: bool):
-  """Taps of the network on a population of inputs (P, H, W, C) (no statistics update)."""
-  if use_running_average:
-    return model.apply(variables, x, use_running_average=True)
-  return model.apply(variables, x, use_running_average=False, mutable=['batch_stats'])[0]
-
-
 def search_image(model: airbench.AirbenchNet, variables, cfg: SearchConfig, image: jax.Array,
                  label: jax.Array, index: jax.Array, *, skip: frozenset = frozenset(),
                  ops: Operators = Operators()) -> SearchResult:
@@ -227,7 +220,7 @@ def search_image(model: airbench.AirbenchNet, variables, cfg: SearchConfig, imag
   noisy = ops_lib.init_population(
       image, ops.normal(jax.random.fold_in(image_key, 0), (cfg.population, *image.shape)),
       cfg.init_noise)
-  taps = _image_forward(model, variables, noisy, use_running_average)
+  taps = forward(-1, noisy)
   pop = Population(taps[0], ops.fitness(taps[-1], label))
   init_loss = jnp.min(pop.loss)
   targets, best_loss, curves = [], [], []

@@ -4,7 +4,8 @@ Every operator acts on ONE image's population of candidates: ``(P, H, W, C)`` NH
 activations or ``(P, K)`` logits. Batching over images is ``jax.vmap``.
 
 Operators that need randomness take their draws as arguments, so a test can feed the same draws
-to a NumPy reference; each has a keyed convenience (``*_from_key``) that only draws and calls it.
+to a NumPy reference; each has a keyed convenience (``*_from_key``) that only draws and calls it
+(:func:`draw_parents` makes the index draws).
 
 Fitness is a LOSS everywhere: the cross-entropy of a candidate's logits against the image's
 label. Lower is better; NaN counts as +inf, so a diverged candidate is never selected.
