@@ -1,0 +1,221 @@
+"""Search-engine throughput at the paper's CIFAR-10 shapes (PAPER.md section 3).
+
+Prints seconds per image-generation of
+  (a) the engine's generation step (decouple_jax.search: fused, matrix blur, identity convs
+      skipped), at layer 0 (candidates 15x15x256, population 240 = 20 + 100 + 120);
+  (b) a straightforward version written here: the same algorithm as separate jitted steps,
+      every conv computed through ``model.forward_from``, one ``lax.reduce_window`` per blur
+      pass, ``jax.random`` defaults;
+  (c) drawing the generation's Gaussian noise alone (220 x 15x15x256 per image), with
+      ``jax.random.normal`` and with the engine's sampler;
+the ratios a/b and a/c, the measured step time at every layer and the projected hours of the
+paper's full CIFAR-10 search (50,000 images, generations 300/100/100/10) on this machine, and
+the throughput ratio of the sharded search on 8 emulated CPU devices vs 1 (measured in a
+subprocess that emulates the devices).
+
+Run (about 3 minutes on 2 cores):
+  .venv/bin/python benchmarks/search_throughput.py [--images 2] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import functools
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from decouple_jax import config
+from decouple_jax import models
+from decouple_jax import search
+from decouple_jax.search import evolve
+from decouple_jax.search import fast
+from decouple_jax.search import operators as ops
+
+CIFAR_IMAGES = 50_000
+NUM_CLASSES = 10
+
+
+def timed(fn, *args, repeats: int) -> float:
+  """Best wall time of ``repeats`` calls (after one warm-up call that compiles)."""
+  jax.block_until_ready(fn(*args))
+  best = float('inf')
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    best = min(best, time.perf_counter() - t0)
+  return best
+
+
+def setup(n_images: int, cfg: config.SearchConfig):
+  """The paper's search network on random CIFAR-shaped images, and their initial populations.
+
+  Returns (model, variables, images, labels, taps): taps[l] is (B, P, *S_l), the initial
+  population pushed to every tap, i.e. realistic candidates for each layer.
+  """
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(max(n_images, 8), 32, 32, 3)).astype(np.float32)
+  model = models.build(cfg.model, NUM_CLASSES, 3)
+  variables = jax.jit(model.init)(jax.random.key(0), images[:2])
+  variables = {**variables, 'params': models.init_whitening(variables['params'], images)}
+  images, labels = images[:n_images], np.arange(n_images, dtype=np.int32) % NUM_CLASSES
+
+  @jax.jit
+  @jax.vmap
+  def initial_taps(image, key):
+    noisy = ops.init_population(image, fast.normal(key, (cfg.population, *image.shape)),
+                                cfg.init_noise)
+    return model.apply(variables, noisy, use_running_average=True)
+  keys = jax.random.split(jax.random.key(1), n_images)
+  return model, variables, jnp.asarray(images), jnp.asarray(labels), initial_taps(images, keys)
+
+
+def engine_step_fn(model, variables, cfg, layer):
+  """jit(vmap(generation step)) of the engine at ``layer``: (h, loss, key, label) -> pop."""
+  skip = fast.identity_convs(variables)
+
+  def step(h, loss, key, label):
+    def score(c):
+      logits = c if layer == 3 else fast.forward_from(model, variables, layer, c, skip=skip)[-1]
+      return ops.fitness(logits, label)
+    return evolve.generation_step(evolve.Population(h, loss), key, schedule=cfg.layers[layer],
+                                  cfg=cfg, score=score)
+  return jax.jit(jax.vmap(step))
+
+
+def straightforward_step_fn(model, variables, cfg):
+  """Layer 0's generation as a plain, unfused program: one jitted call per step."""
+  schedule, k, e = cfg.layers[0], cfg.top_k, cfg.n_explore
+  vjit = lambda f: jax.jit(jax.vmap(f))
+  select = vjit(lambda loss: ops.select(loss, k))
+  gather = vjit(lambda h, i: h[i])
+
+  @functools.lru_cache(maxsize=None)
+  def draw(n, pool_size, shape):
+    return vjit(lambda key: (jax.random.randint(jax.random.fold_in(key, 0), (n, 2), 0, pool_size),
+                             jax.random.normal(jax.random.fold_in(key, 1), (n, *shape))))
+  spread = vjit(ops.spread)
+  crossover = vjit(ops.crossover)
+  sigma = vjit(lambda s, i: (s[i[:, 0]] + s[i[:, 1]]) / 2)
+  mutate = jax.jit(jax.vmap(ops.mutate, in_axes=(0, 0, None, 0)))
+  blur_pass = vjit(lambda h: ops.blur(h, 1, cfg.blur_padding))
+  normalise = vjit(lambda h: ops.normalise(h, cfg.norm_eps))
+  concat = vjit(lambda *xs: jnp.concatenate(xs))
+  forward = vjit(lambda h: model.apply(variables, 0, h, use_running_average=True,
+                                       method=model.forward_from)[-1])
+  fitness = vjit(ops.fitness)
+
+  def children(pool, key, n, alpha):
+    parents, noise = draw(n, pool.shape[1], pool.shape[2:])(key)
+    h = crossover(gather(pool, parents[..., 0]), gather(pool, parents[..., 1]))
+    h = mutate(h, sigma(spread(pool), parents), alpha, noise)
+    for _ in range(schedule.blur):
+      h = blur_pass(h)
+    return normalise(h)
+
+  def step(h, loss, keys, labels):
+    top = select(loss)
+    parents = gather(h, top)
+    explorers = children(parents, jax.vmap(lambda q: jax.random.fold_in(q, 0))(keys), e,
+                         schedule.alpha * schedule.boost)
+    kept = concat(parents, explorers)
+    refiners = children(kept, jax.vmap(lambda q: jax.random.fold_in(q, 1))(keys),
+                        cfg.n_refine, schedule.alpha)
+    new = concat(kept, refiners)
+    return new, concat(gather(loss, top), fitness(forward(concat(explorers, refiners)), labels))
+  return step
+
+
+def probe_devices(n_images: int, repeats: int) -> None:
+  """(Subprocess with 8 emulated devices.) Whole-search throughput, 8 devices vs 1."""
+  cfg = dataclasses.replace(config.SearchConfig(), layers=tuple(
+      dataclasses.replace(s, generations=g) for s, g in zip(config.PAPER_SCHEDULE, (3, 1, 1, 1))))
+  model, variables, images, labels, _ = setup(n_images, cfg)
+  indices = np.arange(n_images, dtype=np.int32)
+  times = {}
+  for n in (1, len(jax.devices())):
+    fn = search.make_search_fn(model, variables, cfg, mesh=search.make_mesh(jax.devices()[:n]))
+    times[n] = timed(fn, images, labels, indices, repeats=repeats)
+  n8 = len(jax.devices())
+  print(f'DEVICES {n8} {times[n8]:.4f} {times[1]:.4f}')
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--images', type=int, default=2, help='images per batch')
+  parser.add_argument('--repeats', type=int, default=3, help='timed calls (best is kept)')
+  parser.add_argument('--probe_devices', action='store_true', help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.probe_devices:
+    probe_devices(8, args.repeats)
+    return
+
+  cfg = config.SearchConfig()
+  b = args.images
+  print(f'# search_throughput  {datetime.datetime.now().isoformat(timespec="seconds")}  '
+        f'jax {jax.__version__}  {platform.processor() or platform.machine()}  '
+        f'{os.cpu_count()} CPUs  devices {jax.devices()}')
+  print(f'# paper CIFAR-10 shapes, population {cfg.population} = {cfg.top_k} + '
+        f'{cfg.n_explore} + {cfg.n_refine}, {b} images per batch, best of {args.repeats}')
+  model, variables, images, labels, taps = setup(b, cfg)
+  keys = jax.random.split(jax.random.key(2), b)
+  loss = jax.vmap(ops.fitness)(taps[-1], labels)
+
+  per_layer = []
+  for layer in range(4):
+    step = engine_step_fn(model, variables, cfg, layer)
+    per_layer.append(timed(step, taps[layer], loss, keys, labels, repeats=args.repeats) / b)
+  a = per_layer[0]
+  plain = straightforward_step_fn(model, variables, cfg)
+  t_b = timed(plain, taps[0], loss, keys, labels, repeats=max(1, args.repeats - 1)) / b
+  n_noise = (cfg.n_explore + cfg.n_refine, *taps[0].shape[2:])
+  noise_jax = jax.jit(jax.vmap(lambda q: jax.random.normal(q, n_noise)))
+  noise_engine = jax.jit(jax.vmap(lambda q: fast.normal(q, n_noise)))
+  c = timed(noise_jax, keys, repeats=args.repeats) / b
+  c_engine = timed(noise_engine, keys, repeats=args.repeats) / b
+
+  print('\n## seconds per image-generation, layer 0 (15x15x256)')
+  print(f'(a) engine generation step            {a:8.4f} s')
+  print(f'(b) straightforward version           {t_b:8.4f} s')
+  print(f'(c) noise alone, jax.random.normal    {c:8.4f} s')
+  print(f"(c') noise alone, engine sampler      {c_engine:8.4f} s")
+  print(f'b/a = {t_b / a:.2f}x faster (goal >= 3)   a/c = {a / c:.2f} (goal <= 2)   '
+        f"a/c' = {a / c_engine:.2f}")
+
+  print('\n## projected full CIFAR-10 search on this machine (measured step at each layer)')
+  skip = fast.identity_convs(variables)
+  init = jax.jit(jax.vmap(lambda x: fast.forward_from(
+      model, variables, -1, jnp.broadcast_to(x, (cfg.population, *x.shape)), skip=skip)))
+  t_init = timed(init, images, repeats=args.repeats) / b
+  total = t_init
+  for layer, (s, t) in enumerate(zip(cfg.layers, per_layer)):
+    shape = 'x'.join(map(str, taps[layer].shape[2:]))
+    print(f'layer {layer} ({shape:>10s}): {t:8.4f} s/gen x {s.generations:3d} gen = '
+          f'{t * s.generations:7.2f} s/image')
+    total += t * s.generations
+  print(f'initial population forward: {t_init:.4f} s/image')
+  print(f'total {total:.1f} s/image -> {total * CIFAR_IMAGES / 3600:.0f} hours for '
+        f'{CIFAR_IMAGES} images on 1 device')
+
+  env = dict(os.environ, XLA_FLAGS=(os.environ.get('XLA_FLAGS', '') +
+                                    ' --xla_force_host_platform_device_count=8').strip())
+  out = subprocess.run([sys.executable, __file__, '--probe_devices',
+                        f'--repeats={max(1, args.repeats - 1)}'],
+                       env=env, capture_output=True, text=True, check=True).stdout
+  n8, t8, t1 = next(line.split()[1:] for line in out.splitlines() if line.startswith('DEVICES'))
+  print(f'\n## 8 emulated devices vs 1 (whole search, generations 3/1/1/1, 8 images)')
+  print(f'1 device {float(t1):.2f} s, {n8} devices {float(t8):.2f} s: {n8} devices run at '
+        f'{float(t1) / float(t8):.2f}x the speed of 1 ({os.cpu_count()} physical cores, so '
+        f'emulated devices share them)')
+
+
+if __name__ == '__main__':
+  main()
