@@ -81,8 +81,9 @@ def init_model(model, key: jax.Array, whiten_images: np.ndarray, eps: float = 5e
 
   Returns the variables dict ({'params', 'batch_stats'}).
   """
-  variables = model.init(key, jnp.asarray(whiten_images[:2], jnp.float32),
-                         use_running_average=True)
+  # Jitted: Flax's eager init dispatches op by op (~10x slower, worse with many devices).
+  init = jax.jit(model.init, static_argnames='use_running_average')
+  variables = init(key, jnp.asarray(whiten_images[:2], jnp.float32), use_running_average=True)
   variables = dict(variables)
   variables['params'] = init_whitening(variables['params'], whiten_images, eps)
   return variables

@@ -126,13 +126,6 @@ def identity_convs(variables) -> frozenset[ConvPath]:
   return frozenset(found)
 
 
-def _max_pool_2x2(x: jax.Array) -> jax.Array:
-  """2x2 stride-2 VALID max-pool of (N, H, W, C) (odd trailing rows/columns dropped)."""
-  n, hh, ww, c = x.shape
-  x = x[:, :hh // 2 * 2, :ww // 2 * 2]
-  return x.reshape(n, hh // 2, 2, ww // 2, 2, c).max(axis=(2, 4))
-
-
 def _batch_norm(x: jax.Array, bias: jax.Array, stats, eps: float) -> jax.Array:
   """Flax BatchNorm (scale 1, learnable bias) on (N, H, W, C), without a statistics update.
 
@@ -185,7 +178,7 @@ def forward_from(model: airbench.AirbenchNet, variables, layer: int, h: jax.Arra
         if (block, group, c) not in skip:
           h = conv(h, params[block][group][c]['kernel'], 'SAME')
         if c == 'conv1' and g == 0:
-          h = _max_pool_2x2(h)
+          h = airbench.max_pool_2x2(h)
         stats = (variables['batch_stats'][block][group][norm]['bn']
                  if use_running_average else None)
         h = _batch_norm(h, params[block][group][norm]['bn']['bias'], stats, model.bn_eps)
