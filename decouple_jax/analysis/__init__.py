@@ -1,0 +1,1 @@
+"""The paper's analyses (PAPER.md section 6): diversity and search compute scaling."""
