@@ -1,9 +1,11 @@
-"""The analyses of PAPER.md section 6: exact values of the diversity measures."""
+"""The analyses of PAPER.md section 6: exact values of the measures, and analyze.py end to end."""
 
 import numpy as np
 import pytest
 
+from decouple_jax import config as cfglib
 from decouple_jax.analysis import diversity
+from decouple_jax.analysis import scaling
 
 
 def test_identical_rows_span_one_direction():
@@ -43,3 +45,30 @@ def test_cosine_distance_per_image():
                              [0.0, 1.0, 2.0, 1 - np.sqrt(0.5)], atol=1e-12)
   with pytest.raises(ValueError, match='equal shapes'):
     diversity.cosine_distance(a, b[:2])
+
+
+def test_kept_effective_numbers_over_runs():
+  # 3 runs x 2 images. Image 0: all kept, directions e0, e1, e0 -> N_eff 1, 2, 9/5.
+  # Image 1: run 0 dropped (p = exp(-2) < 0.5), then two orthogonal directions -> -, 1, 2.
+  targets = np.array([[[1.0, 0.0], [5.0, 5.0]],
+                      [[0.0, 1.0], [1.0, 1.0]],
+                      [[2.0, 0.0], [1.0, -1.0]]])
+  loss = np.array([[0.1, 2.0], [0.1, 0.1], [0.1, 0.1]])
+  n_eff, images, kept = scaling.kept_effective_numbers(targets, loss)
+  np.testing.assert_allclose(n_eff, [1.0, 1.5, (1.8 + 2.0) / 2])
+  np.testing.assert_array_equal(images, [1, 2, 2])
+  np.testing.assert_allclose(kept, [0.5, 1.5, 2.5])
+  n_eff, images, _ = scaling.kept_effective_numbers(targets, loss, threshold=0.99)
+  assert np.isnan(n_eff).all() and (images == 0).all()
+
+
+def test_scaled_search_configs_keep_proportions():
+  base = cfglib.SearchConfig()  # 240 = 20 + 100 + 120
+  half = scaling.scale_population(base, 120)
+  assert (half.population, half.top_k, half.n_explore, half.n_refine) == (120, 10, 50, 60)
+  tiny = scaling.scale_population(base, 5)
+  assert (tiny.top_k, tiny.n_explore, tiny.n_refine) == (1, 2, 2)
+  gens = scaling.scale_generations(base, 0.5)
+  assert [l.generations for l in gens.layers] == [150, 50, 50, 5]
+  assert [l.generations for l in scaling.scale_generations(base, 0.01).layers] == [3, 1, 1, 1]
+  assert gens.layers[0].alpha == base.layers[0].alpha
