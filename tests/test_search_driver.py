@@ -1,0 +1,71 @@
+"""The search driver: a killed search resumes to the same store; another config is refused."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from decouple_jax import config as cfglib
+from decouple_jax import data
+from decouple_jax import runlog
+from decouple_jax.search import driver, sharding
+from decouple_jax.search.store import StoreError, TargetStore
+
+SEARCH = cfglib.SearchConfig(
+    model=cfglib.ModelConfig(widths=(8, 8, 8), whiten_images=64),
+    layers=tuple(dataclasses.replace(l, generations=g)
+                 for l, g in zip(cfglib.PAPER_SCHEDULE, (2, 1, 1, 1))),
+    population=12, top_k=2, n_explore=4, n_refine=6, batch_images=8, chunk_size=32)
+
+
+@pytest.fixture(scope='module')
+def setup(mnist_dir):
+  data_cfg = cfglib.DataConfig(dir=str(mnist_dir), train_limit=96, holdout=64, test_limit=64)
+  return data_cfg, data.load_dataset(data_cfg), sharding.make_mesh(jax.devices()[:1])
+
+
+class _Killed(Exception):
+  pass
+
+
+def test_killed_search_resumes_to_the_same_store(setup, tmp_path, monkeypatch):
+  data_cfg, ds, mesh = setup
+  full = driver.run_search(data_cfg, SEARCH, tmp_path / 'full', ds=ds, mesh=mesh)
+
+  write = TargetStore.write_chunk
+  calls = []
+
+  def dies_on_second_chunk(self, c, *args, **kwargs):
+    calls.append(c)
+    if len(calls) == 2:
+      raise _Killed  # the search of chunk 1 is lost, chunk 0 is on disk
+    return write(self, c, *args, **kwargs)
+  monkeypatch.setattr(TargetStore, 'write_chunk', dies_on_second_chunk)
+  with pytest.raises(_Killed):
+    driver.run_search(data_cfg, SEARCH, tmp_path / 'killed', ds=ds, mesh=mesh)
+  monkeypatch.setattr(TargetStore, 'write_chunk', write)
+  assert TargetStore.open(tmp_path / 'killed').missing_chunks() == [1, 2]
+
+  resumed = driver.run_search(data_cfg, SEARCH, tmp_path / 'killed', ds=ds, mesh=mesh)
+  summary = runlog.read_json(tmp_path / 'killed' / 'summary.json')
+  assert summary['images_this_run'] == 64  # only the two missing chunks were searched
+  for a, b in zip(full.load_all(), resumed.load_all()):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(full.best_loss, resumed.best_loss)
+
+
+def test_store_of_another_search_config_is_refused(setup, tmp_path):
+  data_cfg, ds, mesh = setup
+  small = dataclasses.replace(SEARCH, chunk_size=96)
+  driver.run_search(data_cfg, small, tmp_path, ds=ds, mesh=mesh)
+  with pytest.raises(StoreError, match='config_hash'):
+    driver.run_search(data_cfg, dataclasses.replace(small, seed=1), tmp_path, ds=ds, mesh=mesh)
+
+
+def test_batch_size_does_not_change_the_store_hash(setup):
+  data_cfg, _, _ = setup
+  assert (driver.targets_hash(data_cfg, SEARCH) ==
+          driver.targets_hash(data_cfg, dataclasses.replace(SEARCH, batch_images=3)))
+  assert (driver.targets_hash(data_cfg, SEARCH) !=
+          driver.targets_hash(data_cfg, dataclasses.replace(SEARCH, init_noise=0.2)))
