@@ -1,11 +1,19 @@
 """The analyses of PAPER.md section 6: exact values of the measures, and analyze.py end to end."""
 
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from decouple_jax import config as cfglib
 from decouple_jax.analysis import diversity
 from decouple_jax.analysis import scaling
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_identical_rows_span_one_direction():
@@ -72,3 +80,39 @@ def test_scaled_search_configs_keep_proportions():
   assert [l.generations for l in gens.layers] == [150, 50, 50, 5]
   assert [l.generations for l in scaling.scale_generations(base, 0.01).layers] == [3, 1, 1, 1]
   assert gens.layers[0].alpha == base.layers[0].alpha
+
+
+def test_launch_analyze_writes_figures_and_numbers(tmp_path, mnist_dir):
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  # Threshold 0 keeps every candidate: smoke searches are too short to reach p > 0.5.
+  cmd = [sys.executable, 'launch/analyze.py', '--config=configs/mnist.py:smoke',
+         f'--workdir={tmp_path}', f'--config.data.dir={mnist_dir}', '--analysis=all',
+         '--populations=6,12', '--generations=1', '--n_images=2', '--n_runs=2',
+         '--threshold=0']
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, f'{cmd} failed:\n{proc.stdout}\n{proc.stderr[-3000:]}'
+  about = {'data': 'mnist', 'config': 'mnist:smoke', 'scale': 'scaled down (smoke)'}
+  layers = ['block0', 'block1', 'block2', 'logits']
+
+  scaling_json = json.loads((tmp_path / 'scaling.json').read_text())
+  assert {k: scaling_json[k] for k in about} == about
+  assert scaling_json['layers'] == layers and scaling_json['n_images'] == 2
+  assert scaling_json['population']['sizes'] == [6, 12]
+  assert scaling_json['population']['parts'] == [[1, 2, 3], [2, 4, 6]]
+  assert np.shape(scaling_json['population']['mean_best_loss']) == (2, 4)
+  assert scaling_json['generations']['per_layer'] == [[2, 1, 1, 1]]
+  # The base setting is in both sweeps and is searched once.
+  assert (scaling_json['generations']['mean_best_loss'][0] ==
+          scaling_json['population']['mean_best_loss'][1])
+
+  diversity_json = json.loads((tmp_path / 'diversity.json').read_text())
+  assert {k: diversity_json[k] for k in about} == about
+  assert diversity_json['runs'] == [1, 2] and diversity_json['seeds'] == [0, 1]
+  for name in layers:
+    part = diversity_json[name]
+    assert part['images'] == [2, 2] and part['kept'] == [1.0, 2.0]
+    assert part['n_eff'][0] == pytest.approx(1.0)
+    assert 1.0 <= part['n_eff'][1] <= 2.0
+  for name in ('scaling', 'diversity'):
+    assert (tmp_path / f'{name}.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

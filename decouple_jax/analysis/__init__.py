@@ -1,1 +1,58 @@
-"""The paper's analyses (PAPER.md section 6): diversity and search compute scaling."""
+"""The paper's analyses (PAPER.md section 6): search compute scaling and target diversity.
+
+:func:`run_analysis` is what ``launch/analyze.py`` calls.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Sequence
+
+from decouple_jax import config as cfglib
+from decouple_jax import data as datalib
+from decouple_jax.analysis import plots
+from decouple_jax.analysis import scaling
+from decouple_jax.analysis.diversity import class_collision_entropy
+from decouple_jax.analysis.diversity import collision_entropy
+from decouple_jax.analysis.diversity import cosine_distance
+from decouple_jax.analysis.diversity import effective_number
+
+ANALYSES = ('scaling', 'diversity')
+
+
+def run_analysis(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, which: str, *,
+                 populations: Sequence[int] = (), generations: Sequence[float] = (0.5, 1, 2),
+                 n_images: int = 64, n_runs: int = 4, threshold: float = 0.5) -> dict:
+  """Runs analysis ``which`` ('scaling', 'diversity' or 'all') of ``exp``'s search.
+
+  Args:
+    exp: the experiment; its data set and search config are analysed.
+    workdir: gets ``<analysis>.png`` and ``<analysis>.json`` per analysis run.
+    which: 'scaling' (paper Fig. 2), 'diversity' (Fig. 3) or 'all'.
+    populations: population sizes of the scaling sweep; empty: half, one and two times the
+      config's.
+    generations: multipliers of every layer's generations in the scaling sweep.
+    n_images: how many of the first training images are searched.
+    n_runs: independent search runs of the diversity analysis.
+    threshold: true-class probability a diversity run's candidate must exceed to be kept.
+
+  Returns:
+    {analysis name: its result dict (also in its JSON)}.
+  """
+  if which not in ANALYSES + ('all',):
+    raise cfglib.ConfigError(f'analysis={which!r} is not one of {ANALYSES + ("all",)}')
+  workdir = pathlib.Path(workdir)
+  ds = datalib.load_dataset(exp.data)
+  about = plots.describe(ds.name, exp.name, exp.scale)
+  pop = exp.search.population
+  out = {}
+  if which in ('scaling', 'all'):
+    out['scaling'] = scaling.search_scaling(
+        exp.data, exp.search, ds, populations=tuple(populations) or (pop // 2, pop, 2 * pop),
+        generations=generations, n_images=n_images)
+    plots.plot_scaling(out['scaling'], workdir / 'scaling.png', about)
+  if which in ('diversity', 'all'):
+    out['diversity'] = scaling.search_diversity(exp.data, exp.search, ds, n_runs=n_runs,
+                                                n_images=n_images, threshold=threshold)
+    plots.plot_diversity(out['diversity'], workdir / 'diversity.png', about)
+  return out

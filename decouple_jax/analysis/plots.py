@@ -1,0 +1,93 @@
+"""The paper's figures (PAPER.md section 6): one function per figure, each writing a PNG and the
+JSON of its numbers side by side.
+
+Every title names the data set, the config and its scale, so a scaled-down figure is never
+mistaken for the paper's.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import matplotlib
+
+matplotlib.use('Agg')  # Files only: no display on a training host.
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+from decouple_jax import runlog
+from decouple_jax.reproduce import scale_label
+
+
+def describe(data_name: str, config_name: str, scale: str) -> dict:
+  """What every figure's title and JSON say about where its numbers come from."""
+  return {'data': data_name, 'config': config_name, 'scale': scale_label(scale)}
+
+
+def _title(what: str, about: dict) -> str:
+  return f'{what}\n{about["data"]}, config {about["config"]}, {about["scale"]}'
+
+
+def _save(fig, path: pathlib.Path, numbers: dict, about: dict) -> pathlib.Path:
+  """Writes ``path`` (.png) and its .json (``numbers`` plus ``about``); returns the PNG path."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=120, bbox_inches='tight')
+  plt.close(fig)
+  runlog.write_json(path.with_suffix('.json'), {**numbers, **about})
+  return path
+
+
+def plot_scaling(result: dict, path: str | pathlib.Path, about: dict) -> pathlib.Path:
+  """Paper Fig. 2: mean best loss per search layer vs population size and vs generations.
+
+  Args:
+    result: :func:`decouple_jax.analysis.scaling.search_scaling`'s output.
+    path: the PNG to write; the JSON goes beside it (same name, .json).
+    about: :func:`describe` of the run.
+  """
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+  sweeps = (('population', 'sizes', 'population size (candidates per image)'),
+            ('generations', 'multipliers', "generations (x the config's, every layer)"))
+  for ax, (sweep, xkey, xlabel) in zip(axes, sweeps):
+    part = result[sweep]
+    x = part[xkey]
+    loss = np.asarray(part['mean_best_loss'])
+    for layer, name in enumerate(result['layers']):
+      ax.plot(x, loss[:, layer], 'o-', label=f'{name} search')
+    ax.plot(x, part['mean_init_loss'], 'k--', label='initial population')
+    ax.set_xscale('log', base=2)
+    ax.set_xticks(x, [f'{v:g}' for v in x])
+    ax.minorticks_off()
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel('mean best cross-entropy (nats)')
+  axes[1].legend()
+  fig.suptitle(_title(f'Search loss vs compute, first {result["n_images"]} training images',
+                      about))
+  return _save(fig, pathlib.Path(path), result, about)
+
+
+def plot_diversity(result: dict, path: str | pathlib.Path, about: dict) -> pathlib.Path:
+  """Paper Fig. 3: effective number of distinct targets per layer vs independent runs.
+
+  Args:
+    result: :func:`decouple_jax.analysis.scaling.search_diversity`'s output.
+    path: the PNG to write; the JSON goes beside it (same name, .json).
+    about: :func:`describe` of the run.
+  """
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  runs = result['runs']
+  ax.plot(runs, runs, ':', color='gray', label='all runs distinct')
+  for name in result['layers']:
+    part = result[name]
+    n_eff = [np.nan if v is None else v for v in part['n_eff']]
+    ax.plot(runs, n_eff, 'o-',
+            label=f'{name} ({part["images"][-1]}/{result["n_images"]} images kept any)')
+  ax.set_xticks(runs)
+  ax.set_xlabel('independent search runs')
+  ax.set_ylabel('effective number of targets, exp(H)')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize='small')
+  ax.set_title(_title(f'Target diversity (kept if p(true class) > {result["threshold"]:g}), '
+                      f'mean over images', about), fontsize='medium')
+  return _save(fig, pathlib.Path(path), result, about)
