@@ -6,12 +6,21 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 from decouple_jax import config as cfglib
+from decouple_jax import data
+from decouple_jax import models
+from decouple_jax import runlog
 from decouple_jax.analysis import diversity
+from decouple_jax.analysis import plots
 from decouple_jax.analysis import scaling
+from decouple_jax.analysis import trajectories
+from decouple_jax.learn import sgd
+from decouple_jax.learn import trainer
+from decouple_jax.mesh import mesh_1d
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -116,3 +125,48 @@ def test_launch_analyze_writes_figures_and_numbers(tmp_path, mnist_dir):
     assert 1.0 <= part['n_eff'][1] <= 2.0
   for name in ('scaling', 'diversity'):
     assert (tmp_path / f'{name}.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_representation_metrics_exact_values():
+  # Image 0 is orthogonal to its target, images 1 and 2 match theirs: mean distance 1/3.
+  # Class 0's two block outputs are orthogonal (log 2), class 1 has one (0); the class means
+  # (1/2, 1/2) and (1, 1) are parallel (0).
+  h = np.array([[[[1.0, 0.0]]], [[[0.0, 1.0]]], [[[1.0, 1.0]]]])
+  t = np.array([[[[0.0, 1.0]]], [[[0.0, 3.0]]], [[[1.0, 1.0]]]])
+  out = trajectories.representation_metrics([h], [t], np.array([0, 0, 1]))
+  assert out == pytest.approx({'repr_cosine_distance_block0': 1 / 3,
+                               'repr_within_entropy_block0': np.log(2) / 2,
+                               'repr_between_entropy_block0': 0.0})
+
+
+def test_epoch_callback_logs_trajectories_and_plots(tmp_path, mnist_dir):
+  ds = data.load_dataset(cfglib.DataConfig(dir=str(mnist_dir), train_limit=128, holdout=64,
+                                           test_limit=64))
+  model, variables = models.init_for_dataset(
+      cfglib.ModelConfig(widths=(8, 8, 8), whiten_images=64), ds, 0)
+  train = cfglib.TrainConfig(optim=cfglib.OptimConfig(batch_size=64, epochs=2, clip_norm=2.0),
+                             eval_batch=64, flip=False)
+  shapes = models.tap_shapes(model, ds.image_shape)[:3]
+  targets = [np.random.default_rng(l).normal(size=(32, *s)) for l, s in enumerate(shapes)]
+  callback = trajectories.make_epoch_callback(model, ds, targets, batch_size=16,
+                                              bn_batch_stats=True)
+  trainer.fit(model, variables, sgd.cross_entropy_loss_fn(model, 10),
+              trainer.TrainData.from_dataset(ds), train, tmp_path / 'run', config_hash='h',
+              mesh=mesh_1d('batch', jax.devices()[:1]), epoch_callback=callback)
+  records = runlog.JsonLines(tmp_path / 'run' / 'metrics.jsonl').records()
+  epochs, distance = trajectories.trajectory(records, 'cosine_distance')
+  assert epochs == [1, 2] and distance.shape == (2, 3)
+  # Random targets are nearly orthogonal to any block output.
+  assert np.all(np.abs(distance - 1) < 0.2)
+  _, within = trajectories.trajectory(records, 'within_entropy')
+  assert np.all((within >= 0) & (within <= np.log(32)))
+
+  about = plots.describe('mnist', 'test', 'scaled down (test)')
+  runs = {'SGD': records, 'search-based': records}
+  for plot, measures in ((plots.plot_target_distance, ['cosine_distance']),
+                         (plots.plot_class_entropy, ['within_entropy', 'between_entropy'])):
+    png = plot(runs, tmp_path / f'{plot.__name__}.png', about)
+    assert png.read_bytes()[:4] == b'\x89PNG'
+    numbers = json.loads(png.with_suffix('.json').read_text())
+    assert numbers['data'] == 'mnist' and numbers['SGD']['epochs'] == [1, 2]
+    assert all(np.shape(numbers['SGD'][m]) == (2, 3) for m in measures)

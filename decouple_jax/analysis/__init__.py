@@ -1,6 +1,10 @@
-"""The paper's analyses (PAPER.md section 6): search compute scaling and target diversity.
+"""The paper's analyses (PAPER.md section 6): search compute scaling, target diversity, and
+representations over training.
 
-:func:`run_analysis` is what ``launch/analyze.py`` calls.
+:func:`run_analysis` is what ``launch/analyze.py`` calls (scaling, diversity). The trajectories
+over training (:mod:`decouple_jax.analysis.trajectories`) are logged by a training run given
+its ``make_epoch_callback`` and drawn by ``plots.plot_target_distance`` and
+``plots.plot_class_entropy``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
 from decouple_jax.analysis import plots
 from decouple_jax.analysis import scaling
+from decouple_jax.analysis import trajectories
 from decouple_jax.analysis.diversity import class_collision_entropy
 from decouple_jax.analysis.diversity import collision_entropy
 from decouple_jax.analysis.diversity import cosine_distance

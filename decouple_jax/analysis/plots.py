@@ -13,9 +13,11 @@ import matplotlib
 
 matplotlib.use('Agg')  # Files only: no display on a training host.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+from matplotlib import ticker  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from decouple_jax import runlog
+from decouple_jax.analysis import trajectories
 from decouple_jax.reproduce import scale_label
 
 
@@ -91,3 +93,55 @@ def plot_diversity(result: dict, path: str | pathlib.Path, about: dict) -> pathl
   ax.set_title(_title(f'Target diversity (kept if p(true class) > {result["threshold"]:g}), '
                       f'mean over images', about), fontsize='medium')
   return _save(fig, pathlib.Path(path), result, about)
+
+
+_MEASURE_LABELS = {'cosine_distance': 'cosine distance to searched target',
+                   'within_entropy': 'within-class collision entropy (nats)',
+                   'between_entropy': 'between-class collision entropy (nats)'}
+
+
+def _plot_trajectories(runs: dict, measures: tuple[str, ...], what: str,
+                       path: str | pathlib.Path, about: dict) -> pathlib.Path:
+  """One row per measure, one column per block, one line per run, against epochs."""
+  fig, axes = plt.subplots(len(measures), 3, figsize=(12, 3.4 * len(measures)), squeeze=False,
+                           layout='constrained')
+  numbers = {}
+  for method, records in runs.items():
+    numbers[method] = {}
+    for row, measure in zip(axes, measures):
+      epochs, values = trajectories.trajectory(records, measure)
+      numbers[method]['epochs'] = epochs
+      numbers[method][measure] = values.tolist()
+      for block, ax in enumerate(row):
+        ax.plot(epochs, values[:, block], 'o-', label=method)
+  for row, measure in zip(axes, measures):
+    row[0].set_ylabel(_MEASURE_LABELS[measure])
+    for block, ax in enumerate(row):
+      ax.set_title(f'block {block}', fontsize='medium')
+      ax.set_xlabel('epoch')
+      ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+      ax.grid(alpha=0.3)
+  axes[0][-1].legend()
+  fig.suptitle(_title(what, about))
+  return _save(fig, pathlib.Path(path), numbers, about)
+
+
+def plot_target_distance(runs: dict, path: str | pathlib.Path, about: dict) -> pathlib.Path:
+  """Paper Fig. 5: cosine distance between the searched targets and each run's block outputs
+  per epoch.
+
+  Args:
+    runs: {method label (e.g. 'SGD'): its ``metrics.jsonl`` records}, logged with
+      :func:`decouple_jax.analysis.trajectories.make_epoch_callback`.
+    path: the PNG to write; the JSON goes beside it.
+    about: :func:`describe` of the run.
+  """
+  return _plot_trajectories(runs, ('cosine_distance',),
+                            'Distance of block outputs to the searched targets', path, about)
+
+
+def plot_class_entropy(runs: dict, path: str | pathlib.Path, about: dict) -> pathlib.Path:
+  """Paper Figs. 6-7: within- and between-class collision entropy of each run's block outputs
+  per epoch (arguments as :func:`plot_target_distance`)."""
+  return _plot_trajectories(runs, ('within_entropy', 'between_entropy'),
+                            'Collision entropy of block outputs over training', path, about)
