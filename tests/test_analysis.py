@@ -91,6 +91,7 @@ def test_scaled_search_configs_keep_proportions():
   assert gens.layers[0].alpha == base.layers[0].alpha
 
 
+@pytest.mark.slow
 def test_launch_analyze_writes_figures_and_numbers(tmp_path, mnist_dir):
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS='--xla_force_host_platform_device_count=1')
