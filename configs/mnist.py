@@ -6,7 +6,7 @@
   300/100/100/10, alpha 0.1 at every layer). Meant for a GPU/TPU.
 - ``cpu``: scaled down to finish on a 2-core CPU (see BENCHMARKS.md for measured runtimes and
   accuracies). SGD baseline: width 32, 2 convs per block, batch 500, 8 epochs. Search: width
-  16, population 24 = 4 + 10 + 10, generations 16/8/8/4. Student: width 16, 4 convs per
+  16, population 24 = 4 + 10 + 10, generations 16/16/16/10. Student: width 16, 4 convs per
   block, 8 epochs, lambda 1.
 - ``demo``: ``cpu`` on 3,000 training images (what ``make demo`` runs; a few minutes).
 - ``smoke``: seconds; for tests. Numbers from it mean nothing.
@@ -51,7 +51,7 @@ def get_config(arg: str = 'cpu') -> ml_collections.ConfigDict:
     c.search.model.widths = c.student.model.widths = (16, 16, 16)
     c.search.population, c.search.top_k, c.search.n_explore, c.search.n_refine = 24, 4, 10, 10
     c.search.layers = tuple(dict(l, generations=g)
-                            for l, g in zip(c.search.layers, (16, 8, 8, 4)))
+                            for l, g in zip(c.search.layers, (16, 16, 16, 10)))
     c.search.batch_images = 64
     c.search.chunk_size = 4096
     # With mean-reduced losses at this lr, lambda 0.03 leaves the head almost untrained in
