@@ -91,17 +91,21 @@ def test_scaled_search_configs_keep_proportions():
   assert gens.layers[0].alpha == base.layers[0].alpha
 
 
-@pytest.mark.slow
-def test_launch_analyze_writes_figures_and_numbers(tmp_path, mnist_dir):
+def _analyze(workdir, mnist_dir, *extra):
+  """Runs launch/analyze.py on configs/mnist.py:smoke (one device: fastest on 2 cores)."""
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS='--xla_force_host_platform_device_count=1')
-  # Threshold 0 keeps every candidate: smoke searches are too short to reach p > 0.5.
   cmd = [sys.executable, 'launch/analyze.py', '--config=configs/mnist.py:smoke',
-         f'--workdir={tmp_path}', f'--config.data.dir={mnist_dir}', '--analysis=all',
-         '--populations=6,12', '--generations=1', '--n_images=2', '--n_runs=2',
-         '--threshold=0']
+         f'--workdir={workdir}', f'--config.data.dir={mnist_dir}', '--populations=6,12',
+         '--generations=1', *extra]
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, f'{cmd} failed:\n{proc.stdout}\n{proc.stderr[-3000:]}'
+
+
+@pytest.mark.slow
+def test_launch_analyze_writes_figures_and_numbers(tmp_path, mnist_dir):
+  # Threshold 0 keeps every candidate: smoke searches are too short to reach p > 0.5.
+  _analyze(tmp_path, mnist_dir, '--analysis=all', '--n_images=2', '--n_runs=2', '--threshold=0')
   about = {'data': 'mnist', 'config': 'mnist:smoke', 'scale': 'scaled down (smoke)'}
   layers = ['block0', 'block1', 'block2', 'logits']
 
@@ -171,3 +175,20 @@ def test_epoch_callback_logs_trajectories_and_plots(tmp_path, mnist_dir):
     numbers = json.loads(png.with_suffix('.json').read_text())
     assert numbers['data'] == 'mnist' and numbers['SGD']['epochs'] == [1, 2]
     assert all(np.shape(numbers['SGD'][m]) == (2, 3) for m in measures)
+
+
+@pytest.mark.slow
+def test_launch_analyze_accuracy_resumes(tmp_path, mnist_dir):
+  for _ in range(2):  # The second run finds every setting finished.
+    _analyze(tmp_path, mnist_dir, '--analysis=accuracy', '--config.data.train_limit=128',
+             '--config.student.train.optim.epochs=1')
+  result = json.loads((tmp_path / 'accuracy.json').read_text())
+  assert result['train_images'] == 128 and result['config'] == 'mnist:smoke'
+  assert result['population']['sizes'] == [6, 12]
+  assert result['generations']['per_layer'] == [[2, 1, 1, 1]]
+  accuracies = result['population']['test_accuracy'] + result['generations']['test_accuracy']
+  assert all(0 <= a <= 1 for a in accuracies)
+  # Population 12 with generations x1 is the config's own search: one run serves both.
+  assert result['population']['test_accuracy'][1] == result['generations']['test_accuracy'][0]
+  assert len(list((tmp_path / 'accuracy').iterdir())) == 2
+  assert (tmp_path / 'accuracy.png').exists()

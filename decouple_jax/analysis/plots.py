@@ -39,6 +39,25 @@ def _save(fig, path: pathlib.Path, numbers: dict, about: dict) -> pathlib.Path:
   return path
 
 
+def _sweep_figure(result: dict, draw, ylabel: str, population_label: str):
+  """A figure of two panels sharing y: the population sweep and the generations sweep of
+  ``result``, on log2 x axes; ``draw(ax, sweep's dict, x values)`` plots one sweep."""
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+  sweeps = (('population', 'sizes', f'{population_label} (candidates per image)'),
+            ('generations', 'multipliers', "generations (x the config's, every layer)"))
+  for ax, (sweep, xkey, xlabel) in zip(axes, sweeps):
+    x = result[sweep][xkey]
+    draw(ax, result[sweep], x)
+    ax.set_xscale('log', base=2)
+    ax.set_xticks(x, [f'{v:g}' for v in x])
+    ax.minorticks_off()
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel(ylabel)
+  axes[1].legend()
+  return fig
+
+
 def plot_scaling(result: dict, path: str | pathlib.Path, about: dict) -> pathlib.Path:
   """Paper Fig. 2: mean best loss per search layer vs population size and vs generations.
 
@@ -47,23 +66,12 @@ def plot_scaling(result: dict, path: str | pathlib.Path, about: dict) -> pathlib
     path: the PNG to write; the JSON goes beside it (same name, .json).
     about: :func:`describe` of the run.
   """
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-  sweeps = (('population', 'sizes', 'population size (candidates per image)'),
-            ('generations', 'multipliers', "generations (x the config's, every layer)"))
-  for ax, (sweep, xkey, xlabel) in zip(axes, sweeps):
-    part = result[sweep]
-    x = part[xkey]
+  def draw(ax, part, x):
     loss = np.asarray(part['mean_best_loss'])
     for layer, name in enumerate(result['layers']):
       ax.plot(x, loss[:, layer], 'o-', label=f'{name} search')
     ax.plot(x, part['mean_init_loss'], 'k--', label='initial population')
-    ax.set_xscale('log', base=2)
-    ax.set_xticks(x, [f'{v:g}' for v in x])
-    ax.minorticks_off()
-    ax.set_xlabel(xlabel)
-    ax.grid(alpha=0.3)
-  axes[0].set_ylabel('mean best cross-entropy (nats)')
-  axes[1].legend()
+  fig = _sweep_figure(result, draw, 'mean best cross-entropy (nats)', 'population size')
   fig.suptitle(_title(f'Search loss vs compute, first {result["n_images"]} training images',
                       about))
   return _save(fig, pathlib.Path(path), result, about)
@@ -92,6 +100,23 @@ def plot_diversity(result: dict, path: str | pathlib.Path, about: dict) -> pathl
   ax.legend(fontsize='small')
   ax.set_title(_title(f'Target diversity (kept if p(true class) > {result["threshold"]:g}), '
                       f'mean over images', about), fontsize='medium')
+  return _save(fig, pathlib.Path(path), result, about)
+
+
+def plot_accuracy(result: dict, path: str | pathlib.Path, about: dict) -> pathlib.Path:
+  """Paper Fig. 4: student test accuracy vs the population size and generations of the search
+  that made its targets.
+
+  Args:
+    result: :func:`decouple_jax.analysis.scaling.accuracy_vs_compute`'s output.
+    path: the PNG to write; the JSON goes beside it (same name, .json).
+    about: :func:`describe` of the run.
+  """
+  def draw(ax, part, x):
+    ax.plot(x, 100 * np.asarray(part['test_accuracy']), 'o-', label='search-based student')
+  fig = _sweep_figure(result, draw, 'test accuracy (%)', 'search population size')
+  fig.suptitle(_title(f'Accuracy vs search compute, {result["train_images"]} training images',
+                      about))
   return _save(fig, pathlib.Path(path), result, about)
 
 

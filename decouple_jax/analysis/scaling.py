@@ -1,6 +1,6 @@
 """How the search scales with compute, and how diverse its targets are (PAPER.md section 6).
 
-Both analyses search the first ``n_images`` training images with the experiment's fixed
+The first two analyses search the first ``n_images`` training images with the experiment's fixed
 (untrained) search network, initialised from ``search_cfg.seed`` once, so every setting and
 every run searches the same network:
 
@@ -12,12 +12,16 @@ every run searches the same network:
   a probability above ``threshold``, and the effective number of distinct targets among the
   kept ones of the first k runs is averaged over images, for k = 1 .. n_runs.
 
+:func:`accuracy_vs_compute` (paper Fig. 4) instead searches the whole training split under each
+setting and trains a student on it.
+
 Losses are cross-entropies in nats, as everywhere in the search (lower is better).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 from typing import Sequence
 
 import jax
@@ -26,7 +30,10 @@ import numpy as np
 from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
 from decouple_jax import models
+from decouple_jax import runlog
 from decouple_jax.analysis import diversity
+from decouple_jax.learn import student
+from decouple_jax.search import driver
 from decouple_jax.search import sharding
 from decouple_jax.search.driver import LAYER_NAMES
 
@@ -209,3 +216,49 @@ def search_diversity(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfi
     out[name] = {'n_eff': [None if np.isnan(v) else float(v) for v in n_eff],
                  'images': images.tolist(), 'kept': kept.tolist()}
   return out
+
+
+def accuracy_vs_compute(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
+                        populations: Sequence[int], generations: Sequence[float],
+                        ds: datalib.Dataset | None = None) -> dict:
+  """Student test accuracy vs the search compute its targets got (paper Fig. 4).
+
+  Every setting searches the whole training split and trains ``exp.student`` on the result,
+  so each costs a full search plus a student run: scale the data down (``data.train_limit``)
+  for a quick look. Resumable: settings are kept in ``workdir/<config hash>/`` (search store
+  and student run), and a finished student is read, not retrained.
+
+  Args:
+    exp: the experiment; its search is the base setting.
+    workdir: where the searches and students go.
+    populations: population sizes (see :func:`scale_population`).
+    generations: multipliers of every layer's generations (see :func:`scale_generations`).
+    ds: the loaded data set, if any.
+
+  Returns:
+    {'population': {'sizes', 'test_accuracy'}, 'generations': {'multipliers', 'per_layer',
+    'test_accuracy'}, 'train_images'}: test accuracies as fractions, of the student's
+    hold-out-selected epoch.
+  """
+  ds = ds if ds is not None else datalib.load_dataset(exp.data)
+  workdir = pathlib.Path(workdir)
+
+  def accuracy(search_cfg: cfglib.SearchConfig) -> float:
+    run = workdir / cfglib.config_hash(exp.data, search_cfg, exp.student)
+    results = run / 'student' / 'results.json'
+    if not results.exists():
+      targets = driver.store_dir(run)
+      driver.run_search(exp.data, search_cfg, targets, ds=ds)
+      student.train_student(exp.data, search_cfg, exp.student, run / 'student', targets, ds=ds)
+    return runlog.read_json(results)['test_accuracy']
+
+  by_generations = [scale_generations(exp.search, m) for m in generations]
+  return {
+      'train_images': len(ds.train_images),
+      'population': {'sizes': list(populations),
+                     'test_accuracy': [accuracy(scale_population(exp.search, p))
+                                       for p in populations]},
+      'generations': {'multipliers': list(generations),
+                      'per_layer': [[l.generations for l in c.layers] for c in by_generations],
+                      'test_accuracy': [accuracy(c) for c in by_generations]},
+  }
