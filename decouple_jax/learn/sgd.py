@@ -29,7 +29,8 @@ def cross_entropy_loss_fn(model, num_classes: int, label_smoothing: float = 0.0
 
 
 def train_sgd(data_cfg: cfglib.DataConfig, sgd_cfg: cfglib.SGDConfig,
-              workdir: str | pathlib.Path, *, ds=None, mesh=None) -> dict:
+              workdir: str | pathlib.Path, *, ds=None, mesh=None,
+              epoch_callback=None) -> dict:
   """Trains the SGD baseline; resumable from ``workdir``.
 
   Args:
@@ -38,6 +39,8 @@ def train_sgd(data_cfg: cfglib.DataConfig, sgd_cfg: cfglib.SGDConfig,
     workdir: checkpoints, ``metrics.jsonl`` and ``results.json``.
     ds: an already loaded :class:`decouple_jax.data.Dataset` for ``data_cfg``.
     mesh: data-parallel mesh; default every device.
+    epoch_callback: extra per-epoch metrics, see :func:`decouple_jax.learn.trainer.fit` (e.g.
+      :func:`decouple_jax.analysis.trajectories.make_epoch_callback`).
 
   Returns:
     The results dict of :func:`decouple_jax.learn.trainer.fit` (test accuracy of the
@@ -49,4 +52,4 @@ def train_sgd(data_cfg: cfglib.DataConfig, sgd_cfg: cfglib.SGDConfig,
   return trainer.fit(model, variables, loss_fn, trainer.TrainData.from_dataset(ds),
                      sgd_cfg.train, workdir, config_hash=cfglib.config_hash(data_cfg, sgd_cfg),
                      config={'data': cfglib.to_dict(data_cfg), 'sgd': cfglib.to_dict(sgd_cfg)},
-                     mesh=mesh)
+                     mesh=mesh, epoch_callback=epoch_callback)

@@ -101,7 +101,7 @@ def train_student(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
                   student_cfg: cfglib.StudentConfig, workdir: str | pathlib.Path,
                   targets: str | pathlib.Path, *,
                   holdout_targets: str | pathlib.Path | None = None,
-                  ds: datalib.Dataset | None = None, mesh=None) -> dict:
+                  ds: datalib.Dataset | None = None, mesh=None, epoch_callback=None) -> dict:
   """Trains the student on the searched targets in ``targets``; resumable from ``workdir``.
 
   Args:
@@ -113,6 +113,7 @@ def train_student(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
       None; with it the diagnostics include R^2 on images the student never trained on.
     ds: the loaded data set, if any.
     mesh: data-parallel mesh; default every device.
+    epoch_callback: extra per-epoch metrics, as for :func:`decouple_jax.learn.trainer.fit`.
 
   Returns:
     The results dict (test accuracy of the hold-out-selected weights, ..., and the
@@ -135,7 +136,7 @@ def train_student(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
       model, variables, student_loss_fn(model, student_cfg), train_data, student_cfg.train,
       workdir, config_hash=cfglib.config_hash(data_cfg, search_cfg, student_cfg),
       config={'data': cfglib.to_dict(data_cfg), 'search': cfglib.to_dict(search_cfg),
-              'student': cfglib.to_dict(student_cfg)}, mesh=mesh)
+              'student': cfglib.to_dict(student_cfg)}, mesh=mesh, epoch_callback=epoch_callback)
   results['diagnostics'] = diagnostics.student_diagnostics(
       model, results['variables'], ds, store, holdout_store, student_cfg)
   runlog.write_json(pathlib.Path(workdir) / 'results.json',
