@@ -35,40 +35,34 @@ def get_config(arg: str = 'cpu', *, name: str = 'cifar10') -> ml_collections.Con
     c.student.train.augment = True
 
   if arg == 'cpu':
-    c.data.train_limit = 2000
-    c.data.holdout = 500
-    c.data.test_limit = 2000
-    for part in (c.sgd, c.student, c.search):
-      part.model.widths = (32, 32, 32)
-      part.model.whiten_images = 2000
-    c.sgd.model.convs_per_block = 4
-    c.student.model.convs_per_block = 4
-    for part in (c.sgd, c.student):
-      part.train.optim.batch_size = 250
-      part.train.optim.epochs = 20
-      part.train.eval_batch = 500
-    c.search.population, c.search.top_k, c.search.n_explore, c.search.n_refine = 24, 4, 10, 10
-    c.search.layers = tuple(dict(l, generations=g)
-                            for l, g in zip(c.search.layers, (30, 10, 10, 5)))
-    c.search.batch_images = 16
-    c.search.chunk_size = 512
+    _scale_down(c, images=(2000, 500, 2000), width=32, whiten_images=2000, convs=4,
+                batch=250, epochs=20, eval_batch=500, population=(24, 4, 10, 10),
+                generations=(30, 10, 10, 5), batch_images=16, chunk_size=512)
   elif arg == 'smoke':
-    c.data.train_limit = 128
-    c.data.holdout = 32
-    c.data.test_limit = 64
     c.data.verify = False  # smoke runs read small archives written by the tests
-    for part in (c.sgd, c.student, c.search):
-      part.model.widths = (8, 8, 8)
-      part.model.whiten_images = 64
-    c.sgd.model.convs_per_block = 2
-    c.student.model.convs_per_block = 2
-    for part in (c.sgd, c.student):
-      part.train.optim.batch_size = 32
-      part.train.optim.epochs = 1
-      part.train.eval_batch = 32
-    c.search.population, c.search.top_k, c.search.n_explore, c.search.n_refine = 12, 2, 4, 6
-    c.search.layers = tuple(dict(l, generations=g)
-                            for l, g in zip(c.search.layers, (2, 1, 1, 1)))
-    c.search.batch_images = 4
-    c.search.chunk_size = 64
+    _scale_down(c, images=(128, 32, 64), width=8, whiten_images=64, convs=2, batch=32,
+                epochs=1, eval_batch=32, population=(12, 2, 4, 6), generations=(2, 1, 1, 1),
+                batch_images=4, chunk_size=64)
   return c
+
+
+def _scale_down(c, *, images, width, whiten_images, convs, batch, epochs, eval_batch,
+                population, generations, batch_images, chunk_size):
+  """Shrinks config ``c`` in place: every network, the data and the search budget.
+
+  ``images`` is (training, hold-out, test) image counts; ``population`` is (population,
+  top_k, n_explore, n_refine); ``generations`` is per search layer.
+  """
+  c.data.train_limit, c.data.holdout, c.data.test_limit = images
+  for part in (c.sgd, c.student, c.search):
+    part.model.widths = (width,) * 3
+    part.model.whiten_images = whiten_images
+  for part in (c.sgd, c.student):
+    part.model.convs_per_block = convs
+    part.train.optim.batch_size = batch
+    part.train.optim.epochs = epochs
+    part.train.eval_batch = eval_batch
+  c.search.population, c.search.top_k, c.search.n_explore, c.search.n_refine = population
+  c.search.layers = tuple(dict(l, generations=g) for l, g in zip(c.search.layers, generations))
+  c.search.batch_images = batch_images
+  c.search.chunk_size = chunk_size
