@@ -17,7 +17,6 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
