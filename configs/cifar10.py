@@ -38,6 +38,7 @@ def get_config(arg: str = 'cpu', *, name: str = 'cifar10') -> ml_collections.Con
     _scale_down(c, images=(2000, 500, 2000), width=32, whiten_images=2000, convs=4,
                 batch=250, epochs=20, eval_batch=500, population=(24, 4, 10, 10),
                 generations=(30, 10, 10, 5), batch_images=16, chunk_size=512)
+    c.analysis.n_images = 256
   elif arg == 'smoke':
     c.data.verify = False  # smoke runs read small archives written by the tests
     _scale_down(c, images=(128, 32, 64), width=8, whiten_images=64, convs=2, batch=32,

@@ -57,6 +57,9 @@ def get_config(arg: str = 'cpu') -> ml_collections.ConfigDict:
     # With mean-reduced losses at this lr, lambda 0.03 leaves the head almost untrained in
     # 8 epochs (PAPER.md section 9); only the head sees this term, so lambda is its step size.
     c.student.kl_weight = 1.0
+    # launch/analyze.py --analysis=all in about half an hour (BENCHMARKS.md).
+    c.analysis.n_images = 256
+    c.analysis.train_images = 5000
   if arg == 'demo':
     c.data.train_limit = 3000
     c.data.holdout = 1000
@@ -85,4 +88,12 @@ def get_config(arg: str = 'cpu') -> ml_collections.ConfigDict:
     c.student.model.widths = (8, 8, 8)
     c.student.model.whiten_images = 64
     c.student.train = ml_collections.ConfigDict(c.sgd.train.to_dict())
+    c.analysis.n_images = 2
+    c.analysis.populations = (6, 12)
+    c.analysis.generations = (1.0,)
+    c.analysis.n_runs = 2
+    # Smoke searches are too short to reach p > 0.5: keep every candidate.
+    c.analysis.threshold = 0.0
+    c.analysis.train_images = 128
+    c.analysis.probe_images = 32
   return c

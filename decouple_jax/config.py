@@ -377,6 +377,42 @@ class ReproduceConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AnalysisConfig:
+  """What ``launch/analyze.py`` measures (PAPER.md section 6).
+
+  Attributes:
+    n_images: first training images searched by the scaling and diversity analyses (paper:
+      1000).
+    populations: population sizes of the scaling and accuracy sweeps; empty: half, one and two
+      times the search's.
+    generations: multipliers of every layer's generations in those sweeps.
+    n_runs: independent search runs of the diversity analysis.
+    threshold: true-class probability a diversity run's candidate must exceed to be kept.
+    train_images: if > 0, the accuracy and trajectory analyses search and train on only the
+      first ``train_images`` training images (they search the whole split otherwise).
+    probe_images: training images, and as many hold-out images (searched too), on which the
+      trajectory analysis measures the block outputs after every epoch.
+  """
+  n_images: int = 1000
+  populations: tuple[int, ...] = ()
+  generations: tuple[float, ...] = (0.5, 1.0, 2.0)
+  n_runs: int = 4
+  threshold: float = 0.5
+  train_images: int = 0
+  probe_images: int = 1000
+
+  def __post_init__(self):
+    if self.n_images < 1 or self.n_runs < 1 or self.probe_images < 1:
+      raise ConfigError(f'analysis.n_images={self.n_images}, n_runs={self.n_runs} and '
+                        f'probe_images={self.probe_images} must each be at least 1')
+    if not self.generations or min(self.generations) <= 0:
+      raise ConfigError(f'analysis.generations={self.generations} needs positive multipliers')
+    if any(p < 3 for p in self.populations):
+      raise ConfigError(f'analysis.populations={self.populations}: a population needs at '
+                        'least 3 candidates (parents, explorers, refiners)')
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
   """Everything one experiment needs; ``configs/*.py`` build this as a ConfigDict.
 
@@ -390,6 +426,7 @@ class ExperimentConfig:
     student: the learning phase on the searched targets.
     seeds: seeds of repeated runs (tables report mean +- std over them).
     reproduce: what ``launch/reproduce.py`` runs for each seed.
+    analysis: what ``launch/analyze.py`` measures.
   """
   name: str = 'experiment'
   scale: str = 'paper'
@@ -399,3 +436,4 @@ class ExperimentConfig:
   student: StudentConfig = StudentConfig()
   seeds: tuple[int, ...] = (0,)
   reproduce: ReproduceConfig = ReproduceConfig()
+  analysis: AnalysisConfig = AnalysisConfig()

@@ -96,16 +96,22 @@ def _analyze(workdir, mnist_dir, *extra):
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS='--xla_force_host_platform_device_count=1')
   cmd = [sys.executable, 'launch/analyze.py', '--config=configs/mnist.py:smoke',
-         f'--workdir={workdir}', f'--config.data.dir={mnist_dir}', '--populations=6,12',
-         '--generations=1', *extra]
-  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+         f'--workdir={workdir}', f'--config.data.dir={mnist_dir}', *extra]
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, f'{cmd} failed:\n{proc.stdout}\n{proc.stderr[-3000:]}'
+  return proc.stdout
 
 
 @pytest.mark.slow
-def test_launch_analyze_writes_figures_and_numbers(tmp_path, mnist_dir):
-  # Threshold 0 keeps every candidate: smoke searches are too short to reach p > 0.5.
-  _analyze(tmp_path, mnist_dir, '--analysis=all', '--n_images=2', '--n_runs=2', '--threshold=0')
+def test_launch_analyze_all_writes_every_figure_and_resumes(tmp_path, mnist_dir):
+  # configs/mnist.py:smoke sizes the analyses: 2 images, populations 6 and 12 (the config's),
+  # generations x1, 2 diversity runs with threshold 0 (smoke searches never reach p > 0.5),
+  # 128 training images and 32 probe images for accuracy and trajectories.
+  one_epoch = ('--config.sgd.train.optim.epochs=1', '--config.student.train.optim.epochs=1')
+  stdout = _analyze(tmp_path, mnist_dir, '--analysis=all', *one_epoch)
+  for stem in ('scaling', 'diversity', 'accuracy', 'target_distance', 'class_entropy'):
+    assert f'{tmp_path}/{stem}.png' in stdout
+    assert (tmp_path / f'{stem}.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   about = {'data': 'mnist', 'config': 'mnist:smoke', 'scale': 'scaled down (smoke)'}
   layers = ['block0', 'block1', 'block2', 'logits']
 
@@ -128,8 +134,38 @@ def test_launch_analyze_writes_figures_and_numbers(tmp_path, mnist_dir):
     assert part['images'] == [2, 2] and part['kept'] == [1.0, 2.0]
     assert part['n_eff'][0] == pytest.approx(1.0)
     assert 1.0 <= part['n_eff'][1] <= 2.0
-  for name in ('scaling', 'diversity'):
-    assert (tmp_path / f'{name}.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+  accuracy_json = json.loads((tmp_path / 'accuracy.json').read_text())
+  assert accuracy_json['train_images'] == 128 and accuracy_json['config'] == 'mnist:smoke'
+  assert accuracy_json['population']['sizes'] == [6, 12]
+  assert accuracy_json['generations']['per_layer'] == [[2, 1, 1, 1]]
+  accuracies = (accuracy_json['population']['test_accuracy'] +
+                accuracy_json['generations']['test_accuracy'])
+  assert all(0 <= a <= 1 for a in accuracies)
+  # Population 12 with generations x1 is the config's own search: one run serves both.
+  assert (accuracy_json['population']['test_accuracy'][1] ==
+          accuracy_json['generations']['test_accuracy'][0])
+  assert len(list((tmp_path / 'accuracy').iterdir())) == 2
+  # Two search settings; the trajectories reuse the config's own training-split search and
+  # add its hold-out search.
+  searches = sorted((tmp_path / 'searches').iterdir())
+  assert len(searches) == 2
+  assert sorted(p.name for s in searches for p in s.iterdir()) == [
+      'targets', 'targets', 'targets_holdout']
+
+  distance = json.loads((tmp_path / 'target_distance.json').read_text())
+  entropy = json.loads((tmp_path / 'class_entropy.json').read_text())
+  for method in ('SGD', 'search-based (all_layers)'):
+    for probe in ('train', 'holdout'):
+      assert distance[method][probe]['epochs'] == [1]
+      assert np.all(np.abs(np.array(distance[method][probe]['cosine_distance'])) <= 2)
+      assert np.shape(entropy[method][probe]['within_entropy']) == (1, 3)
+      assert np.shape(entropy[method][probe]['between_entropy']) == (1, 3)
+
+  # A second run finds every search and training run finished: same numbers.
+  _analyze(tmp_path, mnist_dir, '--analysis=all', *one_epoch)
+  assert json.loads((tmp_path / 'accuracy.json').read_text()) == accuracy_json
+  assert json.loads((tmp_path / 'target_distance.json').read_text()) == distance
 
 
 def test_representation_metrics_exact_values():
@@ -139,9 +175,9 @@ def test_representation_metrics_exact_values():
   h = np.array([[[[1.0, 0.0]]], [[[0.0, 1.0]]], [[[1.0, 1.0]]]])
   t = np.array([[[[0.0, 1.0]]], [[[0.0, 3.0]]], [[[1.0, 1.0]]]])
   out = trajectories.representation_metrics([h], [t], np.array([0, 0, 1]))
-  assert out == pytest.approx({'repr_cosine_distance_block0': 1 / 3,
-                               'repr_within_entropy_block0': np.log(2) / 2,
-                               'repr_between_entropy_block0': 0.0})
+  assert out == pytest.approx({'repr_train_cosine_distance_block0': 1 / 3,
+                               'repr_train_within_entropy_block0': np.log(2) / 2,
+                               'repr_train_between_entropy_block0': 0.0})
 
 
 def test_epoch_callback_logs_trajectories_and_plots(tmp_path, mnist_dir):
@@ -153,16 +189,19 @@ def test_epoch_callback_logs_trajectories_and_plots(tmp_path, mnist_dir):
                              eval_batch=64, flip=False)
   shapes = models.tap_shapes(model, ds.image_shape)[:3]
   targets = [np.random.default_rng(l).normal(size=(32, *s)) for l, s in enumerate(shapes)]
-  callback = trajectories.make_epoch_callback(model, ds, targets, batch_size=16,
-                                              bn_batch_stats=True)
+  probes = {'train': trajectories.Probe(ds.train_images[:32], ds.train_labels[:32], targets),
+            'holdout': trajectories.Probe(ds.holdout_images[:32], ds.holdout_labels[:32],
+                                          targets)}
+  callback = trajectories.make_epoch_callback(ds, probes, batch_size=16, bn_batch_stats=True)
   trainer.fit(model, variables, sgd.cross_entropy_loss_fn(model, 10),
               trainer.TrainData.from_dataset(ds), train, tmp_path / 'run', config_hash='h',
               mesh=mesh_1d('batch', jax.devices()[:1]), epoch_callback=callback)
   records = runlog.JsonLines(tmp_path / 'run' / 'metrics.jsonl').records()
-  epochs, distance = trajectories.trajectory(records, 'cosine_distance')
-  assert epochs == [1, 2] and distance.shape == (2, 3)
-  # Random targets are nearly orthogonal to any block output.
-  assert np.all(np.abs(distance - 1) < 0.2)
+  for probe in probes:
+    epochs, distance = trajectories.trajectory(records, 'cosine_distance', probe)
+    assert epochs == [1, 2] and distance.shape == (2, 3)
+    # Random targets are nearly orthogonal to any block output.
+    assert np.all(np.abs(distance - 1) < 0.2)
   _, within = trajectories.trajectory(records, 'within_entropy')
   assert np.all((within >= 0) & (within <= np.log(32)))
 
@@ -173,22 +212,7 @@ def test_epoch_callback_logs_trajectories_and_plots(tmp_path, mnist_dir):
     png = plot(runs, tmp_path / f'{plot.__name__}.png', about)
     assert png.read_bytes()[:4] == b'\x89PNG'
     numbers = json.loads(png.with_suffix('.json').read_text())
-    assert numbers['data'] == 'mnist' and numbers['SGD']['epochs'] == [1, 2]
-    assert all(np.shape(numbers['SGD'][m]) == (2, 3) for m in measures)
-
-
-@pytest.mark.slow
-def test_launch_analyze_accuracy_resumes(tmp_path, mnist_dir):
-  for _ in range(2):  # The second run finds every setting finished.
-    _analyze(tmp_path, mnist_dir, '--analysis=accuracy', '--config.data.train_limit=128',
-             '--config.student.train.optim.epochs=1')
-  result = json.loads((tmp_path / 'accuracy.json').read_text())
-  assert result['train_images'] == 128 and result['config'] == 'mnist:smoke'
-  assert result['population']['sizes'] == [6, 12]
-  assert result['generations']['per_layer'] == [[2, 1, 1, 1]]
-  accuracies = result['population']['test_accuracy'] + result['generations']['test_accuracy']
-  assert all(0 <= a <= 1 for a in accuracies)
-  # Population 12 with generations x1 is the config's own search: one run serves both.
-  assert result['population']['test_accuracy'][1] == result['generations']['test_accuracy'][0]
-  assert len(list((tmp_path / 'accuracy').iterdir())) == 2
-  assert (tmp_path / 'accuracy.png').exists()
+    assert numbers['data'] == 'mnist'
+    for probe in probes:
+      assert numbers['SGD'][probe]['epochs'] == [1, 2]
+      assert all(np.shape(numbers['SGD'][probe][m]) == (2, 3) for m in measures)

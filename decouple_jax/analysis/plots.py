@@ -127,18 +127,23 @@ _MEASURE_LABELS = {'cosine_distance': 'cosine distance to searched target',
 
 def _plot_trajectories(runs: dict, measures: tuple[str, ...], what: str,
                        path: str | pathlib.Path, about: dict) -> pathlib.Path:
-  """One row per measure, one column per block, one line per run, against epochs."""
+  """One row per measure, one column per block, one line per run and probe set (solid:
+  training images, dashed: hold-out images) against epochs."""
   fig, axes = plt.subplots(len(measures), 3, figsize=(12, 3.4 * len(measures)), squeeze=False,
                            layout='constrained')
   numbers = {}
-  for method, records in runs.items():
+  for (method, records), color in zip(runs.items(), plt.rcParams['axes.prop_cycle'].by_key()
+                                      ['color']):
     numbers[method] = {}
-    for row, measure in zip(axes, measures):
-      epochs, values = trajectories.trajectory(records, measure)
-      numbers[method]['epochs'] = epochs
-      numbers[method][measure] = values.tolist()
-      for block, ax in enumerate(row):
-        ax.plot(epochs, values[:, block], 'o-', label=method)
+    for probe, style in (('train', 'o-'), ('holdout', 's--')):
+      for row, measure in zip(axes, measures):
+        epochs, values = trajectories.trajectory(records, measure, probe)
+        if not epochs:
+          continue
+        numbers[method].setdefault(probe, {'epochs': epochs})[measure] = values.tolist()
+        for block, ax in enumerate(row):
+          ax.plot(epochs, values[:, block], style, color=color,
+                  label=f'{method}, {probe} images')
   for row, measure in zip(axes, measures):
     row[0].set_ylabel(_MEASURE_LABELS[measure])
     for block, ax in enumerate(row):
@@ -146,7 +151,7 @@ def _plot_trajectories(runs: dict, measures: tuple[str, ...], what: str,
       ax.set_xlabel('epoch')
       ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
       ax.grid(alpha=0.3)
-  axes[0][-1].legend()
+  axes[0][-1].legend(fontsize='small')
   fig.suptitle(_title(what, about))
   return _save(fig, pathlib.Path(path), numbers, about)
 
@@ -157,7 +162,8 @@ def plot_target_distance(runs: dict, path: str | pathlib.Path, about: dict) -> p
 
   Args:
     runs: {method label (e.g. 'SGD'): its ``metrics.jsonl`` records}, logged with
-      :func:`decouple_jax.analysis.trajectories.make_epoch_callback`.
+      :func:`decouple_jax.analysis.trajectories.make_epoch_callback`; the JSON holds
+      {method: {probe: {'epochs', measure: (epochs, 3) values}}}.
     path: the PNG to write; the JSON goes beside it.
     about: :func:`describe` of the run.
   """

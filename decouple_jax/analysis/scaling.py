@@ -218,21 +218,37 @@ def search_diversity(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfi
   return out
 
 
+def cached_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
+                  ds: datalib.Dataset, root: str | pathlib.Path, split: str = 'train'
+                  ) -> pathlib.Path:
+  """The target store of ``split`` under these configs, in ``root/<targets hash>/``: searched
+  on first use, resumed if unfinished, reused once finished (so analyses sharing a setting
+  search it once)."""
+  directory = driver.store_dir(pathlib.Path(root) / driver.targets_hash(data_cfg, search_cfg),
+                               split)
+  if not (directory / 'summary.json').exists():
+    driver.run_search(data_cfg, search_cfg, directory, ds=ds, split=split)
+  return directory
+
+
 def accuracy_vs_compute(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
                         populations: Sequence[int], generations: Sequence[float],
-                        ds: datalib.Dataset | None = None) -> dict:
+                        searches: str | pathlib.Path, ds: datalib.Dataset | None = None
+                        ) -> dict:
   """Student test accuracy vs the search compute its targets got (paper Fig. 4).
 
   Every setting searches the whole training split and trains ``exp.student`` on the result,
   so each costs a full search plus a student run: scale the data down (``data.train_limit``)
-  for a quick look. Resumable: settings are kept in ``workdir/<config hash>/`` (search store
-  and student run), and a finished student is read, not retrained.
+  for a quick look. Resumable: the searches are kept by :func:`cached_search` in
+  ``searches``, the students in ``workdir/<config hash>/``, and a finished student is read,
+  not retrained.
 
   Args:
     exp: the experiment; its search is the base setting.
-    workdir: where the searches and students go.
+    workdir: where the students go.
     populations: population sizes (see :func:`scale_population`).
     generations: multipliers of every layer's generations (see :func:`scale_generations`).
+    searches: where the target stores go.
     ds: the loaded data set, if any.
 
   Returns:
@@ -247,8 +263,7 @@ def accuracy_vs_compute(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Pat
     run = workdir / cfglib.config_hash(exp.data, search_cfg, exp.student)
     results = run / 'student' / 'results.json'
     if not results.exists():
-      targets = driver.store_dir(run)
-      driver.run_search(exp.data, search_cfg, targets, ds=ds)
+      targets = cached_search(exp.data, search_cfg, ds, searches)
       student.train_student(exp.data, search_cfg, exp.student, run / 'student', targets, ds=ds)
     return runlog.read_json(results)['test_accuracy']
 

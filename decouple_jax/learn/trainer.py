@@ -192,7 +192,8 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
       another hash is refused.
     config: recorded in ``results.json``.
     mesh: data-parallel mesh (axis 'batch'); default: every device.
-    epoch_callback: ``(epoch, {'variables': ...}) -> dict`` of extra metrics logged per epoch.
+    epoch_callback: ``(epoch, {'model': ..., 'variables': ...}) -> dict`` of extra metrics
+      logged per epoch.
 
   Returns:
     The results dict also written to ``workdir/results.json``: test accuracy of the
@@ -274,7 +275,7 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
           meta['best_accuracy'], meta['best_epoch'] = score, epoch
           best = jax.tree.map(jnp.copy, current)
       if epoch_callback is not None:
-        record.update(epoch_callback(epoch, {'variables': current}))
+        record.update(epoch_callback(epoch, {'model': model, 'variables': current}))
       log.write(record)
       meta['epoch'] = epoch
       if epoch % cfg.checkpoint_every == 0 or epoch == opt.epochs:
