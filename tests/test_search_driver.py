@@ -69,3 +69,12 @@ def test_batch_size_does_not_change_the_store_hash(setup):
           driver.targets_hash(data_cfg, dataclasses.replace(SEARCH, batch_images=3)))
   assert (driver.targets_hash(data_cfg, SEARCH) !=
           driver.targets_hash(data_cfg, dataclasses.replace(SEARCH, init_noise=0.2)))
+
+
+def test_store_of_another_engine_version_is_refused(setup, tmp_path, monkeypatch):
+  data_cfg, ds, mesh = setup
+  small = dataclasses.replace(SEARCH, chunk_size=96)
+  driver.run_search(data_cfg, small, tmp_path, ds=ds, mesh=mesh)
+  monkeypatch.setattr(driver, 'ENGINE_VERSION', driver.ENGINE_VERSION + 1)
+  with pytest.raises(StoreError, match='config_hash'):
+    driver.run_search(data_cfg, small, tmp_path, ds=ds, mesh=mesh)

@@ -42,8 +42,13 @@ def split_arrays(ds: datalib.Dataset, split: str) -> tuple[np.ndarray, np.ndarra
   return tuple(getattr(ds, f'{split}_{part}') for part in ('images', 'labels', 'index'))
 
 
+# Bump when a change to the search code changes the targets of an unchanged config, so stores
+# written by the old code are refused instead of silently mixed with new ones.
+ENGINE_VERSION = 1
+
+
 def targets_hash(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig) -> str:
-  """Hash of exactly the settings that change the searched targets.
+  """Hash of exactly the settings that change the searched targets, and the engine version.
 
   Where the files live, checksum checks, the test split and how many images run at once do
   not change a target, so a store stays reusable across them.
@@ -51,7 +56,8 @@ def targets_hash(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig) -
   data_part = {k: getattr(data_cfg, k) for k in
                ('name', 'holdout', 'split_seed', 'cifar100_labels', 'train_limit')}
   search_part = dataclasses.replace(search_cfg, batch_images=1)
-  return cfglib.config_hash(search_part) + '-' + cfglib.hash_dict(data_part)
+  return (f'{cfglib.config_hash(search_part)}-{cfglib.hash_dict(data_part)}'
+          f'-v{ENGINE_VERSION}')
 
 
 def open_store(directory: str | pathlib.Path, data_cfg: cfglib.DataConfig,
