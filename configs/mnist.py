@@ -6,7 +6,7 @@
   300/100/100/10, alpha 0.1 at every layer). Meant for a GPU/TPU.
 - ``cpu``: scaled down to finish on a 2-core CPU (see BENCHMARKS.md for measured runtimes and
   accuracies). SGD baseline: width 32, 2 convs per block, batch 500, 8 epochs. Search: width
-  16, population 24 = 4 + 10 + 10, generations 16/16/16/10. Student: width 16, 4 convs per
+  16, population 24 = 4 + 10 + 10, generations 16/16/16/60. Student: width 16, 4 convs per
   block, 8 epochs, lambda 1.
 - ``demo``: ``cpu`` on 3,000 training images (what ``make demo`` runs; a few minutes).
 - ``smoke``: seconds; for tests. Numbers from it mean nothing.
@@ -50,8 +50,11 @@ def get_config(arg: str = 'cpu') -> ml_collections.ConfigDict:
       part.train.optim.epochs = 8
     c.search.model.widths = c.student.model.widths = (16, 16, 16)
     c.search.population, c.search.top_k, c.search.n_explore, c.search.n_refine = 24, 4, 10, 10
+    # The logits layer is nearly free to search (no conv): at 10 generations the cached p_hat
+    # named the true class for 83% of images and the KL head reached 57% test accuracy on
+    # 5,000 images; at 60, p_hat is right for 100% and the head 83% (BENCHMARKS.md).
     c.search.layers = tuple(dict(l, generations=g)
-                            for l, g in zip(c.search.layers, (16, 16, 16, 10)))
+                            for l, g in zip(c.search.layers, (16, 16, 16, 60)))
     c.search.batch_images = 64
     c.search.chunk_size = 4096
     # With mean-reduced losses at this lr, lambda 0.03 leaves the head almost untrained in
