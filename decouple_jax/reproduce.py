@@ -7,7 +7,8 @@
   seed{s}/student_{variant}   one student per variant in ``exp.reproduce.variants``
   seed{s}/sgd_convs{n}        one SGD baseline per option in ``exp.reproduce.sgd_convs``
 
-and writes ``results.json`` (every number) and ``table.md`` (the paper's table next to ours).
+and writes ``results.json`` (every number), ``table.md`` (the paper's table next to ours) and
+``training_curves.png`` (hold-out accuracy per epoch, and the students' MSE per block).
 
 Seeds: the search does not depend on the seed of a repetition. One search (``search.seed``)
 serves every seed, and seed s sets ``train.seed`` (initialisation, shuffling, augmentation)
@@ -37,6 +38,8 @@ import numpy as np
 from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
 from decouple_jax import runlog
+from decouple_jax.analysis import plots
+from decouple_jax.analysis.plots import scale_label
 from decouple_jax.learn import sgd
 from decouple_jax.learn import student
 from decouple_jax.mesh import mesh_1d
@@ -55,11 +58,6 @@ PAPER_RESULTS = {
 METHOD_NAMES = {'sgd': 'SGD', 'all_layers': 'Search-based (All layers)',
                 'skip_block0': 'Search-based (Skip block 0)'}
 _WALL = 'wall_seconds.json'
-
-
-def scale_label(scale: str) -> str:
-  """``scale`` as printed next to every number: 'paper', or a visible 'scaled down' note."""
-  return scale if scale == 'paper' or 'scaled down' in scale.lower() else f'scaled down: {scale}'
 
 
 def paper_result(data_name: str, method: str, augment: bool) -> tuple[int, tuple | None]:
@@ -286,6 +284,13 @@ def reproduce(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
   }
   runlog.write_json(workdir / 'results.json', results)
   (workdir / 'table.md').write_text(format_table(results))
+  curves = {f'{METHOD_NAMES[method]}, seed {seed}': runlog.JsonLines(
+      workdir / f'seed{seed}' / run / 'metrics.jsonl').records()
+            for seed in exp.seeds
+            for method, run in ([('sgd', f'sgd_convs{best_convs}')] +
+                                [(v, f'student_{v}') for v in rc.variants])}
+  plots.plot_training_curves(curves, workdir / 'training_curves.png',
+                             plots.describe(ds.name, exp.name, exp.scale))
   return results
 
 

@@ -132,6 +132,7 @@ def test_launch_analyze_all_writes_every_figure_and_resumes(tmp_path, mnist_dir)
   for name in layers:
     part = diversity_json[name]
     assert part['images'] == [2, 2] and part['kept'] == [1.0, 2.0]
+    assert part['n_eff_all'] == part['n_eff']  # threshold 0 keeps every candidate anyway
     assert part['n_eff'][0] == pytest.approx(1.0)
     assert 1.0 <= part['n_eff'][1] <= 2.0
 

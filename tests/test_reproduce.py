@@ -197,6 +197,20 @@ def test_reproduce_table_names_rows_scale_and_paper(pipeline):
 
 
 @pytest.mark.slow
+def test_reproduce_draws_training_curves(pipeline):
+  w = pipeline['workdir']
+  assert (w / 'training_curves.png').read_bytes()[:4] == b'\x89PNG'
+  curves = json.loads((w / 'training_curves.json').read_text())
+  assert curves['scale'] == 'scaled down (smoke)'
+  labels = [k for k in curves if ', seed ' in k]
+  assert len(labels) == 3  # the selected SGD option and the two student variants
+  for label in labels:
+    epochs = curves[label]['epochs']
+    assert epochs and len(curves[label]['holdout_accuracy']) == len(epochs)
+    assert ('mse' in curves[label]) == label.startswith('Search-based')
+
+
+@pytest.mark.slow
 def test_second_reproduce_reruns_nothing(pipeline):
   assert pipeline['second']['ran_this_invocation'] == []
   for path, mtime in pipeline['mtimes'].items():

@@ -18,7 +18,11 @@ import numpy as np
 
 from decouple_jax import runlog
 from decouple_jax.analysis import trajectories
-from decouple_jax.reproduce import scale_label
+
+
+def scale_label(scale: str) -> str:
+  """``scale`` as printed next to every number: 'paper', or a visible 'scaled down' note."""
+  return scale if scale == 'paper' or 'scaled down' in scale.lower() else f'scaled down: {scale}'
 
 
 def describe(data_name: str, config_name: str, scale: str) -> dict:
@@ -78,28 +82,34 @@ def plot_scaling(result: dict, path: str | pathlib.Path, about: dict) -> pathlib
 
 
 def plot_diversity(result: dict, path: str | pathlib.Path, about: dict) -> pathlib.Path:
-  """Paper Fig. 3: effective number of distinct targets per layer vs independent runs.
+  """Paper Fig. 3: effective number of distinct targets per layer vs independent runs; solid:
+  the candidates kept by the threshold (the paper's measure), dashed: every run's candidate.
+  The left panel shows the scale of "every run distinct", the right one zooms on the data.
 
   Args:
     result: :func:`decouple_jax.analysis.scaling.search_diversity`'s output.
     path: the PNG to write; the JSON goes beside it (same name, .json).
     about: :func:`describe` of the run.
   """
-  fig, ax = plt.subplots(figsize=(6, 4.5))
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), layout='constrained')
   runs = result['runs']
-  ax.plot(runs, runs, ':', color='gray', label='all runs distinct')
-  for name in result['layers']:
-    part = result[name]
-    n_eff = [np.nan if v is None else v for v in part['n_eff']]
-    ax.plot(runs, n_eff, 'o-',
-            label=f'{name} ({part["images"][-1]}/{result["n_images"]} images kept any)')
-  ax.set_xticks(runs)
-  ax.set_xlabel('independent search runs')
-  ax.set_ylabel('effective number of targets, exp(H)')
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize='small')
-  ax.set_title(_title(f'Target diversity (kept if p(true class) > {result["threshold"]:g}), '
-                      f'mean over images', about), fontsize='medium')
+  axes[0].plot(runs, runs, ':', color='gray', label='every run distinct')
+  colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+  for ax in axes:
+    for name, color in zip(result['layers'], colors):
+      part = result[name]
+      ax.plot(runs, [np.nan if v is None else v for v in part['n_eff']], 'o-', color=color,
+              label=f'{name} ({part["images"][-1]}/{result["n_images"]} images kept any)')
+      ax.plot(runs, [np.nan if v is None else v for v in part['n_eff_all']], 'x--',
+              color=color, alpha=0.6, label=f'{name}, every run\'s candidate (no threshold)')
+    ax.set_xticks(runs)
+    ax.set_xlabel('independent search runs')
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel('effective number of targets, exp(H)')
+  axes[1].set_title('zoomed', fontsize='medium')
+  axes[0].legend(fontsize='small')
+  fig.suptitle(_title(f'Target diversity (kept if p(true class) > {result["threshold"]:g}), '
+                      f'mean over images', about))
   return _save(fig, pathlib.Path(path), result, about)
 
 
@@ -176,3 +186,40 @@ def plot_class_entropy(runs: dict, path: str | pathlib.Path, about: dict) -> pat
   per epoch (arguments as :func:`plot_target_distance`)."""
   return _plot_trajectories(runs, ('within_entropy', 'between_entropy'),
                             'Collision entropy of block outputs over training', path, about)
+
+
+def plot_training_curves(runs: dict, path: str | pathlib.Path, about: dict) -> pathlib.Path:
+  """Hold-out accuracy per epoch of every run (left) and each student's MSE per block (right).
+
+  Args:
+    runs: {label (e.g. 'SGD, seed 0'): its ``metrics.jsonl`` records}; a run whose records
+      hold 'mse_block0' is drawn on the right too.
+    path: the PNG to write; the JSON beside it holds {label: {'epochs', 'holdout_accuracy'
+      (%), 'mse' ((epochs, 3) or absent)}}.
+    about: :func:`describe` of the run.
+  """
+  fig, (acc_ax, mse_ax) = plt.subplots(1, 2, figsize=(11, 4.2), layout='constrained')
+  numbers = {}
+  colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+  for (label, records), color in zip(runs.items(), colors):
+    logged = [r for r in records if 'holdout_accuracy' in r]
+    epochs = [r['epoch'] for r in logged]
+    acc = [100 * r['holdout_accuracy'] for r in logged]
+    numbers[label] = {'epochs': epochs, 'holdout_accuracy': acc}
+    acc_ax.plot(epochs, acc, 'o-', color=color, label=label)
+    if logged and 'mse_block0' in logged[0]:
+      mse = [[r[f'mse_block{l}'] for l in range(3)] for r in logged]
+      numbers[label]['mse'] = mse
+      for l, style in enumerate(('o-', 's--', '^:')):
+        mse_ax.plot(epochs, [m[l] for m in mse], style, color=color, label=f'{label}, block {l}')
+  acc_ax.set_ylabel('hold-out accuracy (%)')
+  mse_ax.set_ylabel('training MSE to the searched targets')
+  mse_ax.set_yscale('log')
+  for ax in (acc_ax, mse_ax):
+    ax.set_xlabel('epoch')
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if ax.has_data():
+      ax.legend(fontsize='small')
+  fig.suptitle(_title('Training curves', about))
+  return _save(fig, pathlib.Path(path), numbers, about)

@@ -88,11 +88,16 @@ class _Searcher:
       n, size = len(self.images), self.mesh.size
       batch = min(cfg.batch_images * size, -(-n // size) * size)
       parts = []
+      gens = '/'.join(str(l.generations) for l in cfg.layers)
+      bar = runlog.progress(total=n, unit='img', desc=f'search (population {cfg.population}, '
+                            f'generations {gens}, seed {cfg.seed})')
       for s in range(0, n, batch):
         # Every call gets the same batch size (the last one padded) so nothing recompiles.
         pos = np.minimum(np.arange(s, s + batch), n - 1)
         result = search_fn(self.images[pos], self.labels[pos], self.index[pos])
-        parts.append(jax.tree.map(lambda a: np.asarray(a)[:min(batch, n - s)], result))
+        parts.append(jax.tree.map(lambda a, k=min(batch, n - s): np.asarray(a)[:k], result))
+        bar.update(min(batch, n - s))
+      bar.close()
       joined = jax.tree.map(lambda *a: np.concatenate(a), *parts)
       self._done[cfg] = {'targets': joined.targets, 'best_loss': joined.best_loss,
                          'init_loss': joined.init_loss, 'curves': joined.curves}
@@ -198,7 +203,8 @@ def search_diversity(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfi
   Returns:
     {'layers', 'n_images', 'threshold', 'seeds': (n_runs,), 'runs': 1 .. n_runs, and per layer
     name a dict of (n_runs,) lists 'n_eff' (None where no image kept a candidate), 'images',
-    'kept' (see :func:`kept_effective_numbers`)}.
+    'kept' (see :func:`kept_effective_numbers`) and 'n_eff_all' (N_eff of every run's
+    candidate, no threshold)}.
   """
   if n_runs < 1:
     raise cfglib.ConfigError(f'n_runs={n_runs} must be at least 1')
@@ -212,9 +218,15 @@ def search_diversity(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfi
     n_eff, images, kept = kept_effective_numbers(
         np.stack([r['targets'][layer] for r in results]),
         np.stack([r['best_loss'][:, layer] for r in results]), threshold)
+    # Threshold 0 keeps every finite candidate: how far apart the runs' targets are at all,
+    # which a small search that seldom reaches the threshold would otherwise hide.
+    n_eff_all, _, _ = kept_effective_numbers(
+        np.stack([r['targets'][layer] for r in results]),
+        np.stack([r['best_loss'][:, layer] for r in results]), 0.0)
     # None (JSON null), not NaN, where no image kept a candidate: NaN is not valid JSON.
     out[name] = {'n_eff': [None if np.isnan(v) else float(v) for v in n_eff],
-                 'images': images.tolist(), 'kept': kept.tolist()}
+                 'images': images.tolist(), 'kept': kept.tolist(),
+                 'n_eff_all': [None if np.isnan(v) else float(v) for v in n_eff_all]}
   return out
 
 
