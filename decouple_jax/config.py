@@ -71,6 +71,12 @@ class ModelConfig:
       network only; see the Fidelity notes). The search network never has one.
     tap: where a block's output is read for the taps: 'post_gelu' (the block's output, which
       the next block consumes) or 'pre_gelu' (the last BatchNorm's output before its GELU).
+    conv_impl: how the 3x3 convs are computed (decouple_jax/models/conv.py): 'xla' (XLA's
+      conv and its gradient), 'matmul' (XLA's forward, matmul-shaped gradient: the CIFAR
+      learning network's SGD step 1.24x faster on XLA:CPU at batch 128) or 'auto' (default:
+      'matmul' on CPU, 'xla' on GPU/TPU, whose conv kernels are tuned). Forward values are
+      bitwise the same and the parameters identical, so search and checkpoints are unaffected;
+      gradients agree to float32 rounding.
   """
   widths: tuple[int, ...] = (256, 256, 256)
   convs_per_block: int = 2
@@ -83,6 +89,13 @@ class ModelConfig:
   whiten_images: int = 5000
   tap_scale: bool = False
   tap: str = 'post_gelu'
+  conv_impl: str = 'auto'
+
+  def __post_init__(self):
+    # Not _check_choice: that is defined below, after configs holding a ModelConfig() default.
+    if self.conv_impl not in ('xla', 'matmul', 'auto'):
+      raise ConfigError(f"model.conv_impl={self.conv_impl!r} is not one of ('xla', 'matmul', "
+                        f"'auto')")
 
 
 @dataclasses.dataclass(frozen=True)

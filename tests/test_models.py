@@ -7,6 +7,7 @@ import pytest
 
 from decouple_jax import config
 from decouple_jax import models
+from decouple_jax.models import conv
 from flax.linen import max_pool as flax_max_pool
 
 
@@ -103,3 +104,53 @@ def test_max_pool_matches_flax_max_pool_on_odd_sizes():
   x = jax.random.normal(jax.random.key(0), (2, 31, 15, 3))
   want = flax_max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
   np.testing.assert_array_equal(np.asarray(models.airbench.max_pool_2x2(x)), np.asarray(want))
+
+
+@pytest.mark.parametrize('c_in, c_out, side', [(256, 256, 15), (24, 256, 31), (8, 16, 5)])
+def test_matmul_conv_matches_xla_conv_values_and_gradients(c_in, c_out, side):
+  # (24, 256) takes the col2im input gradient, the others XLA's transposed conv.
+  k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(k1, (2, side, side, c_in))
+  kernel = jax.random.normal(k2, (3, 3, c_in, c_out)) / np.sqrt(9 * c_in)
+  cotangent = jax.random.normal(k3, (2, side, side, c_out))
+
+  def value_and_grads(impl):
+    y, vjp = jax.vjp(lambda x, k: conv.conv3x3(x, k, impl), x, kernel)
+    return (y, *vjp(cotangent))
+
+  for got, want in zip(value_and_grads('matmul'), value_and_grads('xla')):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-4)
+
+
+def test_conv_impl_auto_is_matmul_on_cpu_and_unknown_impls_are_refused():
+  assert conv.resolve_impl('auto') == 'matmul'
+  with pytest.raises(ValueError, match='conv impl'):
+    conv.conv3x3(jnp.zeros((1, 3, 3, 1)), jnp.zeros((3, 3, 1, 1)), 'fft')
+  with pytest.raises(config.ConfigError, match='conv_impl'):
+    config.ModelConfig(conv_impl='fft')
+
+
+def test_model_gives_same_parameters_outputs_and_gradients_with_either_conv_impl():
+  x = np.asarray(jax.random.normal(jax.random.key(0), (4, 32, 32, 3)))
+  build = lambda impl: models.build(
+      config.ModelConfig(widths=(16, 32, 32), convs_per_block=4, conv_impl=impl), 10, 3)
+  variables = models.init_model(build('xla'), jax.random.key(1), x)
+  other = models.init_model(build('matmul'), jax.random.key(1), x)
+  assert jax.tree.structure(other) == jax.tree.structure(variables)
+  for a, b in zip(jax.tree.leaves(other), jax.tree.leaves(variables)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+  def taps_and_grads(impl):
+    model = build(impl)
+
+    def loss(params):
+      taps, _ = model.apply({**variables, 'params': params}, x, mutable=['batch_stats'])
+      return sum(jnp.mean(t ** 2) for t in taps), taps
+    (_, taps), grads = jax.value_and_grad(loss, has_aux=True)(variables['params'])
+    return taps, grads
+
+  (taps_m, grads_m), (taps_x, grads_x) = taps_and_grads('matmul'), taps_and_grads('xla')
+  for got, want in zip(taps_m, taps_x):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  for got, want in zip(jax.tree.leaves(grads_m), jax.tree.leaves(grads_x)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)

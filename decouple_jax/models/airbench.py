@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from decouple_jax.models import conv as convs
 from decouple_jax.models import init as inits
 
 NUM_TAPS = 4  # block 0, block 1, block 2, logits
@@ -73,6 +74,24 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
+class Conv3x3(nn.Module):
+  """Bias-free 3x3 SAME conv, Dirac-Kaiming initialised: (B, H, W, C_in) -> (B, H, W, features).
+
+  The parameter is 'kernel' (3, 3, C_in, features), as in ``nn.Conv``, so checkpoints and
+  the initialisers see the same tree whichever ``impl`` (see :mod:`decouple_jax.models.conv`)
+  computes the conv.
+  """
+  features: int
+  impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param('kernel', inits.dirac_kaiming_uniform,
+                        (3, 3, x.shape[-1], self.features))
+    x, kernel = nn.dtypes.promote_dtype(x, kernel)
+    return convs.conv3x3(x, kernel, self.impl)
+
+
 class ConvGroup(nn.Module):
   """conv -> [pool] -> BN -> GELU -> conv -> BN -> GELU, in NHWC.
 
@@ -83,11 +102,11 @@ class ConvGroup(nn.Module):
   pool: bool
   bn_momentum: float = 0.6
   bn_eps: float = 1e-12
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, use_running_average: bool):
-    conv = lambda name: nn.Conv(self.width, (3, 3), padding='SAME', use_bias=False,
-                                kernel_init=inits.dirac_kaiming_uniform, name=name)
+    conv = lambda name: Conv3x3(self.width, self.conv_impl, name=name)
     bn = lambda name: BatchNorm(self.bn_momentum, self.bn_eps, name=name)
     x = conv('conv1')(x)
     if self.pool:
@@ -104,13 +123,15 @@ class Block(nn.Module):
   n_groups: int
   bn_momentum: float = 0.6
   bn_eps: float = 1e-12
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, use_running_average: bool):
     pre = x
     for g in range(self.n_groups):
       x, pre = ConvGroup(self.width, pool=g == 0, bn_momentum=self.bn_momentum,
-                         bn_eps=self.bn_eps, name=f'group{g}')(x, use_running_average)
+                         bn_eps=self.bn_eps, conv_impl=self.conv_impl,
+                         name=f'group{g}')(x, use_running_average)
     return x, pre
 
 
@@ -130,6 +151,8 @@ class AirbenchNet(nn.Module):
     tap_scale: a learnable per-channel scale (init 1) on the tapped block outputs.
     detach_head: apply ``stop_gradient`` to the head's input, so a loss on the logits trains
       the head only (the student's body cutoff).
+    conv_impl: how the 3x3 convs are computed, one of :data:`decouple_jax.models.conv.IMPLS`
+      (same values and parameters; 'auto' is the fast one for the backend).
   """
   num_classes: int
   in_channels: int = 3
@@ -143,6 +166,7 @@ class AirbenchNet(nn.Module):
   tap: str = 'post_gelu'
   tap_scale: bool = False
   detach_head: bool = False
+  conv_impl: str = 'auto'
 
   def setup(self):
     if self.convs_per_block not in (2, 4, 6):
@@ -151,9 +175,11 @@ class AirbenchNet(nn.Module):
       raise ValueError(f"head must be 'flatten' or 'maxpool', got {self.head!r}")
     if self.tap not in ('post_gelu', 'pre_gelu'):
       raise ValueError(f"tap must be 'post_gelu' or 'pre_gelu', got {self.tap!r}")
+    if self.conv_impl not in convs.IMPLS:
+      raise ValueError(f'conv_impl must be one of {convs.IMPLS}, got {self.conv_impl!r}')
     self.whiten = Whiten(8 * self.in_channels, name='whiten')
     self.blocks = [
-        Block(w, self.convs_per_block // 2, self.bn_momentum, self.bn_eps,
+        Block(w, self.convs_per_block // 2, self.bn_momentum, self.bn_eps, self.conv_impl,
               name=f'block{i}') for i, w in enumerate(self.widths)]
     if self.tap_scale:
       self.tap_scales = [self.param(f'tap_scale{i}', nn.initializers.ones, (w,))
@@ -228,7 +254,7 @@ def build(model_cfg, num_classes: int, in_channels: int, **overrides) -> Airbenc
       convs_per_block=model_cfg.convs_per_block, head=model_cfg.head,
       logit_scale=model_cfg.logit_scale, head_bias=model_cfg.head_bias,
       bn_momentum=model_cfg.bn_momentum, bn_eps=model_cfg.bn_eps, tap=model_cfg.tap,
-      tap_scale=model_cfg.tap_scale, **overrides)
+      tap_scale=model_cfg.tap_scale, conv_impl=model_cfg.conv_impl, **overrides)
 
 
 def tap_shapes(model: AirbenchNet, image_shape: tuple[int, int, int]):
