@@ -67,6 +67,11 @@ def test_batch_size_does_not_change_the_store_hash(setup):
   data_cfg, _, _ = setup
   assert (driver.targets_hash(data_cfg, SEARCH) ==
           driver.targets_hash(data_cfg, dataclasses.replace(SEARCH, batch_images=3)))
+  # The search runs forward only: how the conv's gradient is formed cannot change a target.
+  for impl in ('xla', 'matmul'):
+    assert driver.targets_hash(data_cfg, SEARCH) == driver.targets_hash(
+        data_cfg, dataclasses.replace(SEARCH, model=dataclasses.replace(SEARCH.model,
+                                                                        conv_impl=impl)))
   assert (driver.targets_hash(data_cfg, SEARCH) !=
           driver.targets_hash(data_cfg, dataclasses.replace(SEARCH, init_noise=0.2)))
 

@@ -50,12 +50,14 @@ ENGINE_VERSION = 1
 def targets_hash(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig) -> str:
   """Hash of exactly the settings that change the searched targets, and the engine version.
 
-  Where the files live, checksum checks, the test split and how many images run at once do
-  not change a target, so a store stays reusable across them.
+  Where the files live, checksum checks, the test split, how many images run at once and how
+  the conv's gradient is formed (``model.conv_impl``: the search only runs forward) do not
+  change a target, so a store stays reusable across them.
   """
   data_part = {k: getattr(data_cfg, k) for k in
                ('name', 'holdout', 'split_seed', 'cifar100_labels', 'train_limit')}
-  search_part = dataclasses.replace(search_cfg, batch_images=1)
+  search_part = dataclasses.replace(search_cfg, batch_images=1, model=dataclasses.replace(
+      search_cfg.model, conv_impl='xla'))
   return (f'{cfglib.config_hash(search_part)}-{cfglib.hash_dict(data_part)}'
           f'-v{ENGINE_VERSION}')
 
