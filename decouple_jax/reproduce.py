@@ -139,15 +139,22 @@ def _search(runner: _Runner, exp: cfglib.ExperimentConfig, ds: datalib.Dataset, 
   return directory, runner(f'search_{split}', done, run)
 
 
+def _run_name(seed: int, method: str, convs: int | None = None) -> str:
+  """A training sub-run's directory under the workdir: 'seed{s}/student_{variant}' for a
+  student variant, 'seed{s}/sgd_convs{n}' for the SGD baseline (``method`` 'sgd')."""
+  return f'seed{seed}/sgd_convs{convs}' if method == 'sgd' else f'seed{seed}/student_{method}'
+
+
 def _student(runner: _Runner, exp: cfglib.ExperimentConfig, ds: datalib.Dataset, seed: int,
              variant: str, targets: pathlib.Path, holdout_targets: pathlib.Path | None,
              mesh: jax.sharding.Mesh) -> dict:
   """The results of the student ``variant`` with ``seed``, trained unless finished."""
   cfg = dataclasses.replace(exp.student, variant=variant,
                             train=dataclasses.replace(exp.student.train, seed=seed))
-  run_dir = runner.workdir / f'seed{seed}' / f'student_{variant}'
+  name = _run_name(seed, variant)
+  run_dir = runner.workdir / name
   return runner(
-      f'seed{seed}/student_{variant}',
+      name,
       _finished_training(run_dir, cfglib.config_hash(exp.data, exp.search, cfg), 'diagnostics'),
       lambda: _without_variables(student.train_student(
           exp.data, exp.search, cfg, run_dir, targets, holdout_targets=holdout_targets, ds=ds,
@@ -161,9 +168,10 @@ def _sgd(runner: _Runner, exp: cfglib.ExperimentConfig, ds: datalib.Dataset, see
   cfg = dataclasses.replace(exp.sgd,
                             model=dataclasses.replace(exp.sgd.model, convs_per_block=convs),
                             train=dataclasses.replace(exp.sgd.train, seed=seed))
-  run_dir = runner.workdir / f'seed{seed}' / f'sgd_convs{convs}'
+  name = _run_name(seed, 'sgd', convs)
+  run_dir = runner.workdir / name
   return runner(
-      f'seed{seed}/sgd_convs{convs}',
+      name,
       _finished_training(run_dir, cfglib.config_hash(exp.data, cfg), 'test_accuracy'),
       lambda: _without_variables(sgd.train_sgd(exp.data, cfg, run_dir, ds=ds, mesh=mesh)))
 
@@ -285,10 +293,8 @@ def reproduce(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
   runlog.write_json(workdir / 'results.json', results)
   (workdir / 'table.md').write_text(format_table(results))
   curves = {f'{METHOD_NAMES[method]}, seed {seed}': runlog.JsonLines(
-      workdir / f'seed{seed}' / run / 'metrics.jsonl').records()
-            for seed in exp.seeds
-            for method, run in ([('sgd', f'sgd_convs{best_convs}')] +
-                                [(v, f'student_{v}') for v in rc.variants])}
+      workdir / _run_name(seed, method, best_convs) / 'metrics.jsonl').records()
+            for seed in exp.seeds for method in ('sgd', *rc.variants)}
   plots.plot_training_curves(curves, workdir / 'training_curves.png',
                              plots.describe(ds.name, exp.name, exp.scale))
   return results

@@ -25,6 +25,16 @@ def scale_label(scale: str) -> str:
   return scale if scale == 'paper' or 'scaled down' in scale.lower() else f'scaled down: {scale}'
 
 
+def _colors() -> list[str]:
+  """The colour cycle, to give one run (or layer) one colour across several lines."""
+  return plt.rcParams['axes.prop_cycle'].by_key()['color']
+
+
+def _nan_for_none(values) -> list[float]:
+  """JSON nulls (no value) back to NaN, which matplotlib leaves as a gap."""
+  return [np.nan if v is None else v for v in values]
+
+
 def describe(data_name: str, config_name: str, scale: str) -> dict:
   """What every figure's title and JSON say about where its numbers come from."""
   return {'data': data_name, 'config': config_name, 'scale': scale_label(scale)}
@@ -94,13 +104,12 @@ def plot_diversity(result: dict, path: str | pathlib.Path, about: dict) -> pathl
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), layout='constrained')
   runs = result['runs']
   axes[0].plot(runs, runs, ':', color='gray', label='every run distinct')
-  colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
   for ax in axes:
-    for name, color in zip(result['layers'], colors):
+    for name, color in zip(result['layers'], _colors()):
       part = result[name]
-      ax.plot(runs, [np.nan if v is None else v for v in part['n_eff']], 'o-', color=color,
+      ax.plot(runs, _nan_for_none(part['n_eff']), 'o-', color=color,
               label=f'{name} ({part["images"][-1]}/{result["n_images"]} images kept any)')
-      ax.plot(runs, [np.nan if v is None else v for v in part['n_eff_all']], 'x--',
+      ax.plot(runs, _nan_for_none(part['n_eff_all']), 'x--',
               color=color, alpha=0.6, label=f'{name}, every run\'s candidate (no threshold)')
     ax.set_xticks(runs)
     ax.set_xlabel('independent search runs')
@@ -142,8 +151,7 @@ def _plot_trajectories(runs: dict, measures: tuple[str, ...], what: str,
   fig, axes = plt.subplots(len(measures), 3, figsize=(12, 3.4 * len(measures)), squeeze=False,
                            layout='constrained')
   numbers = {}
-  for (method, records), color in zip(runs.items(), plt.rcParams['axes.prop_cycle'].by_key()
-                                      ['color']):
+  for (method, records), color in zip(runs.items(), _colors()):
     numbers[method] = {}
     for probe, style in (('train', 'o-'), ('holdout', 's--')):
       for row, measure in zip(axes, measures):
@@ -200,8 +208,7 @@ def plot_training_curves(runs: dict, path: str | pathlib.Path, about: dict) -> p
   """
   fig, (acc_ax, mse_ax) = plt.subplots(1, 2, figsize=(11, 4.2), layout='constrained')
   numbers = {}
-  colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
-  for (label, records), color in zip(runs.items(), colors):
+  for (label, records), color in zip(runs.items(), _colors()):
     logged = [r for r in records if 'holdout_accuracy' in r]
     epochs = [r['epoch'] for r in logged]
     acc = [100 * r['holdout_accuracy'] for r in logged]

@@ -215,14 +215,12 @@ def search_diversity(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfi
   out = {'layers': list(LAYER_NAMES), 'n_images': n_images, 'threshold': threshold,
          'seeds': seeds, 'runs': list(range(1, n_runs + 1))}
   for layer, name in enumerate(LAYER_NAMES):
-    n_eff, images, kept = kept_effective_numbers(
-        np.stack([r['targets'][layer] for r in results]),
-        np.stack([r['best_loss'][:, layer] for r in results]), threshold)
+    targets = np.stack([r['targets'][layer] for r in results])
+    loss = np.stack([r['best_loss'][:, layer] for r in results])
+    n_eff, images, kept = kept_effective_numbers(targets, loss, threshold)
     # Threshold 0 keeps every finite candidate: how far apart the runs' targets are at all,
     # which a small search that seldom reaches the threshold would otherwise hide.
-    n_eff_all, _, _ = kept_effective_numbers(
-        np.stack([r['targets'][layer] for r in results]),
-        np.stack([r['best_loss'][:, layer] for r in results]), 0.0)
+    n_eff_all, _, _ = kept_effective_numbers(targets, loss, 0.0)
     # None (JSON null), not NaN, where no image kept a candidate: NaN is not valid JSON.
     out[name] = {'n_eff': [None if np.isnan(v) else float(v) for v in n_eff],
                  'images': images.tolist(), 'kept': kept.tolist(),
