@@ -122,6 +122,18 @@ def test_matmul_conv_matches_xla_conv_values_and_gradients(c_in, c_out, side):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize('batch, chunk_rows', [(6, 50), (5, 30), (4, 1)])
+def test_kernel_grad_in_batch_chunks_matches_xla(batch, chunk_rows):
+  # 6 images of 25 pixels in 50-row chunks: 3 chunks of 2; a prime batch and a chunk smaller
+  # than one image fall back to single images.
+  x = jax.random.normal(jax.random.key(0), (batch, 5, 5, 8))
+  g = jax.random.normal(jax.random.key(1), (batch, 5, 5, 16))
+  kernel = jnp.zeros((3, 3, 8, 16))
+  _, vjp = jax.vjp(lambda k: conv.conv3x3(x, k, 'xla'), kernel)
+  np.testing.assert_allclose(np.asarray(conv.kernel_grad(x, g, chunk_rows)),
+                             np.asarray(vjp(g)[0]), rtol=1e-5, atol=1e-4)
+
+
 def test_conv_impl_auto_is_matmul_on_cpu_and_unknown_impls_are_refused():
   assert conv.resolve_impl('auto') == 'matmul'
   with pytest.raises(ValueError, match='conv impl'):
