@@ -2,11 +2,13 @@
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 import pytest
 
 from decouple_jax import config
 from decouple_jax import models
+from decouple_jax.mesh import mesh_1d
 from decouple_jax.models import conv
 from flax.linen import max_pool as flax_max_pool
 
@@ -122,16 +124,28 @@ def test_matmul_conv_matches_xla_conv_values_and_gradients(c_in, c_out, side):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize('batch, chunk_rows', [(6, 50), (5, 30), (4, 1)])
-def test_kernel_grad_in_batch_chunks_matches_xla(batch, chunk_rows):
-  # 6 images of 25 pixels in 50-row chunks: 3 chunks of 2; a prime batch and a chunk smaller
-  # than one image fall back to single images.
+@pytest.mark.parametrize('batch, chunk_bytes', [(6, 1600), (5, 960), (4, 1)])
+def test_kernel_grad_in_batch_chunks_matches_xla(batch, chunk_bytes):
+  # 800-byte images (25 pixels, 8 float32 channels): 6 in 1600-byte chunks are 3 chunks of 2;
+  # a prime batch and a chunk smaller than one image fall back to single images.
   x = jax.random.normal(jax.random.key(0), (batch, 5, 5, 8))
   g = jax.random.normal(jax.random.key(1), (batch, 5, 5, 16))
   kernel = jnp.zeros((3, 3, 8, 16))
   _, vjp = jax.vjp(lambda k: conv.conv3x3(x, k, 'xla'), kernel)
-  np.testing.assert_allclose(np.asarray(conv.kernel_grad(x, g, chunk_rows)),
+  np.testing.assert_allclose(np.asarray(conv.kernel_grad(x, g, chunk_bytes)),
                              np.asarray(vjp(g)[0]), rtol=1e-5, atol=1e-4)
+
+
+def test_chunked_kernel_grad_keeps_a_sharded_batch_on_its_devices():
+  # 16 images over 8 devices in chunks of 8 (two chunks): every device reads one image of
+  # each chunk, so nothing is gathered and only the (3, 3, 8, 16) partial sums are reduced.
+  sharded = NamedSharding(mesh_1d('batch'), P('batch'))
+  x = jax.device_put(jax.random.normal(jax.random.key(0), (16, 5, 5, 8)), sharded)
+  g = jax.device_put(jax.random.normal(jax.random.key(1), (16, 5, 5, 16)), sharded)
+  chunked = jax.jit(lambda x, g: conv.kernel_grad(x, g, chunk_bytes=8 * 800))
+  assert 'all-gather' not in chunked.lower(x, g).compile().as_text()
+  np.testing.assert_allclose(np.asarray(chunked(x, g)), np.asarray(conv.kernel_grad(x, g, 2 ** 30)),
+                             rtol=1e-5, atol=1e-4)
 
 
 def test_conv_impl_auto_is_matmul_on_cpu_and_unknown_impls_are_refused():

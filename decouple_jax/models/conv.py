@@ -9,7 +9,7 @@
 * 'matmul': a ``jax.custom_vjp`` whose backward is matmul-shaped. On XLA:CPU the forward conv
   and the input gradient of a wide conv already run near the dense matmul rate, but XLA's
   kernel gradient (a conv contracting over the batch) runs at 17-24% of it at batch 128;
-  nine shifted matmuls per ~2048-pixel chunk of the batch reach 57-62% (see
+  nine shifted matmuls per cache-sized chunk of the batch reach 57-62% (see
   :func:`kernel_grad`). Measured fwd + bwd of one conv before chunking, same process,
   interleaved, 2-core CPU under load: 256 -> 256 at 15x15 1.50x faster at batch 128 (1.13x at
   32); 24 -> 256 at 31x31 1.71x (1.66x); 7x7 and 3x3 convs 0.92-1.00x. A matmul forward
@@ -65,34 +65,41 @@ def shifted_rows(x: jax.Array) -> list[jax.Array]:
   return [xp[:, dy:dy + h, dx:dx + w].reshape(b * h * w, c) for dy in range(3) for dx in range(3)]
 
 
-# Pixel rows per kernel-gradient chunk: a chunk's 9 shifted copies of x (2 MB at 256 channels)
-# then stay in cache for the matmuls that read them.
-CHUNK_ROWS = 2048
+# Bytes of one shifted copy of x per kernel-gradient chunk: the chunk's nine copies then stay
+# in cache for the matmuls that read them (2048 pixels at 256 float32 channels).
+CHUNK_BYTES = 2 ** 21
 
 
-def kernel_grad(x: jax.Array, g: jax.Array, chunk_rows: int = CHUNK_ROWS) -> jax.Array:
+def kernel_grad(x: jax.Array, g: jax.Array, chunk_bytes: int = CHUNK_BYTES) -> jax.Array:
   """dL/dkernel (3, 3, C_in, C_out) from the input x (B, H, W, C_in) and dL/dy (B, H, W, C_out).
 
-  Nine (C_in, rows) @ (rows, C_out) matmuls, one per tap, summed over chunks of the batch of at
-  most ``chunk_rows`` pixel rows (``n`` images, the largest divisor of B that fits, at least
-  one) in a ``lax.scan``. Unchunked, the nine shifted copies of x stream through memory and the
-  step ran at 40-49% of the matmul rate; in ~2048-row chunks the copies stay in cache: 57-62%
-  at 15x15 and 31x31, and the paper's CIFAR SGD step 1.10x faster (2026-11-25, 2-core CPU,
-  same process, interleaved; 1024 and 4096 rows within 1% of 2048). On XLA:CPU one im2col
-  matmul (9 C_in rows) measured slower (batch 32: 142 vs 125 ms at 256 -> 256, 58 vs 36 ms at
-  24 -> 256). The transposed-operand form ``s.T @ g`` is kept over ``g.T @ s``: equal at 256
-  channels, 4x faster at 24.
+  Nine (C_in, rows) @ (rows, C_out) matmuls, one per tap, summed over chunks of the batch in a
+  ``lax.scan``: ``n`` images per chunk, the largest divisor of B whose (n, H, W, C_in) slab
+  fits ``chunk_bytes`` (at least one image). Unchunked, the nine shifted copies of x stream
+  through memory: one 15x15 256 -> 256 kernel gradient at batch 128 ran at 46-49% of the
+  matmul rate, the 31x31 24 -> 256 one at 40%; chunked, 57-62% and 57%. Whole SGD steps, same
+  process, interleaved (2026-11-25, 2-core CPU): the paper's CIFAR network 1.10x faster, the
+  MNIST cpu networks 1.19-1.20x; 1-4 MiB chunks within noise of each other. On XLA:CPU one
+  im2col matmul (9 C_in rows) measured slower (batch 32: 142 vs 125 ms at 256 -> 256, 58 vs
+  36 ms at 24 -> 256). The transposed-operand form ``s.T @ g`` is kept over ``g.T @ s``: equal
+  at 256 channels, 4x faster at 24.
   """
   b, h, w, c_in = x.shape
-  n = max(d for d in range(1, b + 1) if b % d == 0 and (d * h * w <= chunk_rows or d == 1))
+  image_bytes = h * w * c_in * x.dtype.itemsize
+  n = max(d for d in range(1, b + 1) if b % d == 0 and (d * image_bytes <= chunk_bytes or d == 1))
   if n == b:
     return _kernel_grad_rows(x, g)
-  chunks = lambda a: a.reshape(b // n, n, *a.shape[1:])
+  # Chunk j holds images j, j + B/n, j + 2B/n, ...: a batch sharded over devices that divide n
+  # splits every chunk evenly, so each device reads only its own images (contiguous chunks
+  # would make XLA gather the batch onto every device).
+  strided = lambda a: a.reshape(n, b // n, *a.shape[1:])
+  xs, gs = strided(x), strided(g)
 
-  def add_chunk(total, xg):
-    return total + _kernel_grad_rows(*xg), None
+  def add_chunk(total, j):
+    chunk = lambda a: jax.lax.dynamic_index_in_dim(a, j, axis=1, keepdims=False)
+    return total + _kernel_grad_rows(chunk(xs), chunk(gs)), None
   zero = jnp.zeros((3, 3, c_in, g.shape[-1]), jnp.result_type(x, g))
-  return jax.lax.scan(add_chunk, zero, (chunks(x), chunks(g)))[0]
+  return jax.lax.scan(add_chunk, zero, jnp.arange(b // n))[0]
 
 
 def _kernel_grad_rows(x: jax.Array, g: jax.Array) -> jax.Array:
