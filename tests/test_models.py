@@ -124,28 +124,42 @@ def test_matmul_conv_matches_xla_conv_values_and_gradients(c_in, c_out, side):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize('batch, chunk_bytes', [(6, 1600), (5, 960), (4, 1)])
-def test_kernel_grad_in_batch_chunks_matches_xla(batch, chunk_bytes):
-  # 800-byte images (25 pixels, 8 float32 channels): 6 in 1600-byte chunks are 3 chunks of 2;
-  # a prime batch and a chunk smaller than one image fall back to single images.
-  x = jax.random.normal(jax.random.key(0), (batch, 5, 5, 8))
-  g = jax.random.normal(jax.random.key(1), (batch, 5, 5, 16))
-  kernel = jnp.zeros((3, 3, 8, 16))
-  _, vjp = jax.vjp(lambda k: conv.conv3x3(x, k, 'xla'), kernel)
-  np.testing.assert_allclose(np.asarray(conv.kernel_grad(x, g, chunk_bytes)),
-                             np.asarray(vjp(g)[0]), rtol=1e-5, atol=1e-4)
+def _conv_and_grads(x, kernel, g, chunk_images):
+  """(forward, input grad, kernel grad) of the 'matmul' pieces, each chunked by its operand."""
+  cb = lambda a: chunk_images * a[0].size * a.dtype.itemsize
+  return (conv.chunked_conv(x, kernel, cb(x)), conv.input_grad(g, kernel, cb(g)),
+          conv.kernel_grad(x, g, cb(x)))
 
 
-def test_chunked_kernel_grad_keeps_a_sharded_batch_on_its_devices():
-  # 16 images over 8 devices in chunks of 8 (two chunks): every device reads one image of
-  # each chunk, so nothing is gathered and only the (3, 3, 8, 16) partial sums are reduced.
+# (128, 128) is wide (chunked XLA conv), (8, 128) takes the col2im input gradient, (8, 16) is
+# narrow (unchunked XLA conv). 6 images in chunks of 2 are 3 chunks; a prime batch and a chunk
+# smaller than one image fall back to single images.
+@pytest.mark.parametrize('c_in, c_out', [(128, 128), (8, 128), (8, 16)])
+@pytest.mark.parametrize('batch, chunk_images', [(6, 2), (5, 2), (4, 0)])
+def test_batch_chunked_conv_and_gradients_match_xla(c_in, c_out, batch, chunk_images):
+  k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(k1, (batch, 3, 3, c_in))
+  kernel = jax.random.normal(k2, (3, 3, c_in, c_out)) / np.sqrt(9 * c_in)
+  g = jax.random.normal(k3, (batch, 3, 3, c_out))
+  want, vjp = jax.vjp(lambda x, k: conv.conv3x3(x, k, 'xla'), x, kernel)
+  y, dx, dk = _conv_and_grads(x, kernel, g, chunk_images)
+  np.testing.assert_array_equal(np.asarray(y), np.asarray(want))
+  for got, want in zip((dx, dk), vjp(g)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-4)
+
+
+def test_batch_chunks_keep_a_sharded_batch_on_its_devices():
+  # 16 images over 8 devices in chunks of 8 (two chunks): every device reads and writes one
+  # image of each chunk, so nothing is gathered; only the kernel gradient's partial sums are
+  # reduced across devices.
   sharded = NamedSharding(mesh_1d('batch'), P('batch'))
-  x = jax.device_put(jax.random.normal(jax.random.key(0), (16, 5, 5, 8)), sharded)
-  g = jax.device_put(jax.random.normal(jax.random.key(1), (16, 5, 5, 16)), sharded)
-  chunked = jax.jit(lambda x, g: conv.kernel_grad(x, g, chunk_bytes=8 * 800))
+  x, g = (jax.device_put(jax.random.normal(jax.random.key(i), (16, 3, 3, 128)), sharded)
+          for i in range(2))
+  kernel = jax.random.normal(jax.random.key(2), (3, 3, 128, 128)) / 34
+  chunked = jax.jit(lambda x, g: _conv_and_grads(x, kernel, g, 8))
   assert 'all-gather' not in chunked.lower(x, g).compile().as_text()
-  np.testing.assert_allclose(np.asarray(chunked(x, g)), np.asarray(conv.kernel_grad(x, g, 2 ** 30)),
-                             rtol=1e-5, atol=1e-4)
+  for got, want in zip(chunked(x, g), _conv_and_grads(x, kernel, g, 16)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-4)
 
 
 def test_conv_impl_auto_is_matmul_on_cpu_and_unknown_impls_are_refused():

@@ -1,23 +1,24 @@
 """The network's 3x3 convolution (NHWC input, HWIO kernel, SAME padding, stride 1), two ways.
 
 ``conv3x3(x, kernel, impl)`` maps x (B, H, W, C_in) and kernel (3, 3, C_in, C_out) to
-(B, H, W, C_out). The implementations compute the forward pass identically (both call
-``lax.conv_general_dilated``, so values are bitwise equal); they differ in the gradient:
+(B, H, W, C_out). Both implementations compute each output pixel with XLA's conv
+(``lax.conv_general_dilated``), so forward values are bitwise equal; they differ in how they
+feed the CPU's caches and in the gradient:
 
-* 'xla': XLA's conv transpose rules. The right choice on GPU/TPU, whose conv kernels are tuned
-  in both directions.
-* 'matmul': a ``jax.custom_vjp`` whose backward is matmul-shaped. On XLA:CPU the forward conv
-  and the input gradient of a wide conv already run near the dense matmul rate, but XLA's
-  kernel gradient (a conv contracting over the batch) runs at 17-24% of it at batch 128;
-  nine shifted matmuls per cache-sized chunk of the batch reach 57-62% (see
-  :func:`kernel_grad`). Measured fwd + bwd of one conv before chunking, same process,
-  interleaved, 2-core CPU under load: 256 -> 256 at 15x15 1.50x faster at batch 128 (1.13x at
-  32); 24 -> 256 at 31x31 1.71x (1.66x); 7x7 and 3x3 convs 0.92-1.00x. A matmul forward
-  (im2col or 9 shifted matmuls) measured 0.16-0.67x the speed of XLA's forward, so the
-  forward stays XLA's. Reverse mode only (a ``custom_vjp`` has no ``jvp``).
+* 'xla': XLA's conv and its transpose rules. The right choice on GPU/TPU, whose conv kernels
+  are tuned in both directions.
+* 'matmul': tuned for XLA:CPU, whose kernels lose speed once a (B, H, W, C) operand outgrows
+  the cache. Every wide conv (forward and input gradient) runs over chunks of the batch that
+  fit a core's L2 (:func:`chunked_conv`), and a ``jax.custom_vjp`` computes the kernel gradient
+  as nine shifted matmuls per chunk (:func:`kernel_grad`): XLA's own kernel gradient, a conv
+  contracting over the batch, runs at 17-24% of the dense matmul rate at batch 128, the
+  chunked matmuls at 57-62%. A matmul forward (im2col or 9 shifted matmuls) measured 0.16-0.67x
+  the speed of XLA's, so the forward stays XLA's. Reverse mode only (a ``custom_vjp`` has no
+  ``jvp``).
 * 'auto': 'matmul' on the CPU backend, 'xla' elsewhere.
 
-Both are plain ``lax``/``jnp`` ops, so either runs on any backend.
+Both are plain ``lax``/``jnp`` ops, so either runs on any backend. Chunks are strided over the
+batch, so a batch sharded over devices stays on its devices.
 """
 
 from __future__ import annotations
@@ -65,41 +66,76 @@ def shifted_rows(x: jax.Array) -> list[jax.Array]:
   return [xp[:, dy:dy + h, dx:dx + w].reshape(b * h * w, c) for dy in range(3) for dx in range(3)]
 
 
-# Bytes of one shifted copy of x per kernel-gradient chunk: the chunk's nine copies then stay
-# in cache for the matmuls that read them (2048 pixels at 256 float32 channels).
+# Bytes of one chunk of the batch (B', H, W, C) that the 'matmul' implementation works on: the
+# chunk, and for the kernel gradient each of its nine shifted copies, then stay in a core's L2
+# (2 MiB on the machine we measured: 1-2 MiB were the fastest for every conv and direction).
 CHUNK_BYTES = 2 ** 21
+# Channels in and out from which a conv is compute-bound enough for chunking to pay.
+WIDE = 128
+
+
+def chunk_images(x: jax.Array, chunk_bytes: int = CHUNK_BYTES) -> int:
+  """Images per chunk of x (B, ...): the largest divisor of B whose slab fits ``chunk_bytes``
+  (at least one image)."""
+  b = x.shape[0]
+  image_bytes = x[0].size * x.dtype.itemsize
+  return max(d for d in range(1, b + 1) if b % d == 0 and (d * image_bytes <= chunk_bytes or d == 1))
+
+
+# Chunk j of n images holds images j, j + B/n, j + 2B/n, ...: a batch sharded over devices that
+# divide n splits every chunk evenly, so each device reads and writes only its own images
+# (contiguous chunks make XLA gather the batch onto every device).
+def _strided(a: jax.Array, n: int) -> jax.Array:
+  return a.reshape(n, a.shape[0] // n, *a.shape[1:])
+
+
+def _chunk(a: jax.Array, j: jax.Array) -> jax.Array:
+  return jax.lax.dynamic_index_in_dim(a, j, axis=1, keepdims=False)
+
+
+def map_chunks(fn, n: int, *arrays: jax.Array) -> jax.Array:
+  """``fn(*arrays)`` for a per-image ``fn``, run on chunks of ``n`` images in a ``lax.scan``
+  and written in place into the (B, ...) output."""
+  b = arrays[0].shape[0]
+  if n == b:
+    return fn(*arrays)
+  views = [_strided(a, n) for a in arrays]
+  out = jax.eval_shape(fn, *(_chunk(v, 0) for v in views))
+
+  def write_chunk(total, j):
+    return jax.lax.dynamic_update_index_in_dim(total, fn(*(_chunk(v, j) for v in views)), j, 1), None
+  total = jnp.zeros((n, b // n, *out.shape[1:]), out.dtype)
+  return jax.lax.scan(write_chunk, total, jnp.arange(b // n))[0].reshape(b, *out.shape[1:])
+
+
+def sum_chunks(fn, n: int, *arrays: jax.Array) -> jax.Array:
+  """``fn(*arrays)`` for an ``fn`` that sums over images, as the sum of ``fn`` over chunks of
+  ``n`` images in a ``lax.scan``."""
+  b = arrays[0].shape[0]
+  if n == b:
+    return fn(*arrays)
+  views = [_strided(a, n) for a in arrays]
+  out = jax.eval_shape(fn, *(_chunk(v, 0) for v in views))
+
+  def add_chunk(total, j):
+    return total + fn(*(_chunk(v, j) for v in views)), None
+  return jax.lax.scan(add_chunk, jnp.zeros(out.shape, out.dtype), jnp.arange(b // n))[0]
 
 
 def kernel_grad(x: jax.Array, g: jax.Array, chunk_bytes: int = CHUNK_BYTES) -> jax.Array:
   """dL/dkernel (3, 3, C_in, C_out) from the input x (B, H, W, C_in) and dL/dy (B, H, W, C_out).
 
-  Nine (C_in, rows) @ (rows, C_out) matmuls, one per tap, summed over chunks of the batch in a
-  ``lax.scan``: ``n`` images per chunk, the largest divisor of B whose (n, H, W, C_in) slab
-  fits ``chunk_bytes`` (at least one image). Unchunked, the nine shifted copies of x stream
-  through memory: one 15x15 256 -> 256 kernel gradient at batch 128 ran at 46-49% of the
-  matmul rate, the 31x31 24 -> 256 one at 40%; chunked, 57-62% and 57%. Whole SGD steps, same
-  process, interleaved (2026-11-25, 2-core CPU): the paper's CIFAR network 1.10x faster, the
-  MNIST cpu networks 1.19-1.20x; 1-4 MiB chunks within noise of each other. On XLA:CPU one
-  im2col matmul (9 C_in rows) measured slower (batch 32: 142 vs 125 ms at 256 -> 256, 58 vs
-  36 ms at 24 -> 256). The transposed-operand form ``s.T @ g`` is kept over ``g.T @ s``: equal
-  at 256 channels, 4x faster at 24.
+  Nine (C_in, rows) @ (rows, C_out) matmuls, one per tap, summed over chunks of x of at most
+  ``chunk_bytes``. Unchunked, the nine shifted copies of x stream through memory: one 15x15
+  256 -> 256 kernel gradient at batch 128 ran at 46-49% of the matmul rate, the 31x31
+  24 -> 256 one at 40%; in 2 MiB chunks, 57-62% and 57%. Whole SGD steps, same process,
+  interleaved (2026-11-25, 2-core CPU): the paper's CIFAR network 1.10x faster, the MNIST cpu
+  networks 1.19-1.20x; 1-4 MiB chunks within noise of each other. On XLA:CPU one im2col
+  matmul (9 C_in rows) measured slower (batch 32: 142 vs 125 ms at 256 -> 256, 58 vs 36 ms at
+  24 -> 256), in chunks too (55-58% vs 59%). The transposed-operand form ``s.T @ g`` is kept
+  over ``g.T @ s``: equal at 256 channels, 4x faster at 24.
   """
-  b, h, w, c_in = x.shape
-  image_bytes = h * w * c_in * x.dtype.itemsize
-  n = max(d for d in range(1, b + 1) if b % d == 0 and (d * image_bytes <= chunk_bytes or d == 1))
-  if n == b:
-    return _kernel_grad_rows(x, g)
-  # Chunk j holds images j, j + B/n, j + 2B/n, ...: a batch sharded over devices that divide n
-  # splits every chunk evenly, so each device reads only its own images (contiguous chunks
-  # would make XLA gather the batch onto every device).
-  strided = lambda a: a.reshape(n, b // n, *a.shape[1:])
-  xs, gs = strided(x), strided(g)
-
-  def add_chunk(total, j):
-    chunk = lambda a: jax.lax.dynamic_index_in_dim(a, j, axis=1, keepdims=False)
-    return total + _kernel_grad_rows(chunk(xs), chunk(gs)), None
-  zero = jnp.zeros((3, 3, c_in, g.shape[-1]), jnp.result_type(x, g))
-  return jax.lax.scan(add_chunk, zero, jnp.arange(b // n))[0]
+  return sum_chunks(_kernel_grad_rows, chunk_images(x, chunk_bytes), x, g)
 
 
 def _kernel_grad_rows(x: jax.Array, g: jax.Array) -> jax.Array:
@@ -108,37 +144,56 @@ def _kernel_grad_rows(x: jax.Array, g: jax.Array) -> jax.Array:
   return jnp.stack(taps).reshape(3, 3, x.shape[-1], g.shape[-1])
 
 
-def input_grad(g: jax.Array, kernel: jax.Array) -> jax.Array:
-  """dL/dx (B, H, W, C_in) from dL/dy (B, H, W, C_out) and the kernel (3, 3, C_in, C_out).
+def input_grad(g: jax.Array, kernel: jax.Array, chunk_bytes: int = CHUNK_BYTES) -> jax.Array:
+  """dL/dx (B, H, W, C_in) from dL/dy (B, H, W, C_out) and the kernel (3, 3, C_in, C_out),
+  over chunks of g of at most ``chunk_bytes``.
 
   A narrow input (9 C_in <= C_out, e.g. the 24-channel first conv) takes one matmul
   (B*H*W, C_out) @ (C_out, 9 C_in), then the adjoint of the im2col shift (col2im, a sum of 9
   shifted slices that XLA fuses into one loop), whose intermediate is no larger than g: at
   24 -> 256, 31x31 it took 38-41 ms against 48-64 ms for XLA's transposed conv at batch 32,
-  and 241 against 248 ms at batch 128. A wide input uses XLA's transposed conv (the forward
-  conv of the flipped, transposed kernel), already near the matmul rate.
+  and 241 against 248 ms at batch 128; in chunks its 9 C_in-wide intermediate stays in cache:
+  82 instead of 132 ms at batch 128. A wide input uses XLA's transposed conv (the forward conv
+  of the flipped, transposed kernel) through :func:`chunked_conv`.
   """
-  b, h, w, c_out = g.shape
-  c_in = kernel.shape[2]
+  c_out, c_in = kernel.shape[3], kernel.shape[2]
   if 9 * c_in > c_out:
-    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
-    return _xla_conv(g, flipped)
-  cols = g.reshape(-1, c_out) @ kernel.reshape(9 * c_in, c_out).T
-  cols = jnp.pad(cols.reshape(b, h, w, 3, 3, c_in),
-                 ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0), (0, 0)))
-  # Tap (dy, dx) of output (i, j) read input (i + dy - 1, j + dx - 1): shift it back there.
-  return sum(cols[:, 2 - dy:2 - dy + h, 2 - dx:2 - dx + w, dy, dx]
-             for dy in range(3) for dx in range(3))
+    return chunked_conv(g, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2), chunk_bytes)
+
+  def col2im(g):
+    b, h, w, _ = g.shape
+    cols = g.reshape(-1, c_out) @ kernel.reshape(9 * c_in, c_out).T
+    cols = jnp.pad(cols.reshape(b, h, w, 3, 3, c_in),
+                   ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0), (0, 0)))
+    # Tap (dy, dx) of output (i, j) read input (i + dy - 1, j + dx - 1): shift it back there.
+    return sum(cols[:, 2 - dy:2 - dy + h, 2 - dx:2 - dx + w, dy, dx]
+               for dy in range(3) for dx in range(3))
+  return map_chunks(col2im, chunk_images(g, chunk_bytes), g)
+
+
+def chunked_conv(x: jax.Array, kernel: jax.Array, chunk_bytes: int = CHUNK_BYTES) -> jax.Array:
+  """XLA's conv of x (B, H, W, C_in); a wide one (C_in and C_out >= 128) runs over chunks of x
+  of at most ``chunk_bytes``. Values are the same bit for bit either way (each output pixel's
+  sum is the same).
+
+  Chunked, XLA:CPU's 15x15 256 -> 256 conv took 123 instead of 151 ms at batch 128, the same
+  for its transposed conv in :func:`input_grad` (120 vs 153 ms); 7x7 was unchanged. Narrow
+  convs are memory-bound, and the chunk's copy in and out cost more than the cache saves: the
+  MNIST cpu student step (16 channels) ran 0.91x with every conv chunked.
+  """
+  if min(kernel.shape[2:]) < WIDE:
+    return _xla_conv(x, kernel)
+  return map_chunks(lambda x: _xla_conv(x, kernel), chunk_images(x, chunk_bytes), x)
 
 
 @jax.custom_vjp
 def _matmul_grad_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  return _xla_conv(x, kernel)
+  return chunked_conv(x, kernel)
 
 
 def _matmul_grad_conv_fwd(x, kernel):
   # Saves the same residuals as XLA's rule (the input and the kernel), no patch matrix.
-  return _xla_conv(x, kernel), (x, kernel)
+  return chunked_conv(x, kernel), (x, kernel)
 
 
 def _matmul_grad_conv_bwd(residuals, g):
