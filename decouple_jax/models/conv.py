@@ -99,27 +99,29 @@ def map_chunks(fn, n: int, *arrays: jax.Array) -> jax.Array:
   b = arrays[0].shape[0]
   if n == b:
     return fn(*arrays)
-  views = [_strided(a, n) for a in arrays]
-  out = jax.eval_shape(fn, *(_chunk(v, 0) for v in views))
-
-  def write_chunk(total, j):
-    return jax.lax.dynamic_update_index_in_dim(total, fn(*(_chunk(v, j) for v in views)), j, 1), None
-  total = jnp.zeros((n, b // n, *out.shape[1:]), out.dtype)
-  return jax.lax.scan(write_chunk, total, jnp.arange(b // n))[0].reshape(b, *out.shape[1:])
+  total = _fold_chunks(
+      fn, n, arrays, lambda out: jnp.zeros((n, b // n, *out.shape[1:]), out.dtype),
+      lambda total, y, j: jax.lax.dynamic_update_index_in_dim(total, y, j, 1))
+  return total.reshape(b, *total.shape[2:])
 
 
 def sum_chunks(fn, n: int, *arrays: jax.Array) -> jax.Array:
   """``fn(*arrays)`` for an ``fn`` that sums over images, as the sum of ``fn`` over chunks of
   ``n`` images in a ``lax.scan``."""
-  b = arrays[0].shape[0]
-  if n == b:
+  if n == arrays[0].shape[0]:
     return fn(*arrays)
+  return _fold_chunks(fn, n, arrays, lambda out: jnp.zeros(out.shape, out.dtype),
+                      lambda total, y, j: total + y)
+
+
+def _fold_chunks(fn, n, arrays, init, fold):
+  # Scans chunk j = 0 .. B/n - 1, folding fn's output on it into the total: fold(total, y, j).
   views = [_strided(a, n) for a in arrays]
   out = jax.eval_shape(fn, *(_chunk(v, 0) for v in views))
 
-  def add_chunk(total, j):
-    return total + fn(*(_chunk(v, j) for v in views)), None
-  return jax.lax.scan(add_chunk, jnp.zeros(out.shape, out.dtype), jnp.arange(b // n))[0]
+  def step(total, j):
+    return fold(total, fn(*(_chunk(v, j) for v in views)), j), None
+  return jax.lax.scan(step, init(out), jnp.arange(arrays[0].shape[0] // n))[0]
 
 
 def kernel_grad(x: jax.Array, g: jax.Array, chunk_bytes: int = CHUNK_BYTES) -> jax.Array:
