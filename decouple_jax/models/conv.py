@@ -78,8 +78,8 @@ def chunk_images(x: jax.Array, chunk_bytes: int = CHUNK_BYTES) -> int:
   """Images per chunk of x (B, ...): the largest divisor of B whose slab fits ``chunk_bytes``
   (at least one image)."""
   b = x.shape[0]
-  image_bytes = x[0].size * x.dtype.itemsize
-  return max(d for d in range(1, b + 1) if b % d == 0 and (d * image_bytes <= chunk_bytes or d == 1))
+  fits = max(1, chunk_bytes // (x[0].size * x.dtype.itemsize))
+  return max(d for d in range(1, min(b, fits) + 1) if b % d == 0)
 
 
 # Chunk j of n images holds images j, j + B/n, j + 2B/n, ...: a batch sharded over devices that
@@ -132,7 +132,7 @@ def kernel_grad(x: jax.Array, g: jax.Array, chunk_bytes: int = CHUNK_BYTES) -> j
   256 -> 256 kernel gradient at batch 128 ran at 46-49% of the matmul rate, the 31x31
   24 -> 256 one at 40%; in 2 MiB chunks, 57-62% and 57%. Whole SGD steps, same process,
   interleaved (2026-11-25, 2-core CPU): the paper's CIFAR network 1.10x faster, the MNIST cpu
-  networks 1.19-1.20x; 1-4 MiB chunks within noise of each other. On XLA:CPU one im2col
+  networks 1.19-1.20x (chunk size: see ``CHUNK_BYTES``). On XLA:CPU one im2col
   matmul (9 C_in rows) measured slower (batch 32: 142 vs 125 ms at 256 -> 256, 58 vs 36 ms at
   24 -> 256), in chunks too (55-58% vs 59%). The transposed-operand form ``s.T @ g`` is kept
   over ``g.T @ s``: equal at 256 channels, 4x faster at 24.
