@@ -20,6 +20,11 @@ class ConfigError(ValueError):
   """A configuration that is inconsistent or names unknown fields."""
 
 
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+  if value not in choices:
+    raise ConfigError(f'{name}={value!r} is not one of {choices}')
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """Which data set, where its files are, and how the training set is split.
@@ -72,11 +77,11 @@ class ModelConfig:
     tap: where a block's output is read for the taps: 'post_gelu' (the block's output, which
       the next block consumes) or 'pre_gelu' (the last BatchNorm's output before its GELU).
     conv_impl: how the 3x3 convs are computed (decouple_jax/models/conv.py): 'xla' (XLA's
-      conv and its gradient), 'matmul' (XLA's forward, matmul-shaped gradient: the CIFAR
-      learning network's SGD step 1.24x faster on XLA:CPU at batch 128) or 'auto' (default:
-      'matmul' on CPU, 'xla' on GPU/TPU, whose conv kernels are tuned). Forward values are
-      bitwise the same and the parameters identical, so search and checkpoints are unaffected;
-      gradients agree to float32 rounding.
+      conv and its gradient), 'matmul' (for XLA:CPU: wide convs over L2-sized batch chunks,
+      matmul-shaped kernel gradient; the paper's CIFAR SGD step 1.6-1.8x faster than 'xla')
+      or 'auto' (default: 'matmul' on CPU, 'xla' on GPU/TPU, whose conv kernels are tuned).
+      Forward values are bitwise the same and the parameters identical, so search and
+      checkpoints are unaffected; gradients agree to float32 rounding.
   """
   widths: tuple[int, ...] = (256, 256, 256)
   convs_per_block: int = 2
@@ -92,10 +97,7 @@ class ModelConfig:
   conv_impl: str = 'auto'
 
   def __post_init__(self):
-    # Not _check_choice: that is defined below, after configs holding a ModelConfig() default.
-    if self.conv_impl not in ('xla', 'matmul', 'auto'):
-      raise ConfigError(f"model.conv_impl={self.conv_impl!r} is not one of ('xla', 'matmul', "
-                        f"'auto')")
+    _check_choice('model.conv_impl', self.conv_impl, ('xla', 'matmul', 'auto'))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,11 +328,6 @@ class SearchConfig:
     _check_choice('search.store_dtype', self.store_dtype, ('float32', 'float16', 'bfloat16'))
     if self.top_k < 1 or self.n_explore < 0 or self.n_refine < 0:
       raise ConfigError('search.top_k must be >= 1 and the child counts >= 0')
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-  if value not in choices:
-    raise ConfigError(f'{name}={value!r} is not one of {choices}')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,8 +51,9 @@ def targets_hash(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig) -
   """Hash of exactly the settings that change the searched targets, and the engine version.
 
   Where the files live, checksum checks, the test split, how many images run at once and how
-  the conv's gradient is formed (``model.conv_impl``: the search only runs forward) do not
-  change a target, so a store stays reusable across them.
+  the convs are computed (``model.conv_impl``: every implementation gives bitwise the same
+  forward values, and the search only runs forward) do not change a target, so a store stays
+  reusable across them.
   """
   data_part = {k: getattr(data_cfg, k) for k in
                ('name', 'holdout', 'split_seed', 'cifar100_labels', 'train_limit')}
