@@ -28,7 +28,6 @@ One arm takes 3-10 minutes on 2 idle cores (mostly its search).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import importlib.util
 import os
@@ -68,6 +67,43 @@ ARMS = {
     'gradient_g4_100': ('gradient descent control, same evaluations as noise_g4_100',
                         {'search.blur_target': 'noise', 'search.method': 'gradient',
                          'gens': (4, 100, 100, 60)}),
+    # Where the search compute goes (noise, block 0 at 4).
+    'noise_g4_200': ('noise, blocks 1-2 at 200', {'search.blur_target': 'noise',
+                                                  'gens': (4, 200, 200, 60)}),
+    'noise_g4_50': ('noise, blocks 1-2 at 50', {'search.blur_target': 'noise',
+                                                'gens': (4, 50, 50, 60)}),
+    'noise_g4_100_p48': ('noise_g4_100, population 48 = 8 + 20 + 20',
+                         {'search.blur_target': 'noise', 'gens': (4, 100, 100, 60),
+                          'search.population': 48, 'search.top_k': 8,
+                          'search.n_explore': 20, 'search.n_refine': 20}),
+    'noise_g4_100_a02': ('noise_g4_100, alpha 0.2 at blocks 1-2',
+                         {'search.blur_target': 'noise', 'gens': (4, 100, 100, 60),
+                          'alpha': (0.1, 0.2, 0.2, 0.1)}),
+    'noise_g4_100_w32': ('noise_g4_100, search and student width 32',
+                         {'search.blur_target': 'noise', 'gens': (4, 100, 100, 60),
+                          'width': 32}),
+    'noise_g4_100_parents': ('noise_g4_100, refinement parents from the parents only (prose)',
+                             {'search.blur_target': 'noise', 'gens': (4, 100, 100, 60),
+                              'search.refine_pool': 'parents'}),
+    'noise_g4_100_bnbatch': ('noise_g4_100, search-net BatchNorm on population statistics',
+                             {'search.blur_target': 'noise', 'gens': (4, 100, 100, 60),
+                              'search.bn_mode': 'batch'}),
+    # The student (same search as noise_g4_100: these cost a student run each).
+    'noise_g4_100_ep24': ('noise_g4_100, student 24 epochs',
+                          {'search.blur_target': 'noise', 'gens': (4, 100, 100, 60),
+                           'student.train.optim.epochs': 24}),
+    'noise_g4_100_lr8': ('noise_g4_100, student lr 8 (decoupled units)',
+                         {'search.blur_target': 'noise', 'gens': (4, 100, 100, 60),
+                          'student.train.optim.lr': 8.0}),
+    'noise_g4_100_mse10': ('noise_g4_100, student MSE coefficient 10',
+                           {'search.blur_target': 'noise', 'gens': (4, 100, 100, 60),
+                            'student.mse_coef': 10.0}),
+    'noise_g4_100_kl003': ('noise_g4_100, student lambda 0.03 (paper)',
+                           {'search.blur_target': 'noise', 'gens': (4, 100, 100, 60),
+                            'student.kl_weight': 0.03}),
+    'noise_g4_100_skip0': ('noise_g4_100, student skips block 0',
+                           {'search.blur_target': 'noise', 'gens': (4, 100, 100, 60),
+                            'student.variant': 'skip_block0'}),
 }
 
 
@@ -131,8 +167,7 @@ def reference_row(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, workdir: pa
        for s in range(0, len(images), 1000)])
   floor = diagnostics.linear_probe(feats(ds.train_images), ds.train_labels,
                                    feats(ds.test_images), ds.test_labels, ds.num_classes)
-  sgd_model = dataclasses.replace(exp.student.model, tap='post_gelu', tap_scale=False)
-  sgd_cfg = dataclasses.replace(exp.sgd, model=sgd_model, train=exp.student.train)
+  sgd_cfg = sgd.with_network(exp.sgd, exp.student.model)
   run = workdir / 'sgd' / cfglib.config_hash(exp.data, sgd_cfg)
   results = sgd.train_sgd(exp.data, sgd_cfg, run, ds=ds)
   return {'random_feature_floor': floor, 'sgd_holdout_accuracy': results['holdout_accuracy'],

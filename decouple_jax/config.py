@@ -433,6 +433,46 @@ class AnalysisConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class FeedbackConfig:
+  """Search and learning in a loop (``launch/feedback.py``; the paper's open question 1).
+
+  Round 1 is the paper's pipeline: search in the untrained network, train a student. Round r
+  searches every training image again, in round r-1's trained student (its taps are the search
+  space, its head the fitness), and trains round r's student on those targets.
+
+  Attributes:
+    rounds: how many rounds (>= 1).
+    warm_start: round r's student starts from round r-1's weights (True) or afresh (False).
+    bn_stats: the BatchNorm statistics a trained student is searched with (inference form):
+      'recompute' (averaged over a training-mode pass of whole batches of the training
+      split; :mod:`decouple_jax.learn.bn_stats`) or 'running' (the running averages training
+      left, which with momentum 0.6 remember only the last few batches).
+    bn_eps: BatchNorm epsilon of a trained student while it is searched in. Its own 1e-12
+      is harmless under batch statistics, where a channel constant over the data (MNIST's
+      blank background) is also constant over the batch; in inference form a candidate's
+      deviation in such a channel is multiplied by ~1e6, and noisy inputs gave logits of
+      1e30. 1e-4 caps that at 100x and moves a channel of variance 0.01 by 0.5%.
+    layers: the search schedule of rounds >= 2 (a trained network starts much closer to its
+      targets); empty: ``search.layers``.
+  """
+  rounds: int = 3
+  warm_start: bool = True
+  bn_stats: str = 'recompute'
+  bn_eps: float = 1e-4
+  layers: tuple[LayerSchedule, ...] = ()
+
+  def __post_init__(self):
+    if self.rounds < 1:
+      raise ConfigError(f'feedback.rounds={self.rounds} must be at least 1')
+    _check_choice('feedback.bn_stats', self.bn_stats, ('recompute', 'running'))
+    if not self.bn_eps > 0:
+      raise ConfigError(f'feedback.bn_eps={self.bn_eps} must be > 0')
+    if self.layers and len(self.layers) != 4:
+      raise ConfigError(f'feedback.layers needs 4 schedules (blocks 0-2, logits) or none, got '
+                        f'{len(self.layers)}')
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
   """Everything one experiment needs; ``configs/*.py`` build this as a ConfigDict.
 
@@ -447,6 +487,7 @@ class ExperimentConfig:
     seeds: seeds of repeated runs (tables report mean +- std over them).
     reproduce: what ``launch/reproduce.py`` runs for each seed.
     analysis: what ``launch/analyze.py`` measures.
+    feedback: the search-learn loop of ``launch/feedback.py``.
   """
   name: str = 'experiment'
   scale: str = 'paper'
@@ -457,3 +498,4 @@ class ExperimentConfig:
   seeds: tuple[int, ...] = (0,)
   reproduce: ReproduceConfig = ReproduceConfig()
   analysis: AnalysisConfig = AnalysisConfig()
+  feedback: FeedbackConfig = FeedbackConfig()

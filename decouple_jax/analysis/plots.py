@@ -230,3 +230,43 @@ def plot_training_curves(runs: dict, path: str | pathlib.Path, about: dict) -> p
       ax.legend(fontsize='small')
   fig.suptitle(_title('Training curves', about))
   return _save(fig, pathlib.Path(path), numbers, about)
+
+
+def plot_feedback(results: dict, path: str | pathlib.Path, about: dict) -> pathlib.Path:
+  """Accuracy per round of the search-learn loop against SGD (left), and the search's mean
+  best loss per layer in every round (right).
+
+  Args:
+    results: :func:`decouple_jax.feedback.run_feedback`'s output.
+    path: the PNG to write; the JSON beside it holds the plotted numbers (accuracies in %).
+    about: :func:`describe` of the run.
+  """
+  rounds = results['rounds']
+  x = [r['round'] for r in rounds]
+  numbers = {
+      'rounds': x,
+      'test_accuracy': [100 * r['test_accuracy'] for r in rounds],
+      'holdout_accuracy': [None if r['holdout_accuracy'] is None else 100 * r['holdout_accuracy']
+                           for r in rounds],
+      'sgd_test_accuracy': 100 * results['sgd']['test_accuracy'],
+      'mean_init_loss': [r['mean_init_loss'] for r in rounds],
+      'mean_best_loss': [list(r['mean_best_loss'].values()) for r in rounds],
+      'layers': list(rounds[0]['mean_best_loss']),
+  }
+  fig, (acc_ax, ce_ax) = plt.subplots(1, 2, figsize=(11, 4.2), layout='constrained')
+  acc_ax.plot(x, numbers['test_accuracy'], 'o-', label='search-based student, test')
+  acc_ax.plot(x, _nan_for_none(numbers['holdout_accuracy']), 's--', label='student, hold-out')
+  acc_ax.axhline(numbers['sgd_test_accuracy'], color='k', ls=':',
+                 label=f'SGD, same network, test ({numbers["sgd_test_accuracy"]:.2f}%)')
+  acc_ax.set_ylabel('accuracy (%)')
+  ce_ax.plot(x, numbers['mean_init_loss'], 'k--', label='before the search')
+  for l, name in enumerate(numbers['layers']):
+    ce_ax.plot(x, [b[l] for b in numbers['mean_best_loss']], 'o-', label=f'after {name}')
+  ce_ax.set_ylabel('mean best cross-entropy (nats)')
+  for ax in (acc_ax, ce_ax):
+    ax.set_xlabel('round (1: the untrained search network)')
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize='small')
+  fig.suptitle(_title('Search and learning in a loop', about))
+  return _save(fig, pathlib.Path(path), numbers, about)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import jax
@@ -26,6 +27,13 @@ def cross_entropy_loss_fn(model, num_classes: int, label_smoothing: float = 0.0
     acc = jnp.mean(jnp.argmax(taps[-1], -1) == batch.labels)
     return loss, (updates['batch_stats'], {'train_accuracy': acc})
   return loss_fn
+
+
+def with_network(sgd_cfg: cfglib.SGDConfig, model_cfg: cfglib.ModelConfig) -> cfglib.SGDConfig:
+  """``sgd_cfg`` training the network of ``model_cfg`` (e.g. the student's) end to end; the
+  tap settings, which only a student's loss reads, are dropped."""
+  return dataclasses.replace(sgd_cfg, model=dataclasses.replace(
+      model_cfg, tap='post_gelu', tap_scale=False))
 
 
 def train_sgd(data_cfg: cfglib.DataConfig, sgd_cfg: cfglib.SGDConfig,

@@ -85,10 +85,12 @@ def check_compatible(model: models.AirbenchNet, store: TargetStore,
 
 def open_targets(directory: str | pathlib.Path, data_cfg: cfglib.DataConfig,
                  search_cfg: cfglib.SearchConfig, ds: datalib.Dataset,
-                 split: str = 'train') -> TargetStore:
-  """The complete target store of ``ds``'s ``split``, refusing another config's or split's."""
-  store = TargetStore.open(directory, expect=driver.expected_store_fields(data_cfg, search_cfg,
-                                                                          ds, split))
+                 split: str = 'train', network_id: str = driver.UNTRAINED) -> TargetStore:
+  """The complete target store of ``ds``'s ``split``, searched in network ``network_id``
+  (:func:`decouple_jax.search.driver.network_hash`), refusing another config's, network's or
+  split's."""
+  store = TargetStore.open(directory, expect=driver.expected_store_fields(
+      data_cfg, search_cfg, ds, split, network_id))
   if not store.is_complete():
     raise cfglib.ConfigError(
         f'the target store {directory} is incomplete ({len(store.missing_chunks())} chunks '
@@ -96,11 +98,24 @@ def open_targets(directory: str | pathlib.Path, data_cfg: cfglib.DataConfig,
   return store
 
 
+def run_hash(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
+             student_cfg: cfglib.StudentConfig, network_id: str = driver.UNTRAINED,
+             start: str = 'fresh') -> str:
+  """The config hash of a student run: its configs, the network its targets were searched in
+  and what it started from ('fresh' or the :func:`~decouple_jax.search.driver.network_hash`
+  of its initial variables)."""
+  if (network_id, start) == (driver.UNTRAINED, 'fresh'):
+    return cfglib.config_hash(data_cfg, search_cfg, student_cfg)
+  return cfglib.hash_dict([cfglib.config_hash(data_cfg, search_cfg, student_cfg), network_id,
+                           start])
+
+
 def train_student(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
                   student_cfg: cfglib.StudentConfig, workdir: str | pathlib.Path,
                   targets: str | pathlib.Path, *,
                   holdout_targets: str | pathlib.Path | None = None,
-                  ds: datalib.Dataset | None = None, mesh=None, epoch_callback=None) -> dict:
+                  ds: datalib.Dataset | None = None, mesh=None, epoch_callback=None,
+                  network_id: str = driver.UNTRAINED, init_variables=None) -> dict:
   """Trains the student on the searched targets in ``targets``; resumable from ``workdir``.
 
   Args:
@@ -113,6 +128,10 @@ def train_student(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
     ds: the loaded data set, if any.
     mesh: data-parallel mesh; default every device.
     epoch_callback: extra per-epoch metrics, as for :func:`decouple_jax.learn.trainer.fit`.
+    network_id: the network the targets were searched in (default the untrained one); the
+      stores must say the same.
+    init_variables: start from these {'params', 'batch_stats'} (e.g. a previous student's:
+      a warm start) instead of a fresh initialisation.
 
   Returns:
     The results dict (test accuracy of the hold-out-selected weights, ..., and the
@@ -121,21 +140,28 @@ def train_student(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
     selected student.
   """
   ds = ds if ds is not None else datalib.load_dataset(data_cfg)
-  store = open_targets(targets, data_cfg, search_cfg, ds)
+  store = open_targets(targets, data_cfg, search_cfg, ds, network_id=network_id)
   # Opened before training, so a wrong path fails now rather than after the last epoch.
-  holdout_store = (open_targets(holdout_targets, data_cfg, search_cfg, ds, 'holdout')
-                   if holdout_targets is not None else None)
+  holdout_store = (open_targets(holdout_targets, data_cfg, search_cfg, ds, 'holdout',
+                                network_id) if holdout_targets is not None else None)
   model, variables = models.init_for_dataset(student_cfg.model, ds, student_cfg.train.seed,
                                              detach_head=True)
+  start = 'fresh'
+  if init_variables is not None:
+    if jax.tree.structure(init_variables) != jax.tree.structure(variables):
+      raise cfglib.ConfigError('init_variables do not fit student.model: a warm start needs '
+                               'a network of the same configuration')
+    variables, start = init_variables, driver.network_hash(init_variables)
   check_compatible(model, store, ds.image_shape)
   on_device = device_targets(store, int(student_cfg.device_targets_gb * 2**30))
   train_data = trainer.TrainData.from_dataset(
       ds, extras=on_device or (), stream=None if on_device is not None else store)
   results = trainer.fit(
       model, variables, student_loss_fn(model, student_cfg), train_data, student_cfg.train,
-      workdir, config_hash=cfglib.config_hash(data_cfg, search_cfg, student_cfg),
+      workdir, config_hash=run_hash(data_cfg, search_cfg, student_cfg, network_id, start),
       config={'data': cfglib.to_dict(data_cfg), 'search': cfglib.to_dict(search_cfg),
-              'student': cfglib.to_dict(student_cfg)}, mesh=mesh, epoch_callback=epoch_callback)
+              'student': cfglib.to_dict(student_cfg), 'network': network_id, 'start': start},
+      mesh=mesh, epoch_callback=epoch_callback)
   results['diagnostics'] = diagnostics.student_diagnostics(
       model, results['variables'], ds, store, holdout_store, student_cfg)
   runlog.write_json(pathlib.Path(workdir) / 'results.json',

@@ -11,6 +11,8 @@ images it never trained on); its store lives beside the training one (:func:`sto
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import pathlib
 import resource
 import time
@@ -22,6 +24,7 @@ from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
 from decouple_jax import models
 from decouple_jax import runlog
+from decouple_jax.search import evolve
 from decouple_jax.search import sharding
 from decouple_jax.search.store import StoreSpec, TargetStore, indices_hash
 
@@ -45,10 +48,42 @@ def split_arrays(ds: datalib.Dataset, split: str) -> tuple[np.ndarray, np.ndarra
 # Bump when a change to the search code changes the targets of an unchanged config, so stores
 # written by the old code are refused instead of silently mixed with new ones.
 ENGINE_VERSION = 1
+# The network_id of the untrained network that search_cfg.model and search_cfg.seed define.
+UNTRAINED = 'untrained'
 
 
-def targets_hash(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig) -> str:
-  """Hash of exactly the settings that change the searched targets, and the engine version.
+def network_hash(variables) -> str:
+  """16 hex digits identifying a network's weights and statistics (every leaf's path, dtype,
+  shape and bytes), so targets searched in one trained network are never mixed with
+  another's."""
+  h = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
+    leaf = np.asarray(leaf)
+    h.update(f'{jax.tree_util.keystr(path)}:{leaf.dtype}:{leaf.shape};'.encode())
+    h.update(np.ascontiguousarray(leaf).tobytes())
+  return h.hexdigest()[:16]
+
+
+def _qualified_name(fn) -> str:
+  if isinstance(fn, functools.partial):
+    return f'{_qualified_name(fn.func)}(*{fn.args!r}, **{fn.keywords!r})'
+  return f'{getattr(fn, "__module__", "?")}.{getattr(fn, "__qualname__", type(fn).__name__)}'
+
+
+def operators_id(ops: evolve.Operators) -> str:
+  """'default' for the engine's operators, else a hash of the swapped ones' qualified names
+  (rename an operator of your own when you change what it does)."""
+  default = evolve.Operators()
+  swapped = {f: _qualified_name(getattr(ops, f)) for f in ops._fields
+             if getattr(ops, f) is not getattr(default, f)}
+  return 'default' if not swapped else f'custom-{cfglib.hash_dict(swapped)}'
+
+
+def targets_hash(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
+                 network_id: str = UNTRAINED, operators: str = 'default') -> str:
+  """Hash of exactly what changes the searched targets: the settings, the network searched
+  in (``network_id``: :data:`UNTRAINED` or a :func:`network_hash`), the operators
+  (:func:`operators_id`) and the engine version.
 
   Where the files live, checksum checks, the test split, how many images run at once and how
   the convs are computed (``model.conv_impl``: every implementation gives bitwise the same
@@ -59,46 +94,58 @@ def targets_hash(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig) -
                ('name', 'holdout', 'split_seed', 'cifar100_labels', 'train_limit')}
   search_part = dataclasses.replace(search_cfg, batch_images=1, model=dataclasses.replace(
       search_cfg.model, conv_impl='xla'))
-  return (f'{cfglib.config_hash(search_part)}-{cfglib.hash_dict(data_part)}'
+  extra = '' if (network_id, operators) == (UNTRAINED, 'default') else (
+      f'-{cfglib.hash_dict([network_id, operators])}')
+  return (f'{cfglib.config_hash(search_part)}-{cfglib.hash_dict(data_part)}{extra}'
           f'-v{ENGINE_VERSION}')
 
 
 def open_store(directory: str | pathlib.Path, data_cfg: cfglib.DataConfig,
                search_cfg: cfglib.SearchConfig, ds: datalib.Dataset,
-               model=None, split: str = 'train') -> TargetStore:
-  """Creates, or reopens to resume, the store of ``split`` for this data and search config."""
+               model=None, split: str = 'train', network_id: str = UNTRAINED,
+               operators: str = 'default') -> TargetStore:
+  """Creates, or reopens to resume, the store of ``split`` for this data and search config
+  (and network and operators, see :func:`targets_hash`); ``model`` gives the targets' shapes
+  (default: the untrained network of ``search_cfg.model``)."""
   model = model or models.build(search_cfg.model, ds.num_classes, ds.image_shape[-1])
   _, _, index = split_arrays(ds, split)
   spec = StoreSpec(
       shapes=models.tap_shapes(model, ds.image_shape), dtype=search_cfg.store_dtype,
       num_images=len(index), chunk_size=search_cfg.chunk_size,
-      config_hash=targets_hash(data_cfg, search_cfg), data_name=ds.name,
+      config_hash=targets_hash(data_cfg, search_cfg, network_id, operators), data_name=ds.name,
       seed=search_cfg.seed, index_hash=indices_hash(index))
   return TargetStore.create_or_open(directory, spec, index)
 
 
 def expected_store_fields(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
-                          ds: datalib.Dataset, split: str = 'train') -> dict:
+                          ds: datalib.Dataset, split: str = 'train',
+                          network_id: str = UNTRAINED, operators: str = 'default') -> dict:
   """What a store must match to serve as ``split``'s targets (for ``TargetStore.open``)."""
   _, _, index = split_arrays(ds, split)
-  return {'config_hash': targets_hash(data_cfg, search_cfg), 'data_name': ds.name,
-          'index_hash': indices_hash(index)}
+  return {'config_hash': targets_hash(data_cfg, search_cfg, network_id, operators),
+          'data_name': ds.name, 'index_hash': indices_hash(index)}
 
 
 def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
                directory: str | pathlib.Path, *, ds: datalib.Dataset | None = None,
-               mesh: jax.sharding.Mesh | None = None, split: str = 'train') -> TargetStore:
+               mesh: jax.sharding.Mesh | None = None, split: str = 'train',
+               network: tuple | None = None,
+               ops: evolve.Operators = evolve.Operators()) -> TargetStore:
   """Searches every image of ``split`` of ``data_cfg`` into the store at ``directory``.
 
   Args:
     data_cfg: the data set.
     search_cfg: the search.
     directory: the target store (created, or resumed if it holds this config's store; a
-      store of another config or split is refused).
+      store of another config, network, operators or split is refused).
     ds: the already loaded data set, if any.
     mesh: 1-D device mesh, axis 'images' (default: every device).
     split: 'train' (the training split, hold-out removed: the student's targets) or
       'holdout' (the hold-out split, searched with the same network, for diagnostics).
+    network: (model, variables) of the network to search in, e.g. a trained student (its
+      taps are then what is searched); default the untrained network of
+      ``search_cfg.model``, initialised from ``search_cfg.seed``.
+    ops: the search's operators; a store records which ones made it.
 
   Returns:
     The complete store. ``directory/search_log.jsonl`` gets one record per chunk (mean best
@@ -106,11 +153,17 @@ def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
   """
   directory = pathlib.Path(directory)
   ds = ds if ds is not None else datalib.load_dataset(data_cfg)
-  model, variables = models.init_for_dataset(search_cfg.model, ds, search_cfg.seed)
+  if network is None:
+    model, variables = models.init_for_dataset(search_cfg.model, ds, search_cfg.seed)
+    network_id = UNTRAINED
+  else:
+    model, variables = network
+    network_id = network_hash(variables)
   images, labels, index = split_arrays(ds, split)
-  store = open_store(directory, data_cfg, search_cfg, ds, model, split)
+  store = open_store(directory, data_cfg, search_cfg, ds, model, split, network_id,
+                     operators_id(ops))
   mesh = mesh if mesh is not None else sharding.make_mesh()
-  search_fn = sharding.make_search_fn(model, variables, search_cfg, mesh)
+  search_fn = sharding.make_search_fn(model, variables, search_cfg, mesh, ops=ops)
   batch = search_cfg.batch_images * mesh.size
   log = runlog.JsonLines(directory / 'search_log.jsonl')
   todo = store.missing_chunks()
