@@ -96,6 +96,27 @@ def test_round_trip(tmp_path, dtype):
   assert ro.nbytes == sum(N * math.prod(s) * itemsize for s in SHAPES)
 
 
+def test_read_chosen_layers_and_whole_layers(tmp_path):
+  fill(create(tmp_path, dtype='bfloat16'))
+  ro = TargetStore.open(tmp_path)
+  assert ro.value_dtype == np.dtype(ml_dtypes.bfloat16)
+  whole = ro.load_all()
+  positions = np.array([7, 2, 2])
+  logits, block0 = ro.read(positions, layers=[-1, 0])
+  np.testing.assert_array_equal(logits, whole[3][positions])
+  np.testing.assert_array_equal(block0, whole[0][positions])
+  assert ro.read(positions, layers=[]) == ()
+  np.testing.assert_array_equal(ro.read_layer(-1), whole[3])
+  native = ro.read_layer(1, dtype=ro.value_dtype)
+  assert native.dtype == ro.value_dtype
+  np.testing.assert_array_equal(native.astype(np.float32), whole[1])
+  for bad in (4, -5):
+    with pytest.raises(StoreError, match=rf'layers \[{bad}\] are out of range'):
+      ro.read(positions, layers=[bad])
+    with pytest.raises(StoreError, match='out of range'):
+      ro.read_layer(bad)
+
+
 class Killed(Exception):
   """Stands in for a kill at one point of write_chunk."""
 

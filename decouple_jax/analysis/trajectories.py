@@ -84,7 +84,7 @@ def probes_from_stores(ds: datalib.Dataset, n: int, train_store: TargetStore,
   with their searched targets (the hold-out set only if its store is given)."""
   def probe(images, labels, store):
     k = min(n, len(images))
-    return Probe(images[:k], labels[:k], store.read(np.arange(k))[:3])
+    return Probe(images[:k], labels[:k], store.read(np.arange(k), layers=range(3)))
   probes = {'train': probe(ds.train_images, ds.train_labels, train_store)}
   if holdout_store is not None:
     probes['holdout'] = probe(ds.holdout_images, ds.holdout_labels, holdout_store)
