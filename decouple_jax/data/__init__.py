@@ -18,11 +18,13 @@ from decouple_jax.data.errors import DataError
 from decouple_jax.data.fetch import fetch_cifar_samples
 from decouple_jax.data.fetch import fetch_mnist
 from decouple_jax.data.fetch import read_cifar_samples
+from decouple_jax.data.prefetch import Prefetcher
 from decouple_jax.data.splits import split_holdout
 
 __all__ = [
     'DataError',
     'Dataset',
+    'Prefetcher',
     'augment',
     'crop_with_offsets',
     'fetch_cifar_samples',

@@ -33,7 +33,6 @@ from decouple_jax.config import TrainConfig
 from decouple_jax import data as datalib
 from decouple_jax.learn import optim
 from decouple_jax.mesh import mesh_1d
-from decouple_jax.search.store import Prefetcher
 
 
 class TrainError(RuntimeError):
@@ -73,8 +72,9 @@ class TrainData:
   extras: per-image arrays with leading axis N (kept in their dtype on the device).
   holdout_*, test_*: evaluation splits, uint8 images and int32 labels.
   mean, std: (C,) float32 normalisation statistics (of pixels / 255).
-  stream: instead of ``extras``, a :class:`decouple_jax.search.TargetStore` too large for the
-    device, whose targets at each batch's positions are read from disk with prefetch.
+  stream: instead of ``extras``, ``read(positions (B,)) -> per-image arrays (B, ...)`` for
+    side data too large for the device (e.g. a target store's ``read``); each batch's are
+    read ahead by a :class:`decouple_jax.data.Prefetcher`.
   """
   images: np.ndarray
   labels: np.ndarray
@@ -85,7 +85,7 @@ class TrainData:
   mean: np.ndarray
   std: np.ndarray
   extras: tuple = ()
-  stream: Any = None
+  stream: Callable[[np.ndarray], tuple[np.ndarray, ...]] | None = None
 
   @classmethod
   def from_dataset(cls, ds, extras: tuple = (), stream=None) -> 'TrainData':
@@ -252,7 +252,7 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
         if data.stream is None:
           batches = ((idx, extras) for idx in positions)
         else:
-          prefetch = stack.enter_context(Prefetcher(data.stream, np.asarray(positions)))
+          prefetch = stack.enter_context(datalib.Prefetcher(data.stream, np.asarray(positions)))
           batches = ((jnp.asarray(pos), ex) for pos, ex in prefetch)
         for (idx, batch_extras), key in zip(batches, keys):
           state, metrics = step_fn(state, images, labels, batch_extras, idx, key)

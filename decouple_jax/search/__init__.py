@@ -19,7 +19,6 @@ from decouple_jax.search.sharding import make_mesh
 from decouple_jax.search.sharding import make_search_fn
 from decouple_jax.search.driver import run_search
 from decouple_jax.search.driver import search_summary
-from decouple_jax.search.store import Prefetcher
 from decouple_jax.search.store import StoreError
 from decouple_jax.search.store import StoreSpec
 from decouple_jax.search.store import TargetStore

@@ -37,10 +37,8 @@ import math
 import operator
 import os
 import pathlib
-import queue
 import re
 import shutil
-import threading
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import jax
@@ -554,104 +552,6 @@ def device_targets(store: TargetStore, max_bytes: int, *,
   # One layer at a time, so host memory peaks at one layer, not the whole store.
   return tuple(jax.device_put(store.read_layer(l, dtype=store.value_dtype), sharding)
                for l in range(len(store.spec.shapes)))
-
-
-class _Failure:
-  """An exception raised in the prefetch thread, on its way to the consumer."""
-
-  def __init__(self, error: BaseException):
-    self.error = error
-
-
-_DONE = object()
-
-
-class Prefetcher:
-  """Streams target batches from a store that does not fit on the device.
-
-  Iterating yields, in the order of ``batches``, ``(positions, targets)``: positions the (B,)
-  int64 NumPy positions of the batch, targets per search layer a (B, *spec.shapes[l]) device
-  array. A background thread reads and transfers up to ``depth`` batches ahead. An exception in
-  the thread (from ``batches`` or from reading) is raised by the consumer's next ``next()``.
-  Use it as a context manager, or call :meth:`close`, so that the thread stops when the
-  consumer stops early.
-
-  Args:
-    store: the store to read.
-    batches: iterable of (B,) integer position arrays; consumed in the background thread.
-    dtype: dtype of the yielded targets; None (default) keeps the store dtype, as
-      :func:`device_targets` does, so both paths feed the train step the same dtypes.
-    sharding: where to put each batch (``jax.device_put`` semantics; None: default device).
-    depth: batches read ahead.
-    allow_incomplete: passed to :meth:`TargetStore.read`.
-  """
-
-  def __init__(self, store: TargetStore, batches: Iterable[np.ndarray], *, dtype: Any = None,
-               sharding: jax.sharding.Sharding | jax.Device | None = None, depth: int = 2,
-               allow_incomplete: bool = False):
-    self._store = store
-    self._dtype = store.value_dtype if dtype is None else dtype
-    self._sharding = sharding
-    self._allow_incomplete = allow_incomplete
-    self._queue: queue.Queue = queue.Queue(maxsize=depth)
-    self._stop = threading.Event()
-    self._finished = False
-    self._thread = threading.Thread(target=self._run, args=(batches,), daemon=True,
-                                    name='target-prefetch')
-    self._thread.start()
-
-  def _run(self, batches: Iterable[np.ndarray]) -> None:
-    try:
-      for positions in batches:
-        positions = np.asarray(positions)
-        targets = self._store.read(positions, dtype=self._dtype,
-                                   allow_incomplete=self._allow_incomplete)
-        if not self._put((positions, tuple(jax.device_put(t, self._sharding)
-                                           for t in targets))):
-          return
-    except BaseException as e:  # all of them: otherwise the consumer would wait forever
-      self._put(_Failure(e))
-      return
-    self._put(_DONE)
-
-  def _put(self, item: Any) -> bool:
-    """Queues ``item`` unless closed; False if closed."""
-    while not self._stop.is_set():
-      try:
-        self._queue.put(item, timeout=0.05)  # wake up now and then to notice close()
-        return True
-      except queue.Full:
-        pass
-    return False
-
-  def __iter__(self) -> Prefetcher:
-    return self
-
-  def __next__(self) -> tuple[np.ndarray, tuple[jax.Array, ...]]:
-    if self._finished:
-      raise StopIteration
-    item = self._queue.get()
-    if item is _DONE or isinstance(item, _Failure):
-      self._finished = True
-      self._thread.join()
-      if item is _DONE:
-        raise StopIteration
-      raise item.error
-    return item
-
-  def close(self) -> None:
-    """Stops the thread and drops the batches read ahead; idempotent."""
-    self._finished = True
-    self._stop.set()
-    self._thread.join()
-    while not self._queue.empty():
-      self._queue.get_nowait()
-
-  def __enter__(self) -> Prefetcher:
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    self.close()
 
 
 def _create(directory: pathlib.Path, spec: StoreSpec, indices: np.ndarray) -> None:
