@@ -11,7 +11,6 @@ from decouple_jax.data.augment import random_crop
 from decouple_jax.data.augment import random_flip
 from decouple_jax.data.augment import random_offsets
 from decouple_jax.data.cifar import read_cifar_archive
-from decouple_jax.data.cifar import write_cifar_archive
 from decouple_jax.data.datasets import Dataset
 from decouple_jax.data.datasets import load_dataset
 from decouple_jax.data.errors import DataError
@@ -38,5 +37,4 @@ __all__ = [
     'read_cifar_archive',
     'read_cifar_samples',
     'split_holdout',
-    'write_cifar_archive',
 ]
