@@ -14,7 +14,8 @@ import pytest
 from decouple_jax import config as cfglib
 from decouple_jax import data
 from decouple_jax import models
-from decouple_jax import reproduce
+from decouple_jax import report
+from decouple_jax.analysis import plots
 from decouple_jax.learn import diagnostics, student
 from decouple_jax.search import store as store_lib
 
@@ -87,11 +88,11 @@ def test_reproduce_config_refuses_unknown_options():
 
 
 def test_scale_label_and_paper_numbers():
-  assert reproduce.scale_label('paper') == 'paper'
-  assert reproduce.scale_label('cpu') == 'scaled down: cpu'
-  assert reproduce.paper_result('mnist', 'all_layers', False) == (1, (99.0, 0.1))
-  assert reproduce.paper_result('cifar100', 'skip_block0', True) == (2, (69.2, 0.3))
-  assert reproduce.paper_result('mnist', 'sgd', True) == (2, None)
+  assert plots.scale_label('paper') == 'paper'
+  assert plots.scale_label('cpu') == 'scaled down: cpu'
+  assert report.paper_result('mnist', 'all_layers', False) == (1, (99.0, 0.1))
+  assert report.paper_result('cifar100', 'skip_block0', True) == (2, (69.2, 0.3))
+  assert report.paper_result('mnist', 'sgd', True) == (2, None)
 
 
 # The pipeline below runs every launch script once on `configs/mnist.py:smoke` (1 epoch), each
