@@ -1,5 +1,7 @@
 """The airbench family: parameter count, tap shapes, initialisers."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -98,9 +100,24 @@ def test_forward_from_matches_full_forward():
   assert model.apply(variables, 3, taps[3], method=model.forward_from) == ()
 
 
-def test_build_from_config():
-  model = models.build(config.ModelConfig(widths=(8, 8, 8), convs_per_block=4), 10, 1)
-  assert model.convs_per_block == 4 and model.widths == (8, 8, 8)
+def test_build_from_config_sets_every_field():
+  # Every field off its default, so a field that build() dropped would show.
+  cfg = config.ModelConfig(widths=(8, 12, 16), convs_per_block=4, head='maxpool',
+                           logit_scale=0.5, head_bias=True, bn_momentum=0.9, bn_eps=1e-5,
+                           whiten_eps=1e-3, whiten_images=7, tap_scale=True, tap='pre_gelu',
+                           conv_impl='xla')
+  default = config.ModelConfig()
+  model = models.build(cfg, 7, 3, detach_head=True)
+  # The whitening settings are data, not architecture: init_for_dataset reads them.
+  stem_only = {'whiten_eps', 'whiten_images'}
+  for field in dataclasses.fields(cfg):
+    value = getattr(cfg, field.name)
+    assert value != getattr(default, field.name), field.name
+    if field.name not in stem_only:
+      assert getattr(model, field.name) == value, field.name
+  assert not hasattr(model, 'whiten_eps') and not hasattr(model, 'whiten_images')
+  assert (model.num_classes, model.in_channels, model.detach_head) == (7, 3, True)
+  assert not models.build(cfg, 7, 3).detach_head
 
 
 def test_init_for_dataset_whitens_on_the_first_whiten_images():
