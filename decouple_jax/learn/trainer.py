@@ -2,7 +2,8 @@
 
 One loop serves the SGD baseline and the student; they differ only in their loss function.
 The training split lives on the device as uint8 (airbench): shuffling, augmentation and
-normalisation run there, and a whole epoch is one jitted ``lax.scan``. Per-image side data
+normalisation run there. Each optimiser step is one jitted call, dispatched from a Python loop
+over the epoch's batches (:func:`make_step_fn` says why not a ``lax.scan``). Per-image side data
 (the searched targets) rides along, gathered at the same positions as the images, so an
 augmented view reuses its image's targets unchanged.
 
