@@ -6,9 +6,8 @@
   300/100/100/10, alpha 0.1 at every layer). Meant for a GPU/TPU.
 - ``cpu``: scaled down to finish on a 2-core CPU. SGD baseline: width 32, 2 convs per block,
   batch 500, 8 epochs. Search: width 16, population 24 = 4 + 10 + 10, generations
-  16/16/16/60. Student: width 16, 4 convs per block, 8 epochs, lambda 1. Measured on a 2-core
-  CPU (BENCHMARKS.md): ``train_sgd`` 99.26% test in 6 min 25 s; ``reproduce`` SGD 99.20% and
-  student 88.19% in 39 min 24 s (before the conv chunking, which made training ~1.2x faster).
+  16/16/16/60. Student: width 16, 4 convs per block, 8 epochs, lambda 1. Its results and
+  timings on a 2-core CPU: see BENCHMARKS.md.
 - ``demo``: ``cpu`` on 3,000 training images (what ``make demo`` runs; a few minutes).
 - ``smoke``: seconds; for tests. Numbers from it mean nothing.
 

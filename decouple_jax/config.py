@@ -78,8 +78,8 @@ class ModelConfig:
       the next block consumes) or 'pre_gelu' (the last BatchNorm's output before its GELU).
     conv_impl: how the 3x3 convs are computed (decouple_jax/models/conv.py): 'xla' (XLA's
       conv and its gradient), 'matmul' (for XLA:CPU: wide convs over L2-sized batch chunks,
-      matmul-shaped kernel gradient; the paper's CIFAR SGD step 1.6-1.8x faster than 'xla')
-      or 'auto' (default: 'matmul' on CPU, 'xla' on GPU/TPU, whose conv kernels are tuned).
+      matmul-shaped kernel gradient; faster than 'xla' there, see BENCHMARKS.md) or 'auto'
+      (default: 'matmul' on CPU, 'xla' on GPU/TPU, whose conv kernels are tuned).
       Forward values are bitwise the same and the parameters identical, so search and
       checkpoints are unaffected; gradients agree to float32 rounding.
   """

@@ -117,8 +117,8 @@ def make_step_fn(loss_fn: LossFn, tx: optax.GradientTransformation, cfg: TrainCo
   batch's extras already (streamed from disk).
 
   The epoch loop stays in Python: XLA:CPU runs convolutions inside a ``lax.scan`` (a while
-  loop) about 30x slower than the same step dispatched on its own (measured on jax 0.10.2),
-  and a per-step dispatch costs nothing noticeable on accelerators.
+  loop) far slower than the same step dispatched on its own (BENCHMARKS.md), and a per-step
+  dispatch costs nothing noticeable on accelerators.
   """
   batch_sharding = NamedSharding(mesh, P('batch'))
 
