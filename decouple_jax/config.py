@@ -57,7 +57,7 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """The airbench-derived network family (PAPER.md section 2).
+  """The airbench-derived network family (paper appendix A.1; docs/method.md section 2).
 
   Attributes:
     widths: channels of the three blocks (paper: 256, 256, 256; airbench94: 64, 256, 256).
@@ -242,7 +242,7 @@ def config_hash(*cfgs) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class LayerSchedule:
-  """Search settings of one search layer (PAPER.md section 3 table).
+  """Search settings of one search layer (paper appendix A.2; docs/method.md section 3).
 
   Attributes:
     generations: G_l.
@@ -266,7 +266,8 @@ PAPER_SCHEDULE = (
 
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
-  """The layer-wise evolutionary search of PAPER.md section 3.
+  """The layer-wise evolutionary search (paper section 3.1, appendices A.2 and A.4;
+  docs/method.md section 3).
 
   Attributes:
     model: the untrained search network (paper: 1 ConvGroup = 2 convs per block).
@@ -332,7 +333,8 @@ class SearchConfig:
 
 @dataclasses.dataclass(frozen=True)
 class StudentConfig:
-  """The learning phase (PAPER.md section 4): regress block outputs onto searched targets.
+  """The learning phase: regress block outputs onto searched targets (paper section 4.2,
+  appendix A.3; docs/method.md section 4).
 
   Attributes:
     model: the learning network; its block widths must equal the search network's, since the
@@ -363,7 +365,7 @@ class StudentConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ReproduceConfig:
-  """What ``launch/reproduce.py`` runs per seed (PAPER.md section 5).
+  """What ``launch/reproduce.py`` runs per seed (paper section 4.3; docs/method.md section 6).
 
   Attributes:
     sgd_convs: convs per block of the SGD baselines tried; the table reports the one with the
@@ -388,7 +390,7 @@ class ReproduceConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AnalysisConfig:
-  """What ``launch/analyze.py`` measures (PAPER.md section 6).
+  """What ``launch/analyze.py`` measures (paper sections 3.2, 4.4, 4.5; docs/method.md section 7).
 
   Attributes:
     n_images: first training images searched by the scaling and diversity analyses (paper:

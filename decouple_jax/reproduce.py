@@ -1,4 +1,4 @@
-"""Reproduces the paper's result tables (PAPER.md section 5) for one experiment; resumable.
+"""Reproduces the paper's result tables (its section 4.3) for one experiment; resumable.
 
 :func:`reproduce` is what ``launch/reproduce.py`` calls. It runs, in ``workdir``:
 

@@ -29,7 +29,7 @@ CFG = config.SearchConfig(
 # --- one generation against NumPy ------------------------------------------------------------
 
 def np_generation(h, loss, draws, cfg, schedule, np_score):
-  """PAPER.md section 3, steps 1-4, written out plainly."""
+  """One generation (docs/method.md section 3, steps 2.1-2.4), written out plainly."""
   top = np.argsort(loss, kind='stable')[:cfg.top_k]
   parents = h[top]
   if h.ndim == 2:

@@ -1,5 +1,5 @@
-"""The paper's analyses (PAPER.md section 6): search compute scaling, target diversity, accuracy
-vs search compute, and representations over training.
+"""The paper's analyses (its sections 3.2, 4.4, 4.5; docs/method.md section 7): search compute
+scaling, target diversity, accuracy vs search compute, and representations over training.
 
 The measures are in :mod:`~decouple_jax.analysis.diversity`, the experiments in
 :mod:`~decouple_jax.analysis.scaling` and :mod:`~decouple_jax.analysis.trajectories`, the figures

@@ -1,5 +1,5 @@
-"""Runs the paper's analyses (PAPER.md section 6) for one experiment: searches, training runs,
-figures.
+"""Runs the paper's analyses (docs/method.md section 7) for one experiment: searches, training
+runs, figures.
 
 :func:`run_analysis` is what ``launch/analyze.py`` calls; ``exp.analysis``
 (:class:`decouple_jax.config.AnalysisConfig`) says how much each analysis searches and trains.

@@ -1,4 +1,4 @@
-"""Representations over training (PAPER.md section 6, paper Figs. 5-7), logged per epoch.
+"""Representations over training (paper section 4.5, Figs. 5-7), logged per epoch.
 
 :func:`make_epoch_callback` gives an ``epoch_callback`` for
 :func:`decouple_jax.learn.trainer.fit`: after every epoch it runs the model on fixed sets of

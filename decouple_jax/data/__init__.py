@@ -1,6 +1,6 @@
 """Data sets from local original files: loading, splitting, fetching, augmentation.
 
-See DATA.md for how the files are obtained on machines that only reach package registries.
+docs/data.md says where each data set comes from, how it is checked and what its files hold.
 """
 
 from decouple_jax.data.augment import augment

@@ -1,6 +1,6 @@
 """What limits the student's accuracy: fitting the targets, the targets' labels, or the head.
 
-Three questions, one number each (PAPER.md section 9 found all three worth asking):
+Three questions, one number each (not from the paper; docs/method.md section 8):
 
 - Does the body fit its targets? R^2 of each block's tap against the searched targets, on
   training images and, when the hold-out split was searched too, on images the student never

@@ -1,4 +1,5 @@
-"""Initialisers of PAPER.md section 2: PyTorch-default Kaiming-uniform, Dirac, whitening."""
+"""The network's initialisers: PyTorch-default Kaiming-uniform, Dirac, whitening (paper section
+3.1 and appendix A.1; docs/method.md section 2)."""
 
 from __future__ import annotations
 

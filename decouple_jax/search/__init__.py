@@ -1,4 +1,5 @@
-"""Layer-wise evolutionary search of per-image targets (PAPER.md section 3).
+"""Layer-wise evolutionary search of per-image targets (paper section 3.1; docs/method.md
+section 3).
 
 Fitness is a LOSS everywhere: cross-entropy against the label, lower is better, NaN -> +inf.
 """

@@ -1,4 +1,4 @@
-"""The cached searched targets: a chunked, resumable data set on disk (PAPER.md sections 3, 4, 7).
+"""The cached searched targets: a chunked, resumable data set on disk (docs/method.md section 3).
 
 The search gives every training image one target per search layer (block outputs 0..2 and the
 logits). They are computed once and read by every training run, so they are a data set, not a
