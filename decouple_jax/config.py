@@ -73,7 +73,7 @@ class ModelConfig:
     whiten_eps: added to the patch-covariance eigenvalues of the whitening stem (5e-4).
     whiten_images: number of training images whose 2x2 patches set the whitening filters.
     tap_scale: if True, the block-output taps get a learnable per-channel scale (learning
-      network only; see the Fidelity notes). The search network never has one.
+      network only; see docs/method.md section 4). The search network never has one.
     tap: where a block's output is read for the taps: 'post_gelu' (the block's output, which
       the next block consumes) or 'pre_gelu' (the last BatchNorm's output before its GELU).
     conv_impl: how the 3x3 convs are computed (decouple_jax/models/conv.py): 'xla' (XLA's
@@ -339,7 +339,7 @@ class StudentConfig:
   Attributes:
     model: the learning network; its block widths must equal the search network's, since the
       targets have the search network's shapes. ``tap``/``tap_scale`` choose where the
-      student is compared with the targets (see the Fidelity notes).
+      student is compared with the targets (see docs/method.md section 4).
     train: optimiser and run settings.
     variant: 'all_layers' (MSE on blocks 0, 1, 2; default) or 'skip_block0' (blocks 1, 2).
     mse_coef: coefficient of each block's MSE (paper: 1.0); the block terms are averaged over
