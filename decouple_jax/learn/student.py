@@ -1,4 +1,5 @@
-"""The student (PAPER.md section 4): a network that regresses onto the cached searched targets.
+"""The student (paper section 4.2; docs/method.md section 4): a network that regresses onto the
+cached searched targets.
 
 Loss per batch, with S the supervised blocks ({0, 1, 2}, or {1, 2} for 'skip_block0'):
 
