@@ -285,6 +285,12 @@ class SearchConfig:
       downstream activations).
     blur_padding: 'zeros' (zero padding counted in the average, as PyTorch's avg_pool2d;
       default) or 'valid' (average over the in-image neighbours only).
+    blur_target: what the spatial smoothing acts on (the paper reads both ways):
+      'candidate' (the whole child after mutation, the appendix's operator order) or 'noise'
+      (only the mutation noise, then added to the crossover; section 3.1's wording).
+    method: how each layer's candidates are improved: 'evolution' (the paper's search) or
+      'gradient' (a control: descent on the activation through the same network and fitness,
+      one step per candidate evolution would score; :mod:`decouple_jax.search.gradient`).
     bn_mode: search-network BatchNorm: 'inference' (initial statistics; candidates stay
       independent; default) or 'batch' (statistics over each image's population).
     norm_eps: epsilon of the per-sample normalisation (1e-5).
@@ -305,6 +311,8 @@ class SearchConfig:
   init_noise: float = 0.1
   seed_next: str = 'best'
   blur_padding: str = 'zeros'
+  blur_target: str = 'candidate'
+  method: str = 'evolution'
   bn_mode: str = 'inference'
   norm_eps: float = 1e-5
   seed: int = 0
@@ -325,6 +333,8 @@ class SearchConfig:
     _check_choice('search.refine_pool', self.refine_pool, ('parents_and_explorers', 'parents'))
     _check_choice('search.seed_next', self.seed_next, ('best', 'population'))
     _check_choice('search.blur_padding', self.blur_padding, ('zeros', 'valid'))
+    _check_choice('search.blur_target', self.blur_target, ('candidate', 'noise'))
+    _check_choice('search.method', self.method, ('evolution', 'gradient'))
     _check_choice('search.bn_mode', self.bn_mode, ('inference', 'batch'))
     _check_choice('search.store_dtype', self.store_dtype, ('float32', 'float16', 'bfloat16'))
     if self.top_k < 1 or self.n_explore < 0 or self.n_refine < 0:
