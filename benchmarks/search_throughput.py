@@ -1,4 +1,4 @@
-"""Search-engine throughput at the paper's CIFAR-10 shapes (PAPER.md section 3).
+"""Search-engine throughput at the paper's CIFAR-10 shapes (docs/method.md section 3).
 
 Prints seconds per image-generation of
   (a) the engine's generation step (decouple_jax.search: fused, matrix blur, identity convs

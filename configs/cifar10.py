@@ -1,11 +1,11 @@
 """CIFAR-10 configs. Variants: ``paper``, ``paper_aug``, ``cpu`` (default), ``smoke``.
 
 CIFAR cannot be fetched here: put the original ``cifar-10-python.tar.gz`` (or the binary
-archive) in ``data/cifar10`` (or pass ``--config.data.dir=...``); see DATA.md.
+archive) in ``data/cifar10`` (or pass ``--config.data.dir=...``); see docs/data.md.
 
   python launch/reproduce.py --config=configs/cifar10.py:paper --workdir=runs/cifar10
 
-- ``paper``: PAPER.md's Table 1 settings (width 256, search population 240 = 20 + 100 + 120,
+- ``paper``: the paper's Table 1 settings (width 256, search population 240 = 20 + 100 + 120,
   generations 300/100/100/10, student 6 convs per block, batch 2000, 90 epochs, lr 4.0 in
   airbench units). GPU/TPU scale: the search alone is ~66,000 candidate evaluations per image.
 - ``paper_aug``: ``paper`` with Table 2's augmentation (flip + crop from 2-pixel padding).

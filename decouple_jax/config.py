@@ -57,7 +57,7 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """The airbench-derived network family (PAPER.md section 2).
+  """The airbench-derived network family (paper appendix A.1; docs/method.md section 2).
 
   Attributes:
     widths: channels of the three blocks (paper: 256, 256, 256; airbench94: 64, 256, 256).
@@ -73,13 +73,13 @@ class ModelConfig:
     whiten_eps: added to the patch-covariance eigenvalues of the whitening stem (5e-4).
     whiten_images: number of training images whose 2x2 patches set the whitening filters.
     tap_scale: if True, the block-output taps get a learnable per-channel scale (learning
-      network only; see the Fidelity notes). The search network never has one.
+      network only; see docs/method.md section 4). The search network never has one.
     tap: where a block's output is read for the taps: 'post_gelu' (the block's output, which
       the next block consumes) or 'pre_gelu' (the last BatchNorm's output before its GELU).
     conv_impl: how the 3x3 convs are computed (decouple_jax/models/conv.py): 'xla' (XLA's
       conv and its gradient), 'matmul' (for XLA:CPU: wide convs over L2-sized batch chunks,
-      matmul-shaped kernel gradient; the paper's CIFAR SGD step 1.6-1.8x faster than 'xla')
-      or 'auto' (default: 'matmul' on CPU, 'xla' on GPU/TPU, whose conv kernels are tuned).
+      matmul-shaped kernel gradient; faster than 'xla' there, see BENCHMARKS.md) or 'auto'
+      (default: 'matmul' on CPU, 'xla' on GPU/TPU, whose conv kernels are tuned).
       Forward values are bitwise the same and the parameters identical, so search and
       checkpoints are unaffected; gradients agree to float32 rounding.
   """
@@ -242,7 +242,7 @@ def config_hash(*cfgs) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class LayerSchedule:
-  """Search settings of one search layer (PAPER.md section 3 table).
+  """Search settings of one search layer (paper appendix A.2; docs/method.md section 3).
 
   Attributes:
     generations: G_l.
@@ -266,7 +266,8 @@ PAPER_SCHEDULE = (
 
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
-  """The layer-wise evolutionary search of PAPER.md section 3.
+  """The layer-wise evolutionary search (paper section 3.1, appendices A.2 and A.4;
+  docs/method.md section 3).
 
   Attributes:
     model: the untrained search network (paper: 1 ConvGroup = 2 convs per block).
@@ -342,12 +343,13 @@ class SearchConfig:
 
 @dataclasses.dataclass(frozen=True)
 class StudentConfig:
-  """The learning phase (PAPER.md section 4): regress block outputs onto searched targets.
+  """The learning phase: regress block outputs onto searched targets (paper section 4.2,
+  appendix A.3; docs/method.md section 4).
 
   Attributes:
     model: the learning network; its block widths must equal the search network's, since the
       targets have the search network's shapes. ``tap``/``tap_scale`` choose where the
-      student is compared with the targets (see the Fidelity notes).
+      student is compared with the targets (see docs/method.md section 4).
     train: optimiser and run settings.
     variant: 'all_layers' (MSE on blocks 0, 1, 2; default) or 'skip_block0' (blocks 1, 2).
     mse_coef: coefficient of each block's MSE (paper: 1.0); the block terms are averaged over
@@ -373,7 +375,7 @@ class StudentConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ReproduceConfig:
-  """What ``launch/reproduce.py`` runs per seed (PAPER.md section 5).
+  """What ``launch/reproduce.py`` runs per seed (paper section 4.3; docs/method.md section 6).
 
   Attributes:
     sgd_convs: convs per block of the SGD baselines tried; the table reports the one with the
@@ -398,7 +400,7 @@ class ReproduceConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AnalysisConfig:
-  """What ``launch/analyze.py`` measures (PAPER.md section 6).
+  """What ``launch/analyze.py`` measures (paper sections 3.2, 4.4, 4.5; docs/method.md section 7).
 
   Attributes:
     n_images: first training images searched by the scaling and diversity analyses (paper:

@@ -1,4 +1,4 @@
-"""Reproduces the paper's result tables (PAPER.md section 5) for one experiment; resumable.
+"""Reproduces the paper's result tables (its section 4.3) for one experiment; resumable.
 
 :func:`reproduce` is what ``launch/reproduce.py`` calls. It runs, in ``workdir``:
 
@@ -38,32 +38,15 @@ import numpy as np
 from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
 from decouple_jax import runlog
+from decouple_jax import report
 from decouple_jax.analysis import plots
-from decouple_jax.analysis.plots import scale_label
 from decouple_jax.learn import sgd
 from decouple_jax.learn import student
 from decouple_jax.mesh import mesh_1d
 from decouple_jax.search import driver
 from decouple_jax.search import sharding
 
-# PAPER.md section 5: test accuracy %, (mean, std) over 3 runs, keyed by (table, data set).
-# Table 1 is without augmentation, Table 2 with it.
-PAPER_RESULTS = {
-    (1, 'mnist'): {'sgd': (99.1, 0.1), 'all_layers': (99.0, 0.1)},
-    (1, 'cifar10'): {'sgd': (89.1, 0.3), 'all_layers': (88.3, 0.3)},
-    (1, 'cifar100'): {'sgd': (62.3, 0.5), 'all_layers': (61.6, 0.2)},
-    (2, 'cifar10'): {'sgd': (93.0, 0.2), 'skip_block0': (92.0, 0.1), 'all_layers': (90.6, 0.3)},
-    (2, 'cifar100'): {'sgd': (71.8, 0.4), 'skip_block0': (69.2, 0.3), 'all_layers': (66.5, 0.3)},
-}
-METHOD_NAMES = {'sgd': 'SGD', 'all_layers': 'Search-based (All layers)',
-                'skip_block0': 'Search-based (Skip block 0)'}
 _WALL = 'wall_seconds.json'
-
-
-def paper_result(data_name: str, method: str, augment: bool) -> tuple[int, tuple | None]:
-  """(paper table, (mean %, std %) or None if the paper has no such number)."""
-  table = 2 if augment else 1
-  return table, PAPER_RESULTS.get((table, data_name), {}).get(method)
 
 
 def mean_std(values: Sequence[float]) -> dict:
@@ -237,7 +220,7 @@ def reproduce(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
   Returns:
     The dict also written to ``workdir/results.json``: per sub-run results, the table rows,
     the students' diagnostics, throughput, hardware, wall times and the config.
-    ``workdir/table.md`` gets :func:`format_table` of it.
+    ``workdir/table.md`` gets :func:`decouple_jax.report.format_table` of it.
   """
   t_start = time.perf_counter()
   workdir = pathlib.Path(workdir)
@@ -268,8 +251,8 @@ def reproduce(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
   for method, runs, augment in (
       [('sgd', sgd_runs[best_convs], exp.sgd.train.augment)] +
       [(v, students[v], exp.student.train.augment) for v in rc.variants]):
-    table, paper = paper_result(exp.data.name, method, augment)
-    rows.append({'method': method, 'name': METHOD_NAMES[method], 'augment': augment,
+    table, paper = report.paper_result(exp.data.name, method, augment)
+    rows.append({'method': method, 'name': report.METHOD_NAMES[method], 'augment': augment,
                  'test_accuracy': mean_std([r['test_accuracy'] for r in runs.values()]),
                  'paper_table': table, 'paper': paper})
   results = {
@@ -291,93 +274,10 @@ def reproduce(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
       'config': cfglib.to_dict(exp),
   }
   runlog.write_json(workdir / 'results.json', results)
-  (workdir / 'table.md').write_text(format_table(results))
-  curves = {f'{METHOD_NAMES[method]}, seed {seed}': runlog.JsonLines(
+  (workdir / 'table.md').write_text(report.format_table(results))
+  curves = {f'{report.METHOD_NAMES[method]}, seed {seed}': runlog.JsonLines(
       workdir / _run_name(seed, method, best_convs) / 'metrics.jsonl').records()
             for seed in exp.seeds for method in ('sgd', *rc.variants)}
   plots.plot_training_curves(curves, workdir / 'training_curves.png',
                              plots.describe(ds.name, exp.name, exp.scale))
   return results
-
-
-def _pm(stats: dict | tuple | None) -> str:
-  if stats is None:
-    return '-'
-  mean, std = (stats['mean'], stats['std']) if isinstance(stats, dict) else stats
-  return f'{mean:.2f}' if std is None else f'{mean:.2f} ± {std:.2f}'
-
-
-def _floats(values, digits: int = 3) -> str:
-  return '-' if values is None else ' / '.join(f'{v:.{digits}f}' for v in values)
-
-
-def format_table(results: dict) -> str:
-  """The Markdown report of :func:`reproduce`'s results: the paper's table and ours."""
-  scale = scale_label(results['scale'])
-  scaled = results['scale'] != 'paper'
-  title = (f'# {results["name"]} ({scale}): NOT the paper\'s settings' if scaled
-           else f'# {results["name"]}: the paper\'s settings')
-  seeds = ', '.join(map(str, results['seeds']))
-  hw = results['hardware']
-  sgd = results['sgd']
-  convs = ', '.join(f'{n}: {_pm(v["test_accuracy"])}' for n, v in sgd['per_convs'].items())
-  lines = [
-      title, '',
-      f'Test accuracy (%) of the hold-out-selected model, mean ± std over seeds {seeds}; '
-      'paper: PAPER.md section 5 (Table 1 without augmentation, Table 2 with it).'
-      + (' Numbers of a scaled-down run are not comparable with the paper\'s.' if scaled
-         else ''), '',
-      '| method | measured | paper | augmentation | config | scale | seeds |',
-      '|---|---|---|---|---|---|---|',
-  ]
-  for row in results['rows']:
-    name = row['name']
-    if row['method'] == 'sgd':
-      name += f' (best convs/block by {sgd["selected_by"]}: {sgd["selected_convs"]})'
-    paper = (f'{_pm(row["paper"])} (Table {row["paper_table"]})' if row['paper'] else
-             f'- (not in Table {row["paper_table"]})')
-    lines.append(f'| {name} | {_pm(row["test_accuracy"])} | {paper} | '
-                 f'{"yes" if row["augment"] else "no"} | {results["name"]} | {scale} | {seeds} |')
-  lines += ['', f'SGD test accuracy per convs/block: {convs}.', '',
-            '## What limits the student (mean over seeds)', '',
-            'R^2 of each block\'s output against its searched targets (block 0 / 1 / 2), on '
-            'training images and on hold-out images (searched too); how often p_hat\'s argmax '
-            'is the true label; a linear probe trained with true labels on the frozen block-2 '
-            'output next to the KL-trained head (same test images).', '',
-            '| student | R^2 train | R^2 hold-out | p_hat = label | linear probe | KL head |',
-            '|---|---|---|---|---|---|']
-  for variant, s in results['students'].items():
-    d = s['diagnostics']
-    lines.append(f'| {METHOD_NAMES[variant]} | {_floats(d["r2_train"])} | '
-                 f'{_floats(d["r2_holdout"])} | {100 * d["phat_accuracy"]:.1f}% | '
-                 f'{100 * d["linear_probe_test_accuracy"]:.1f}% | '
-                 f'{100 * d["head_test_accuracy"]:.1f}% |')
-  tp = results['throughput']
-  lines += ['', '## Throughput', '']
-  for variant in results['students']:
-    t = tp[variant]
-    cost = t['student_step_cost_vs_sgd']
-    lines.append(
-        f'- {METHOD_NAMES[variant]}: {t["student_images_per_s"]:.0f} training images/s'
-        + (f' vs SGD with {tp["sgd_convs_per_block"]} convs/block {tp["sgd_images_per_s"]:.0f}:'
-           f' a student step costs {cost:.2f}x an SGD step (aim: <= 1.3)'
-           if cost is not None else
-           f' (no SGD run with {tp["sgd_convs_per_block"]} convs/block to compare)'))
-  lines.append(f'- {tp["note"]}' + ('' if tp['same_widths'] else
-                                    '; SGD and student widths differ'))
-  search, wall = results['search'], results['wall_seconds']
-  holdout = search['holdout']
-  lines += [
-      '', '## Setup', '',
-      f'- Search: one search (search.seed={results["config"]["search"]["seed"]}) of '
-      f'{search["train"]["images"]} training images serves every seed; the seeds set the '
-      'initialisation, shuffling and augmentation of the students and SGD baselines, so the '
-      'spread is that of training only. Mean best loss per layer: '
-      f'{_floats(search["train"]["mean_best_loss"].values())}. Hold-out searched: '
-      + (f'{holdout["images"]} images.' if holdout else 'no.'),
-      f'- Hardware: {hw["platform"]} ({hw["device_kind"]}) x {hw["devices"]}.',
-      f'- Wall time: {wall["recorded_total"]:.0f} s over the sub-runs reproduce ran (all '
-      f'invocations); this invocation {wall["this_invocation"]:.0f} s.',
-      '',
-  ]
-  return '\n'.join(lines)

@@ -1,4 +1,4 @@
-"""The paper's analyses (PAPER.md section 6) as figures: PNG + JSON in --workdir.
+"""The paper's analyses (docs/method.md section 7) as figures: PNG + JSON in --workdir.
 
   python launch/analyze.py --config=configs/mnist.py:cpu --workdir=runs/mnist_analysis \
       --analysis=all

@@ -4,7 +4,7 @@ Usage (what `make data` runs):
   python launch/fetch_data.py --dest=data/mnist [--cifar_samples=data/cifar_samples]
 
 Full CIFAR-10/100 cannot be fetched here: download the original archives and point
-DataConfig.dir at them (see DATA.md).
+DataConfig.dir at them (see docs/data.md).
 """
 
 import sys

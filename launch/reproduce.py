@@ -12,6 +12,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from decouple_jax import config as cfglib
+from decouple_jax import report
 from decouple_jax import reproduce
 from decouple_jax.cli import run_cli
 
@@ -24,7 +25,7 @@ def main(argv):
   del argv
   exp = cfglib.from_dict(cfglib.ExperimentConfig, _CONFIG.value)
   results = reproduce.reproduce(exp, _WORKDIR.value)
-  print(reproduce.format_table(results))
+  print(report.format_table(results))
 
 
 if __name__ == '__main__':

@@ -1,4 +1,4 @@
-"""The analyses of PAPER.md section 6: exact values of the measures, and analyze.py end to end."""
+"""The paper's analyses: exact values of the measures, and analyze.py end to end."""
 
 import json
 import os

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from decouple_jax import data
+from cifar_archives import write_cifar_archive
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -25,10 +25,10 @@ def test_reproduce_runs_on_a_cifar_archive(tmp_path, kind):
              'test_coarse_labels': rng.integers(0, 20, m)}
             if kind == 'cifar100' else {})
   classes = 100 if kind == 'cifar100' else 10
-  data.write_cifar_archive(archive_dir, rng.integers(0, 256, (n, 32, 32, 3), np.uint8),
-                           rng.integers(0, classes, n),
-                           test_images=rng.integers(0, 256, (m, 32, 32, 3), np.uint8),
-                           test_labels=rng.integers(0, classes, m), kind=kind, **coarse)
+  write_cifar_archive(archive_dir, rng.integers(0, 256, (n, 32, 32, 3), np.uint8),
+                      rng.integers(0, classes, n),
+                      test_images=rng.integers(0, 256, (m, 32, 32, 3), np.uint8),
+                      test_labels=rng.integers(0, classes, m), kind=kind, **coarse)
   workdir = tmp_path / 'run'
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS='--xla_force_host_platform_device_count=1')

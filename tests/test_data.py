@@ -25,6 +25,8 @@ from decouple_jax.data import checksums
 from decouple_jax.data import cifar
 from decouple_jax.data import idx
 
+from cifar_archives import write_cifar_archive
+
 DATA_DIR = pathlib.Path(__file__).parents[1] / 'data'
 MNIST_NAMES = checksums.MNIST_FILES
 # Class counts of the original MNIST training and test sets.
@@ -260,8 +262,8 @@ def test_cifar_round_trip(tmp_path, kind, fmt, labels):
   coarse = {}
   if kind == 'cifar100':
     coarse = dict(coarse_labels=(y * 7) % 20, test_coarse_labels=(ty * 3) % 20)
-  path = data.write_cifar_archive(tmp_path, x, y, test_images=tx, test_labels=ty, kind=kind,
-                                  format=fmt, **coarse)
+  path = write_cifar_archive(tmp_path, x, y, test_images=tx, test_labels=ty, kind=kind,
+                             format=fmt, **coarse)
   assert path == tmp_path / cifar.ARCHIVE_NAMES[(kind, fmt)]
   with tarfile.open(path) as tar:
     assert tar.getnames() == EXPECTED_MEMBERS[(kind, fmt)]
@@ -285,9 +287,9 @@ def test_cifar_round_trip(tmp_path, kind, fmt, labels):
 
 def test_written_pickles_are_what_the_standard_unpickler_reads(tmp_path):
   x, y = _random_cifar(6, 100, seed=4)
-  path = data.write_cifar_archive(tmp_path, x[:4], y[:4], test_images=x[4:], test_labels=y[4:],
-                                  kind='cifar100', coarse_labels=[1, 2, 3, 4],
-                                  test_coarse_labels=[5, 6])
+  path = write_cifar_archive(tmp_path, x[:4], y[:4], test_images=x[4:], test_labels=y[4:],
+                             kind='cifar100', coarse_labels=[1, 2, 3, 4],
+                             test_coarse_labels=[5, 6])
   with tarfile.open(path) as tar:
     blob = tar.extractfile('cifar-100-python/train').read()
   assert blob[:2] == b'\x80\x02'  # Protocol 2, as the Python 2 originals.
@@ -323,8 +325,8 @@ class _Call:
 ])
 def test_malicious_pickle_refused(tmp_path, capsys, payload, refused):
   x, y = _random_cifar(6, 10, seed=5)
-  good = data.write_cifar_archive(tmp_path / 'good.tar.gz', x[:5], y[:5], test_images=x[5:],
-                                  test_labels=y[5:])
+  good = write_cifar_archive(tmp_path / 'good.tar.gz', x[:5], y[:5], test_images=x[5:],
+                             test_labels=y[5:])
   evil = pickle.dumps({b'data': payload, b'labels': [0]}, protocol=4)
   path = tmp_path / 'cifar-10-python.tar.gz'
   with tarfile.open(good) as src, tarfile.open(path, 'w:gz') as dst:
@@ -351,7 +353,7 @@ def test_missing_cifar_archive_named(tmp_path):
 
 def test_own_cifar_archive_refused_with_verify(tmp_path):
   x, y = _random_cifar(4, 10, seed=6)
-  data.write_cifar_archive(tmp_path, x[:3], y[:3], test_images=x[3:], test_labels=y[3:])
+  write_cifar_archive(tmp_path, x[:3], y[:3], test_images=x[3:], test_labels=y[3:])
   with pytest.raises(data.DataError, match='expected 6d958be074577803d12ecdefd02955f39262c83c16f'
                                            'e9348329d7fe0b5c001ce .*verify=False'):
     data.load_dataset(DataConfig(name='cifar10', dir=str(tmp_path), holdout=0))
@@ -359,18 +361,11 @@ def test_own_cifar_archive_refused_with_verify(tmp_path):
 
 def test_truncated_cifar_archive_refused(tmp_path):
   x, y = _random_cifar(30, 10, seed=7)
-  path = data.write_cifar_archive(tmp_path, x[:25], y[:25], test_images=x[25:],
-                                  test_labels=y[25:], format='binary')
+  path = write_cifar_archive(tmp_path, x[:25], y[:25], test_images=x[25:],
+                             test_labels=y[25:], format='binary')
   path.write_bytes(path.read_bytes()[:20000])
   with pytest.raises(data.DataError, match='not a readable .tar.gz archive'):
     data.load_dataset(DataConfig(name='cifar10', dir=str(tmp_path), holdout=0, verify=False))
-
-
-def test_write_cifar100_needs_coarse_labels(tmp_path):
-  x, y = _random_cifar(4, 100, seed=8)
-  with pytest.raises(data.DataError, match='needs coarse_labels and test_coarse_labels'):
-    data.write_cifar_archive(tmp_path, x[:3], y[:3], test_images=x[3:], test_labels=y[3:],
-                             kind='cifar100')
 
 
 @pytest.mark.parametrize('fmt', ['python', 'binary'])
@@ -384,8 +379,8 @@ def test_real_cifar_samples_round_trip(tmp_path, kind, fmt):
   if kind == 'cifar100':
     # The PNGs carry fine labels only; any coarse labels do for this round trip.
     coarse = dict(coarse_labels=np.zeros(15, int), test_coarse_labels=np.zeros(5, int))
-  data.write_cifar_archive(tmp_path, images[:15], labels[:15], test_images=images[15:],
-                           test_labels=labels[15:], kind=kind, format=fmt, **coarse)
+  write_cifar_archive(tmp_path, images[:15], labels[:15], test_images=images[15:],
+                      test_labels=labels[15:], kind=kind, format=fmt, **coarse)
   ds = data.load_dataset(DataConfig(name=kind, dir=str(tmp_path), holdout=0, verify=False))
   np.testing.assert_array_equal(ds.train_images, images[:15])
   np.testing.assert_array_equal(ds.train_labels, expected[:15])
@@ -422,7 +417,7 @@ def test_split_holdout_exact_and_deterministic():
 def test_train_and_test_limits(tmp_path):
   x, y = _random_cifar(30, 10, seed=9)
   tx, ty = _random_cifar(8, 10, seed=10)
-  data.write_cifar_archive(tmp_path, x, y, test_images=tx, test_labels=ty, format='binary')
+  write_cifar_archive(tmp_path, x, y, test_images=tx, test_labels=ty, format='binary')
   cfg = DataConfig(name='cifar10', dir=str(tmp_path), holdout=5, split_seed=2, train_limit=7,
                    test_limit=3, verify=False)
   ds = data.load_dataset(cfg)

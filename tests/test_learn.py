@@ -1,6 +1,7 @@
 """Learning: optimiser units, the resumable trainer, the student's loss and its body cutoff."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -186,7 +187,8 @@ def test_streamed_targets_train_like_device_targets(tiny_mnist, tmp_path):
   st = _tiny_store(tmp_path / 'store', tiny_mnist, model)
   loss_fn = student.student_loss_fn(model, cfg)
   on_device = trainer.TrainData.from_dataset(tiny_mnist, extras=st.load_all())
-  streamed = trainer.TrainData.from_dataset(tiny_mnist, stream=st)
+  streamed = trainer.TrainData.from_dataset(
+      tiny_mnist, stream=functools.partial(st.read, dtype=st.value_dtype))
   runs = [trainer.fit(model, variables, loss_fn, d, cfg.train, tmp_path / name,
                       config_hash='h', mesh=ONE) for d, name in ((on_device, 'dev'), (streamed, 'disk'))]
   for a, b in zip(*(jax.tree.leaves(r['variables']) for r in runs)):

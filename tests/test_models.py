@@ -1,5 +1,7 @@
 """The airbench family: parameter count, tap shapes, initialisers."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -7,6 +9,7 @@ import numpy as np
 import pytest
 
 from decouple_jax import config
+from decouple_jax import data
 from decouple_jax import models
 from decouple_jax.mesh import mesh_1d
 from decouple_jax.models import conv
@@ -156,9 +159,44 @@ def test_identity_convs_found_on_the_weights():
       {**variables, 'params': params})
 
 
-def test_build_from_config():
-  model = models.build(config.ModelConfig(widths=(8, 8, 8), convs_per_block=4), 10, 1)
-  assert model.convs_per_block == 4 and model.widths == (8, 8, 8)
+def test_build_from_config_sets_every_field():
+  # Every field off its default, so a field that build() dropped would show.
+  cfg = config.ModelConfig(widths=(8, 12, 16), convs_per_block=4, head='maxpool',
+                           logit_scale=0.5, head_bias=True, bn_momentum=0.9, bn_eps=1e-5,
+                           whiten_eps=1e-3, whiten_images=7, tap_scale=True, tap='pre_gelu',
+                           conv_impl='xla')
+  default = config.ModelConfig()
+  model = models.build(cfg, 7, 3, detach_head=True)
+  # The whitening settings are data, not architecture: init_for_dataset reads them.
+  stem_only = {'whiten_eps', 'whiten_images'}
+  for field in dataclasses.fields(cfg):
+    value = getattr(cfg, field.name)
+    assert value != getattr(default, field.name), field.name
+    if field.name not in stem_only:
+      assert getattr(model, field.name) == value, field.name
+  assert not hasattr(model, 'whiten_eps') and not hasattr(model, 'whiten_images')
+  assert (model.num_classes, model.in_channels, model.detach_head) == (7, 3, True)
+  assert not models.build(cfg, 7, 3).detach_head
+
+
+def test_init_for_dataset_whitens_on_the_first_whiten_images():
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (12, 28, 28, 1), dtype=np.uint8)
+  empty = np.zeros((0, 28, 28, 1), np.uint8)
+  mean, std = np.array([0.4], np.float32), np.array([0.3], np.float32)
+  ds = data.Dataset('mnist', 10, images, np.zeros(12, np.int32), np.arange(12), empty,
+                    np.zeros(0, np.int32), np.arange(0), empty, np.zeros(0, np.int32), mean, std)
+  cfg = config.ModelConfig(widths=(8, 8, 8), whiten_images=5, whiten_eps=1e-2)
+  model, variables = models.init_for_dataset(cfg, ds, seed=3, detach_head=True)
+  assert model.detach_head and model.num_classes == 10 and model.in_channels == 1
+  want = models.whitening_kernel(np.asarray(data.normalize(images[:5], mean, std)), eps=1e-2)
+  np.testing.assert_array_equal(np.asarray(variables['params']['whiten']['kernel']), want)
+  # Deterministic in the seed: the same seed gives the same weights, another seed others.
+  _, again = models.init_for_dataset(cfg, ds, seed=3)
+  _, other = models.init_for_dataset(cfg, ds, seed=4)
+  head = lambda v: np.asarray(v['params']['head']['kernel'])
+  np.testing.assert_array_equal(head(again), head(variables))
+  assert not np.array_equal(head(other), head(variables))
 
 
 def test_max_pool_matches_flax_max_pool_on_odd_sizes():

@@ -1,4 +1,4 @@
-"""The on-disk target store: round trips, resumption after kills, refusals, prefetching."""
+"""The on-disk target store: round trips, resumption after kills, refusals, device placement."""
 
 import dataclasses
 import json
@@ -94,6 +94,27 @@ def test_round_trip(tmp_path, dtype):
   np.testing.assert_array_equal(disk.view(VALUE_DTYPE[dtype]).astype(np.float32), loaded[0])
   itemsize = 4 if dtype == 'float32' else 2
   assert ro.nbytes == sum(N * math.prod(s) * itemsize for s in SHAPES)
+
+
+def test_read_chosen_layers_and_whole_layers(tmp_path):
+  fill(create(tmp_path, dtype='bfloat16'))
+  ro = TargetStore.open(tmp_path)
+  assert ro.value_dtype == np.dtype(ml_dtypes.bfloat16)
+  whole = ro.load_all()
+  positions = np.array([7, 2, 2])
+  logits, block0 = ro.read(positions, layers=[-1, 0])
+  np.testing.assert_array_equal(logits, whole[3][positions])
+  np.testing.assert_array_equal(block0, whole[0][positions])
+  assert ro.read(positions, layers=[]) == ()
+  np.testing.assert_array_equal(ro.read_layer(-1), whole[3])
+  native = ro.read_layer(1, dtype=ro.value_dtype)
+  assert native.dtype == ro.value_dtype
+  np.testing.assert_array_equal(native.astype(np.float32), whole[1])
+  for bad in (4, -5):
+    with pytest.raises(StoreError, match=rf'layers \[{bad}\] are out of range'):
+      ro.read(positions, layers=[bad])
+    with pytest.raises(StoreError, match='out of range'):
+      ro.read_layer(bad)
 
 
 class Killed(Exception):
@@ -335,65 +356,3 @@ def test_device_targets_respects_budget(tmp_path):
   assert all(isinstance(a, jax.Array) and a.dtype == jax.numpy.bfloat16 for a in arrays)
   for a, host in zip(arrays, st.load_all(dtype=ml_dtypes.bfloat16)):
     np.testing.assert_array_equal(np.asarray(a), host)
-
-
-def _prefetch_threads():
-  return [t for t in threading.enumerate() if t.name == 'target-prefetch']
-
-
-def test_prefetcher_yields_what_read_gives(tmp_path):
-  fill(create(tmp_path, dtype='float16'))
-  st = TargetStore.open(tmp_path)
-  rng = np.random.default_rng(0)
-  batches = [rng.integers(0, N, size=4) for _ in range(5)]
-  for dtype in [None, np.float32]:
-    with store.Prefetcher(st, iter(batches), dtype=dtype) as prefetcher:
-      got = list(prefetcher)
-    assert len(got) == len(batches)
-    for (positions, targets), batch in zip(got, batches):
-      np.testing.assert_array_equal(positions, batch)
-      want = st.read(batch, dtype=np.float16 if dtype is None else dtype)
-      for t, w in zip(targets, want):
-        assert isinstance(t, jax.Array) and t.dtype == w.dtype
-        np.testing.assert_array_equal(np.asarray(t), w)
-  assert not _prefetch_threads()
-
-
-def test_prefetcher_raises_thread_errors_in_consumer(tmp_path):
-  st = create(tmp_path)
-  fill(st, [0, 1])
-
-  def batches():
-    yield np.array([0, 1])
-    raise ValueError('bad batch source')
-  prefetcher = store.Prefetcher(st, batches())
-  assert next(prefetcher)[0].tolist() == [0, 1]
-  with pytest.raises(ValueError, match='bad batch source'):
-    next(prefetcher)
-  with pytest.raises(StopIteration):
-    next(prefetcher)
-
-  # Reading an unwritten chunk fails in the thread, after the good batches.
-  with store.Prefetcher(st, [np.array([0]), np.array([4]), np.array([9])]) as prefetcher:
-    assert next(prefetcher)[0].tolist() == [0]
-    assert next(prefetcher)[0].tolist() == [4]
-    with pytest.raises(StoreError, match=r'unwritten chunk\(s\) \[2\]'):
-      next(prefetcher)
-  assert not _prefetch_threads()
-
-
-def test_prefetcher_close_stops_an_endless_stream(tmp_path):
-  fill(create(tmp_path))
-  st = TargetStore.open(tmp_path)
-
-  def endless():
-    while True:
-      yield np.arange(4)
-  with store.Prefetcher(st, endless()) as prefetcher:
-    for i, _ in enumerate(prefetcher):
-      if i == 3:
-        break
-  assert not _prefetch_threads()
-  with pytest.raises(StopIteration):
-    next(prefetcher)
-  prefetcher.close()  # idempotent

@@ -1,4 +1,4 @@
-"""Diversity of representations: collision entropy of cosine Gram matrices (PAPER.md section 6).
+"""Diversity of representations: collision entropy of cosine Gram matrices (paper section 3.2).
 
 With K the cosine-similarity Gram matrix of n vectors, the collision entropy is
 H = -log(sum_ij K_ij^2 / (sum_i K_ii)^2) and the effective number N_eff = exp(H): 1 for n

@@ -1,4 +1,4 @@
-"""How the search scales with compute, and how diverse its targets are (PAPER.md section 6).
+"""How the search scales with compute, and how diverse its targets are (paper sections 3.2, 4.4).
 
 The first two analyses search the first ``n_images`` training images with the experiment's fixed
 (untrained) search network, initialised from ``search_cfg.seed`` once, so every setting and

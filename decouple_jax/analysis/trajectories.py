@@ -1,4 +1,4 @@
-"""Representations over training (PAPER.md section 6, paper Figs. 5-7), logged per epoch.
+"""Representations over training (paper section 4.5, Figs. 5-7), logged per epoch.
 
 :func:`make_epoch_callback` gives an ``epoch_callback`` for
 :func:`decouple_jax.learn.trainer.fit`: after every epoch it runs the model on fixed sets of
@@ -84,7 +84,7 @@ def probes_from_stores(ds: datalib.Dataset, n: int, train_store: TargetStore,
   with their searched targets (the hold-out set only if its store is given)."""
   def probe(images, labels, store):
     k = min(n, len(images))
-    return Probe(images[:k], labels[:k], store.read(np.arange(k))[:3])
+    return Probe(images[:k], labels[:k], store.read(np.arange(k), layers=range(3)))
   probes = {'train': probe(ds.train_images, ds.train_labels, train_store)}
   if holdout_store is not None:
     probes['holdout'] = probe(ds.holdout_images, ds.holdout_labels, holdout_store)

@@ -1,6 +1,6 @@
 """Data sets from local original files: loading, splitting, fetching, augmentation.
 
-See DATA.md for how the files are obtained on machines that only reach package registries.
+docs/data.md says where each data set comes from, how it is checked and what its files hold.
 """
 
 from decouple_jax.data.augment import augment
@@ -11,18 +11,19 @@ from decouple_jax.data.augment import random_crop
 from decouple_jax.data.augment import random_flip
 from decouple_jax.data.augment import random_offsets
 from decouple_jax.data.cifar import read_cifar_archive
-from decouple_jax.data.cifar import write_cifar_archive
 from decouple_jax.data.datasets import Dataset
 from decouple_jax.data.datasets import load_dataset
 from decouple_jax.data.errors import DataError
 from decouple_jax.data.fetch import fetch_cifar_samples
 from decouple_jax.data.fetch import fetch_mnist
 from decouple_jax.data.fetch import read_cifar_samples
+from decouple_jax.data.prefetch import Prefetcher
 from decouple_jax.data.splits import split_holdout
 
 __all__ = [
     'DataError',
     'Dataset',
+    'Prefetcher',
     'augment',
     'crop_with_offsets',
     'fetch_cifar_samples',
@@ -36,5 +37,4 @@ __all__ = [
     'read_cifar_archive',
     'read_cifar_samples',
     'split_holdout',
-    'write_cifar_archive',
 ]

@@ -1,6 +1,6 @@
 """Published sizes and sha256 digests of the original data files, and a streamed check.
 
-The values are those of DATA.md; tensorflow-datasets registers the same digests.
+The values are those listed in docs/data.md; tensorflow-datasets registers the same digests.
 """
 
 from __future__ import annotations

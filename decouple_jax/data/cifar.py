@@ -1,4 +1,4 @@
-"""CIFAR-10/100 from the original archives, read in place, and a writer of small look-alikes.
+"""CIFAR-10/100 from the original archives, read in place.
 
 Four original archives exist (https://www.cs.toronto.edu/~kriz/cifar.html):
 
@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import io
 import os
-import pathlib
 import pickle
-import struct
 import tarfile
 import zlib
 from typing import Any
@@ -45,8 +43,9 @@ _PIXELS = 32 * 32 * 3
 _TRAIN_BATCHES = 5  # CIFAR-10 ships its training set as five batches.
 
 
-def _members(kind: str, fmt: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-  """(training members in order, test members) of an original archive."""
+def member_names(kind: str, fmt: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """(training members in order, test members) of the original ``kind`` archive in format
+  ``fmt`` (see the module docstring)."""
   if kind == 'cifar10' and fmt == 'python':
     root = 'cifar-10-batches-py'
     return (tuple(f'{root}/data_batch_{i}' for i in range(1, _TRAIN_BATCHES + 1)),
@@ -194,7 +193,7 @@ def unpickle(data: bytes, what: str) -> Any:
   except Exception as e:  # A malformed pickle can raise almost anything; all mean the same.
     raise DataError(f'{what}: refused or unreadable pickle ({e}). The original CIFAR archives '
                     'hold only dicts, lists, bytes, numbers and NumPy arrays: get a fresh copy '
-                    'of the archive, or make test archives with write_cifar_archive.') from e
+                    'of the archive.') from e
 
 
 # ----------------------------------------------------------------------------------------------
@@ -283,7 +282,7 @@ def read_cifar_archive(
   _check_kind(kind)
   if labels not in ('fine', 'coarse'):
     raise DataError(f"CIFAR-100 labels {labels!r}: choose 'fine' or 'coarse'.")
-  layouts = {fmt: _members(kind, fmt) for fmt in FORMATS}
+  layouts = {fmt: member_names(kind, fmt) for fmt in FORMATS}
   wanted = {name for train, test in layouts.values() for name in train + test}
   blobs = {}
   try:
@@ -306,163 +305,3 @@ def read_cifar_archive(
   raise DataError(f'{path}: not an original {kind} archive: it lacks the members {expected}. '
                   f'Use the unmodified {ARCHIVE_NAMES[(kind, "python")]} or '
                   f'{ARCHIVE_NAMES[(kind, "binary")]}.')
-
-
-# ----------------------------------------------------------------------------------------------
-# Writing.
-
-
-def _py2_str(b: bytes) -> bytes:
-  """A Python 2 ``str`` as cPickle protocol 2 wrote it (loads as bytes in Python 3)."""
-  if len(b) < 256:
-    return b'U' + bytes([len(b)]) + b  # SHORT_BINSTRING
-  return b'T' + struct.pack('<i', len(b)) + b  # BINSTRING
-
-
-def _py2_int(i: int) -> bytes:
-  if 0 <= i < 256:
-    return b'K' + bytes([i])  # BININT1
-  if 0 <= i < 65536:
-    return b'M' + struct.pack('<H', i)  # BININT2
-  return b'J' + struct.pack('<i', i)  # BININT
-
-
-def _py2_value(value: Any) -> bytes:
-  if isinstance(value, bytes):
-    return _py2_str(value)
-  if isinstance(value, int):
-    return _py2_int(value)
-  if isinstance(value, list):
-    return b'](' + b''.join(_py2_value(v) for v in value) + b'e'  # EMPTY_LIST MARK .. APPENDS
-  if isinstance(value, np.ndarray) and value.dtype == np.uint8:
-    # What NumPy 1 under Python 2 wrote: _reconstruct(ndarray, (0,), 'b') then BUILD with
-    # (1, shape, dtype('u1'), False, raw bytes).
-    shape = b'(' + b''.join(_py2_int(d) for d in value.shape) + b't'
-    dtype = (b'cnumpy\ndtype\n' + _py2_str(b'u1') + b'K\x00K\x01\x87R'
-             + b'(K\x03' + _py2_str(b'|') + b'NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb')
-    return (b'cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85'
-            + _py2_str(b'b') + b'\x87R(K\x01' + shape + dtype + b'\x89'
-            + _py2_str(np.ascontiguousarray(value).tobytes()) + b'tb')
-  raise TypeError(f'cannot write {type(value).__name__} into a CIFAR pickle')
-
-
-def _py2_pickle(batch: dict[bytes, Any]) -> bytes:
-  """A dict pickled the way the Python 2 originals were (protocol 2, str keys as bytes)."""
-  items = b''.join(_py2_str(k) + _py2_value(v) for k, v in batch.items())
-  return b'\x80\x02}(' + items + b'u.'  # PROTO 2, EMPTY_DICT, MARK .. SETITEMS, STOP
-
-
-def _checked_images(images: Any, what: str) -> np.ndarray:
-  images = np.asarray(images)
-  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
-    raise DataError(f'{what}: need (N, 32, 32, 3) uint8 images, got {images.dtype} '
-                    f'{images.shape}.')
-  return images
-
-
-def _checked_labels(labels: Any, n: int, what: str, num_classes: int) -> np.ndarray:
-  labels = np.asarray(labels)
-  if labels.shape != (n,):
-    raise DataError(f'{what}: need {n} labels, got shape {labels.shape}.')
-  return _labels(labels, what, num_classes)
-
-
-def write_cifar_archive(
-    path: str | os.PathLike,
-    images: Any,
-    labels: Any,
-    *,
-    test_images: Any,
-    test_labels: Any,
-    kind: str = 'cifar10',
-    format: str = 'python',  # pylint: disable=redefined-builtin
-    coarse_labels: Any = None,
-    test_coarse_labels: Any = None,
-) -> pathlib.Path:
-  """Writes a (small) CIFAR archive in exactly the layout of an original one.
-
-  Member names, record layouts and pickle contents are those of the originals (pickles are
-  written the way Python 2 wrote them, with ``b'batch_label'`` and ``b'filenames'`` entries whose
-  file names are made up), so :func:`read_cifar_archive` and other CIFAR readers cannot tell the
-  difference except by size and checksum: load the result with ``verify=False``. CIFAR-10's
-  training images are spread over the five training batches in order (``numpy.array_split``).
-
-  Args:
-    path: where to write. If an existing directory, the archive gets its original name inside it
-      (e.g. ``cifar-10-python.tar.gz``), which is where :func:`load_dataset` looks.
-    images: training images, (N, 32, 32, 3) uint8.
-    labels: training labels, (N,) integers; fine labels for CIFAR-100.
-    test_images: test images, (M, 32, 32, 3) uint8.
-    test_labels: test labels, (M,) integers; fine labels for CIFAR-100.
-    kind: 'cifar10' or 'cifar100'.
-    format: 'python' (pickles) or 'binary' (fixed-size records).
-    coarse_labels: CIFAR-100 only and then required: (N,) coarse labels in 0..19.
-    test_coarse_labels: CIFAR-100 only and then required: (M,) coarse labels in 0..19.
-
-  Returns:
-    The path of the written archive.
-
-  Raises:
-    DataError: bad kind, format, shapes, dtypes or label ranges, or coarse labels missing for
-      CIFAR-100 (or given for CIFAR-10).
-  """
-  _check_kind(kind)
-  if format not in FORMATS:
-    raise DataError(f'unknown CIFAR archive format {format!r}; valid: {list(FORMATS)}.')
-  path = pathlib.Path(path)
-  if path.is_dir():
-    path = path / ARCHIVE_NAMES[(kind, format)]
-  fine = 10 if kind == 'cifar10' else 100
-  xs = [_checked_images(images, 'training images'), _checked_images(test_images, 'test images')]
-  ys = [_checked_labels(y, len(x), what, fine)
-        for x, y, what in zip(xs, (labels, test_labels), ('training labels', 'test labels'))]
-  coarse = [coarse_labels, test_coarse_labels]
-  if kind == 'cifar10' and any(c is not None for c in coarse):
-    raise DataError('coarse labels exist only for CIFAR-100; drop coarse_labels and '
-                    "test_coarse_labels or pass kind='cifar100'.")
-  if kind == 'cifar100':
-    if any(c is None for c in coarse):
-      raise DataError("kind='cifar100' needs coarse_labels and test_coarse_labels (the 20 "
-                      'superclasses), as every original CIFAR-100 record carries both.')
-    coarse = [_checked_labels(c, len(x), what, 20)
-              for x, c, what in zip(xs, coarse, ('training coarse labels', 'test coarse labels'))]
-
-  train_names, test_names = _members(kind, format)
-  if kind == 'cifar10':
-    chunks = list(zip(np.array_split(xs[0], _TRAIN_BATCHES),
-                      np.array_split(ys[0], _TRAIN_BATCHES), [None] * _TRAIN_BATCHES))
-    chunks.append((xs[1], ys[1], None))
-  else:
-    chunks = list(zip(xs, ys, coarse))
-  members = {}
-  for i, (name, (x, y, c)) in enumerate(zip(train_names + test_names, chunks)):
-    rows = x.transpose(0, 3, 1, 2).reshape(len(x), _PIXELS)
-    if format == 'binary':
-      label_cols = [y] if c is None else [c, y]
-      records = np.empty((len(x), len(label_cols) + _PIXELS), np.uint8)
-      for j, col in enumerate(label_cols):
-        records[:, j] = col
-      records[:, len(label_cols):] = rows
-      members[name] = records.tobytes()
-      continue
-    batch = {b'batch_label': (b'testing batch 1 of 1' if name in test_names else
-                              f'training batch {i + 1} of {len(train_names)}'.encode()),
-             b'filenames': [f'image_{i}_{j:05d}.png'.encode() for j in range(len(x))]}
-    if c is None:
-      batch[b'labels'] = [int(v) for v in y]
-    else:
-      batch[b'fine_labels'] = [int(v) for v in y]
-      batch[b'coarse_labels'] = [int(v) for v in c]
-    batch[b'data'] = rows
-    members[name] = _py2_pickle(batch)
-
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with tarfile.open(path, 'w:gz') as tar:
-    root = tarfile.TarInfo(train_names[0].split('/')[0])
-    root.type, root.mode = tarfile.DIRTYPE, 0o755
-    tar.addfile(root)
-    for name, blob in members.items():
-      info = tarfile.TarInfo(name)
-      info.size, info.mode = len(blob), 0o644
-      tar.addfile(info, io.BytesIO(blob))
-  return path

@@ -121,7 +121,7 @@ def _load_cifar_files(cfg: DataConfig) -> Arrays:
   path = directory / found[0]  # The python archive when both are present.
   if cfg.verify:
     checksums.verify_file(path, fix=f'Download it again from {_CIFAR_DOWNLOAD}; for an archive '
-                                    'you made yourself (write_cifar_archive) pass verify=False.')
+                                    'you made yourself pass verify=False.')
   return cifar.read_cifar_archive(path, cfg.name, labels=cfg.cifar100_labels)
 
 

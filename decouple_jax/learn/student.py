@@ -1,4 +1,5 @@
-"""The student (PAPER.md section 4): a network that regresses onto the cached searched targets.
+"""The student (paper section 4.2; docs/method.md section 4): a network that regresses onto the
+cached searched targets.
 
 Loss per batch, with S the supervised blocks ({0, 1, 2}, or {1, 2} for 'skip_block0'):
 
@@ -13,6 +14,7 @@ diagnostics computed after training, see :mod:`decouple_jax.learn.diagnostics`).
 
 from __future__ import annotations
 
+import functools
 import pathlib
 
 import jax
@@ -154,8 +156,11 @@ def train_student(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
     variables, start = init_variables, driver.network_hash(init_variables)
   check_compatible(model, store, ds.image_shape)
   on_device = device_targets(store, int(student_cfg.device_targets_gb * 2**30))
-  train_data = trainer.TrainData.from_dataset(
-      ds, extras=on_device or (), stream=None if on_device is not None else store)
+  # Streamed targets keep the store dtype, as device_targets does, so both paths feed the
+  # train step the same dtypes.
+  stream = None if on_device is not None else functools.partial(store.read,
+                                                                dtype=store.value_dtype)
+  train_data = trainer.TrainData.from_dataset(ds, extras=on_device or (), stream=stream)
   results = trainer.fit(
       model, variables, student_loss_fn(model, student_cfg), train_data, student_cfg.train,
       workdir, config_hash=run_hash(data_cfg, search_cfg, student_cfg, network_id, start),

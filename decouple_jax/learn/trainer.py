@@ -2,7 +2,8 @@
 
 One loop serves the SGD baseline and the student; they differ only in their loss function.
 The training split lives on the device as uint8 (airbench): shuffling, augmentation and
-normalisation run there, and a whole epoch is one jitted ``lax.scan``. Per-image side data
+normalisation run there. Each optimiser step is one jitted call, dispatched from a Python loop
+over the epoch's batches (:func:`make_step_fn` says why not a ``lax.scan``). Per-image side data
 (the searched targets) rides along, gathered at the same positions as the images, so an
 augmented view reuses its image's targets unchanged.
 
@@ -33,7 +34,6 @@ from decouple_jax.config import TrainConfig
 from decouple_jax import data as datalib
 from decouple_jax.learn import optim
 from decouple_jax.mesh import mesh_1d
-from decouple_jax.search.store import Prefetcher
 
 
 class TrainError(RuntimeError):
@@ -73,8 +73,9 @@ class TrainData:
   extras: per-image arrays with leading axis N (kept in their dtype on the device).
   holdout_*, test_*: evaluation splits, uint8 images and int32 labels.
   mean, std: (C,) float32 normalisation statistics (of pixels / 255).
-  stream: instead of ``extras``, a :class:`decouple_jax.search.TargetStore` too large for the
-    device, whose targets at each batch's positions are read from disk with prefetch.
+  stream: instead of ``extras``, ``read(positions (B,)) -> per-image arrays (B, ...)`` for
+    side data too large for the device (e.g. a target store's ``read``); each batch's are
+    read ahead by a :class:`decouple_jax.data.Prefetcher`.
   """
   images: np.ndarray
   labels: np.ndarray
@@ -85,7 +86,7 @@ class TrainData:
   mean: np.ndarray
   std: np.ndarray
   extras: tuple = ()
-  stream: Any = None
+  stream: Callable[[np.ndarray], tuple[np.ndarray, ...]] | None = None
 
   @classmethod
   def from_dataset(cls, ds, extras: tuple = (), stream=None) -> 'TrainData':
@@ -116,8 +117,8 @@ def make_step_fn(loss_fn: LossFn, tx: optax.GradientTransformation, cfg: TrainCo
   batch's extras already (streamed from disk).
 
   The epoch loop stays in Python: XLA:CPU runs convolutions inside a ``lax.scan`` (a while
-  loop) about 30x slower than the same step dispatched on its own (measured on jax 0.10.2),
-  and a per-step dispatch costs nothing noticeable on accelerators.
+  loop) far slower than the same step dispatched on its own (BENCHMARKS.md), and a per-step
+  dispatch costs nothing noticeable on accelerators.
   """
   batch_sharding = NamedSharding(mesh, P('batch'))
 
@@ -252,7 +253,7 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
         if data.stream is None:
           batches = ((idx, extras) for idx in positions)
         else:
-          prefetch = stack.enter_context(Prefetcher(data.stream, np.asarray(positions)))
+          prefetch = stack.enter_context(datalib.Prefetcher(data.stream, np.asarray(positions)))
           batches = ((jnp.asarray(pos), ex) for pos, ex in prefetch)
         for (idx, batch_extras), key in zip(batches, keys):
           state, metrics = step_fn(state, images, labels, batch_extras, idx, key)

@@ -1,4 +1,5 @@
-"""The airbench-derived network family of PAPER.md section 2, with taps at every block.
+"""The airbench-derived network family (paper appendix A.1; docs/method.md section 2), with taps
+at every block.
 
 Layout (NHWC):  whitening conv 2x2 (VALID) -> GELU -> block 0 -> block 1 -> block 2 -> head.
 A block is ``convs_per_block // 2`` ConvGroups; a ConvGroup is

@@ -11,14 +11,14 @@ feed the CPU's caches and in the gradient:
   the cache. Every wide conv (forward and input gradient) runs over chunks of the batch that
   fit a core's L2 (:func:`chunked_conv`), and a ``jax.custom_vjp`` computes the kernel gradient
   as nine shifted matmuls per chunk (:func:`kernel_grad`): XLA's own kernel gradient, a conv
-  contracting over the batch, runs at 17-24% of the dense matmul rate at batch 128, the
-  chunked matmuls at 57-62%. A matmul forward (im2col or 9 shifted matmuls) measured 0.16-0.67x
-  the speed of XLA's, so the forward stays XLA's. Reverse mode only (a ``custom_vjp`` has no
-  ``jvp``).
+  contracting over the batch, runs far below the dense matmul rate on CPU, the chunked matmuls
+  close to it. A matmul forward (im2col or 9 shifted matmuls) was slower than XLA's, so the
+  forward stays XLA's. Reverse mode only (a ``custom_vjp`` has no ``jvp``).
 * 'auto': 'matmul' on the CPU backend, 'xla' elsewhere.
 
 Both are plain ``lax``/``jnp`` ops, so either runs on any backend. Chunks are strided over the
-batch, so a batch sharded over devices stays on its devices.
+batch, so a batch sharded over devices stays on its devices. The measurements behind each
+choice here are in BENCHMARKS.md (training throughput).
 """
 
 from __future__ import annotations
@@ -128,14 +128,10 @@ def kernel_grad(x: jax.Array, g: jax.Array, chunk_bytes: int = CHUNK_BYTES) -> j
   """dL/dkernel (3, 3, C_in, C_out) from the input x (B, H, W, C_in) and dL/dy (B, H, W, C_out).
 
   Nine (C_in, rows) @ (rows, C_out) matmuls, one per tap, summed over chunks of x of at most
-  ``chunk_bytes``. Unchunked, the nine shifted copies of x stream through memory: one 15x15
-  256 -> 256 kernel gradient at batch 128 ran at 46-49% of the matmul rate, the 31x31
-  24 -> 256 one at 40%; in 2 MiB chunks, 57-62% and 57%. Whole SGD steps, same process,
-  interleaved (2026-11-25, 2-core CPU): the paper's CIFAR network 1.10x faster, the MNIST cpu
-  networks 1.19-1.20x (chunk size: see ``CHUNK_BYTES``). On XLA:CPU one im2col
-  matmul (9 C_in rows) measured slower (batch 32: 142 vs 125 ms at 256 -> 256, 58 vs 36 ms at
-  24 -> 256), in chunks too (55-58% vs 59%). The transposed-operand form ``s.T @ g`` is kept
-  over ``g.T @ s``: equal at 256 channels, 4x faster at 24.
+  ``chunk_bytes`` (see ``CHUNK_BYTES``). Unchunked, the nine shifted copies of x stream through
+  memory; in cache-sized chunks they stay in L2. On XLA:CPU one im2col matmul (9 C_in rows) was
+  slower, chunked or not, and the transposed-operand form ``s.T @ g`` is kept over ``g.T @ s``,
+  which is as fast at 256 channels and slower at 24.
   """
   return sum_chunks(_kernel_grad_rows, chunk_images(x, chunk_bytes), x, g)
 
@@ -152,11 +148,10 @@ def input_grad(g: jax.Array, kernel: jax.Array, chunk_bytes: int = CHUNK_BYTES) 
 
   A narrow input (9 C_in <= C_out, e.g. the 24-channel first conv) takes one matmul
   (B*H*W, C_out) @ (C_out, 9 C_in), then the adjoint of the im2col shift (col2im, a sum of 9
-  shifted slices that XLA fuses into one loop), whose intermediate is no larger than g: at
-  24 -> 256, 31x31 it took 38-41 ms against 48-64 ms for XLA's transposed conv at batch 32,
-  and 241 against 248 ms at batch 128; in chunks its 9 C_in-wide intermediate stays in cache:
-  82 instead of 132 ms at batch 128. A wide input uses XLA's transposed conv (the forward conv
-  of the flipped, transposed kernel) through :func:`chunked_conv`.
+  shifted slices that XLA fuses into one loop), whose intermediate is no larger than g; it is
+  faster than XLA's transposed conv there, and in chunks its 9 C_in-wide intermediate stays in
+  cache. A wide input uses XLA's transposed conv (the forward conv of the flipped, transposed
+  kernel) through :func:`chunked_conv`.
   """
   c_out, c_in = kernel.shape[3], kernel.shape[2]
   if 9 * c_in > c_out:
@@ -178,10 +173,10 @@ def chunked_conv(x: jax.Array, kernel: jax.Array, chunk_bytes: int = CHUNK_BYTES
   of at most ``chunk_bytes``. Values are the same bit for bit either way (each output pixel's
   sum is the same).
 
-  Chunked, XLA:CPU's 15x15 256 -> 256 conv took 123 instead of 151 ms at batch 128, the same
-  for its transposed conv in :func:`input_grad` (120 vs 153 ms); 7x7 was unchanged. Narrow
-  convs are memory-bound, and the chunk's copy in and out cost more than the cache saves: the
-  MNIST cpu student step (16 channels) ran 0.91x with every conv chunked.
+  Chunked, XLA:CPU's wide 15x15 convs and the transposed convs of :func:`input_grad` run
+  faster; 7x7 ones neither gain nor lose. Narrow convs are memory-bound, and the chunk's copy
+  in and out costs more than the cache saves: the MNIST cpu student step (16 channels) ran
+  slower with every conv chunked.
   """
   if min(kernel.shape[2:]) < WIDE:
     return _xla_conv(x, kernel)

@@ -1,4 +1,5 @@
-"""Initialisers of PAPER.md section 2: PyTorch-default Kaiming-uniform, Dirac, whitening."""
+"""The network's initialisers: PyTorch-default Kaiming-uniform, Dirac, whitening (paper section
+3.1 and appendix A.1; docs/method.md section 2)."""
 
 from __future__ import annotations
 
@@ -87,18 +88,3 @@ def init_model(model, key: jax.Array, whiten_images: np.ndarray, eps: float = 5e
   variables = dict(variables)
   variables['params'] = init_whitening(variables['params'], whiten_images, eps)
   return variables
-
-
-def init_for_dataset(model_cfg, ds, seed: int, **overrides):
-  """(model, variables) of ``model_cfg`` for data set ``ds``, deterministic in ``seed``.
-
-  The whitening stem is set from ds's first ``model_cfg.whiten_images`` training images;
-  ``overrides`` go to :func:`decouple_jax.models.build` (e.g. ``detach_head=True``).
-  """
-  # Imported here: airbench imports this module, and data is needed by this helper only.
-  from decouple_jax import data
-  from decouple_jax.models.airbench import build
-  model = build(model_cfg, ds.num_classes, ds.image_shape[-1], **overrides)
-  whiten = np.asarray(data.normalize(ds.train_images[:model_cfg.whiten_images], ds.mean, ds.std))
-  variables = init_model(model, jax.random.key(seed), whiten, model_cfg.whiten_eps)
-  return model, variables

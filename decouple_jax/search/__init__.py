@@ -1,4 +1,5 @@
-"""Layer-wise evolutionary search of per-image targets (PAPER.md section 3).
+"""Layer-wise evolutionary search of per-image targets (paper section 3.1; docs/method.md
+section 3).
 
 Fitness is a LOSS everywhere: cross-entropy against the label, lower is better, NaN -> +inf.
 """
@@ -20,7 +21,6 @@ from decouple_jax.search.sharding import make_mesh
 from decouple_jax.search.sharding import make_search_fn
 from decouple_jax.search.driver import run_search
 from decouple_jax.search.driver import search_summary
-from decouple_jax.search.store import Prefetcher
 from decouple_jax.search.store import StoreError
 from decouple_jax.search.store import StoreSpec
 from decouple_jax.search.store import TargetStore

@@ -1,4 +1,5 @@
-"""The layer-wise evolutionary search of PAPER.md section 3, built from the operators.
+"""The layer-wise evolutionary search (paper section 3.1; docs/method.md section 3), built from
+the operators.
 
 Three levels, each a pure function of explicit state (evosax style):
 
@@ -231,7 +232,7 @@ def network_forward(model: airbench.AirbenchNet, variables, bn_mode: str
 def search_image(model: airbench.AirbenchNet, variables, cfg: SearchConfig, image: jax.Array,
                  label: jax.Array, index: jax.Array, *,
                  ops: Operators = Operators()) -> SearchResult:
-  """The full layer-wise search for one image (PAPER.md section 3).
+  """The full layer-wise search for one image (docs/method.md section 3).
 
   Args:
     model: the search network (untrained, or any network of the family); set its

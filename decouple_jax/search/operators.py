@@ -1,4 +1,4 @@
-"""Pure per-image search operators (PAPER.md section 3).
+"""Pure per-image search operators (paper section 3.1, appendix A.4; docs/method.md section 3).
 
 Every operator acts on ONE image's population of candidates: ``(P, H, W, C)`` NHWC block
 activations or ``(P, K)`` logits. Batching over images is ``jax.vmap``.

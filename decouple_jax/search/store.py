@@ -1,4 +1,4 @@
-"""The cached searched targets: a chunked, resumable data set on disk (PAPER.md sections 3, 4, 7).
+"""The cached searched targets: a chunked, resumable data set on disk (docs/method.md section 3).
 
 The search gives every training image one target per search layer (block outputs 0..2 and the
 logits). They are computed once and read by every training run, so they are a data set, not a
@@ -37,10 +37,8 @@ import math
 import operator
 import os
 import pathlib
-import queue
 import re
 import shutil
-import threading
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import jax
@@ -457,41 +455,76 @@ class TargetStore:
                          f'allow_incomplete=True to read them anyway')
     return positions.astype(np.int64)
 
-  def _decode(self, raw: np.ndarray, dtype: Any, copy: bool) -> np.ndarray:
-    return raw.view(_value_dtype(self.spec.dtype)).astype(dtype, copy=copy)
+  def _layer_indices(self, layers: Iterable[int] | None) -> list[int]:
+    num_layers = len(self.spec.shapes)
+    if layers is None:
+      return list(range(num_layers))
+    chosen = [operator.index(l) for l in layers]
+    bad = [l for l in chosen if not -num_layers <= l < num_layers]
+    if bad:
+      raise StoreError(f'layers {bad} are out of range: the store has search layers '
+                       f'0..{num_layers - 1} (negative counts from the end, -1 the logits)')
+    return [l % num_layers for l in chosen]
 
-  def read(self, positions: np.ndarray, *, dtype: Any = np.float32,
-           allow_incomplete: bool = False) -> tuple[np.ndarray, ...]:
+  def _decode(self, raw: np.ndarray, dtype: Any, copy: bool) -> np.ndarray:
+    return raw.view(self.value_dtype).astype(dtype, copy=copy)
+
+  @property
+  def value_dtype(self) -> np.dtype:
+    """The dtype the targets are kept in (``ml_dtypes.bfloat16`` for a bfloat16 store); pass it
+    as ``dtype`` to read them without a conversion."""
+    return _value_dtype(self.spec.dtype)
+
+  def read(self, positions: np.ndarray, *, layers: Iterable[int] | None = None,
+           dtype: Any = np.float32, allow_incomplete: bool = False) -> tuple[np.ndarray, ...]:
     """Targets of arbitrary positions (e.g. a random batch).
 
     Args:
       positions: (B,) integer store positions, any order, repeats allowed.
-      dtype: dtype of the result; float32 by default, the store dtype (``spec.dtype``; for
-        bfloat16 ``ml_dtypes.bfloat16``) to skip the conversion.
+      layers: the search layers to read, in the order given (negative counts from the end:
+        -1 is the logits); default all of them. Only these layers' files are touched.
+      dtype: dtype of the result; float32 by default, :attr:`value_dtype` to skip the
+        conversion.
       allow_incomplete: read unwritten chunks too (zeros, or a killed writer's leftovers).
 
     Returns:
-      Per search layer, (B, *spec.shapes[l]) arrays of ``dtype``.
+      Per requested layer l, a (B, *spec.shapes[l]) array of ``dtype``.
 
     Raises:
-      StoreError: positions out of range, or in an unwritten chunk (unless allowed).
+      StoreError: positions or layers out of range, or positions in an unwritten chunk (unless
+        allowed).
     """
-    return self._gather(self._check_positions(positions, allow_incomplete), dtype)
+    positions = self._check_positions(positions, allow_incomplete)
+    return tuple(self._decode(self._layers[l][positions], dtype, copy=False)
+                 for l in self._layer_indices(layers))
 
-  def _gather(self, positions: np.ndarray, dtype: Any) -> tuple[np.ndarray, ...]:
-    return tuple(self._decode(layer[positions], dtype, copy=False) for layer in self._layers)
+  def read_layer(self, layer: int, *, dtype: Any = np.float32,
+                 allow_incomplete: bool = False) -> np.ndarray:
+    """Every image's target of one search layer, in host memory.
 
-  def _load_layer(self, l: int, dtype: Any, allow_incomplete: bool) -> np.ndarray:
+    Args:
+      layer: the search layer (negative counts from the end: -1 is the logits).
+      dtype: as for :meth:`read`.
+      allow_incomplete: read a store with unwritten chunks too.
+
+    Returns:
+      (N, *spec.shapes[layer]) array of ``dtype``.
+
+    Raises:
+      StoreError: the layer is out of range, or the store is incomplete (unless allowed).
+    """
+    (layer,) = self._layer_indices([layer])
     if not allow_incomplete and not self.is_complete():
       raise StoreError(f'{self.directory} is incomplete (chunks {self.missing_chunks()} '
                        f'missing); finish the search on this directory, or pass '
                        f'allow_incomplete=True')
-    return self._decode(self._layers[l], dtype, copy=True)
+    return self._decode(self._layers[layer], dtype, copy=True)
 
   def load_all(self, dtype: Any = np.float32, *,
                allow_incomplete: bool = False) -> tuple[np.ndarray, ...]:
     """The whole store in host memory: per layer an (N, *spec.shapes[l]) array of ``dtype``."""
-    return tuple(self._load_layer(l, dtype, allow_incomplete) for l in range(len(self._layers)))
+    return tuple(self.read_layer(l, dtype=dtype, allow_incomplete=allow_incomplete)
+                 for l in range(len(self._layers)))
 
 
 def device_targets(store: TargetStore, max_bytes: int, *,
@@ -516,107 +549,9 @@ def device_targets(store: TargetStore, max_bytes: int, *,
                      f'missing); finish the search on this directory before training')
   if store.nbytes > max_bytes:
     return None
-  dtype = _value_dtype(store.spec.dtype)
   # One layer at a time, so host memory peaks at one layer, not the whole store.
-  return tuple(jax.device_put(store._load_layer(l, dtype, allow_incomplete=False), sharding)
+  return tuple(jax.device_put(store.read_layer(l, dtype=store.value_dtype), sharding)
                for l in range(len(store.spec.shapes)))
-
-
-class _Failure:
-  """An exception raised in the prefetch thread, on its way to the consumer."""
-
-  def __init__(self, error: BaseException):
-    self.error = error
-
-
-_DONE = object()
-
-
-class Prefetcher:
-  """Streams target batches from a store that does not fit on the device.
-
-  Iterating yields, in the order of ``batches``, ``(positions, targets)``: positions the (B,)
-  int64 NumPy positions of the batch, targets per search layer a (B, *spec.shapes[l]) device
-  array. A background thread reads and transfers up to ``depth`` batches ahead. An exception in
-  the thread (from ``batches`` or from reading) is raised by the consumer's next ``next()``.
-  Use it as a context manager, or call :meth:`close`, so that the thread stops when the
-  consumer stops early.
-
-  Args:
-    store: the store to read.
-    batches: iterable of (B,) integer position arrays; consumed in the background thread.
-    dtype: dtype of the yielded targets; None (default) keeps the store dtype, as
-      :func:`device_targets` does, so both paths feed the train step the same dtypes.
-    sharding: where to put each batch (``jax.device_put`` semantics; None: default device).
-    depth: batches read ahead.
-    allow_incomplete: passed to :meth:`TargetStore.read`.
-  """
-
-  def __init__(self, store: TargetStore, batches: Iterable[np.ndarray], *, dtype: Any = None,
-               sharding: jax.sharding.Sharding | jax.Device | None = None, depth: int = 2,
-               allow_incomplete: bool = False):
-    self._store = store
-    self._dtype = _value_dtype(store.spec.dtype) if dtype is None else dtype
-    self._sharding = sharding
-    self._allow_incomplete = allow_incomplete
-    self._queue: queue.Queue = queue.Queue(maxsize=depth)
-    self._stop = threading.Event()
-    self._finished = False
-    self._thread = threading.Thread(target=self._run, args=(batches,), daemon=True,
-                                    name='target-prefetch')
-    self._thread.start()
-
-  def _run(self, batches: Iterable[np.ndarray]) -> None:
-    try:
-      for positions in batches:
-        positions = self._store._check_positions(positions, self._allow_incomplete)
-        targets = self._store._gather(positions, self._dtype)
-        if not self._put((positions, tuple(jax.device_put(t, self._sharding)
-                                           for t in targets))):
-          return
-    except BaseException as e:  # all of them: otherwise the consumer would wait forever
-      self._put(_Failure(e))
-      return
-    self._put(_DONE)
-
-  def _put(self, item: Any) -> bool:
-    """Queues ``item`` unless closed; False if closed."""
-    while not self._stop.is_set():
-      try:
-        self._queue.put(item, timeout=0.05)  # wake up now and then to notice close()
-        return True
-      except queue.Full:
-        pass
-    return False
-
-  def __iter__(self) -> Prefetcher:
-    return self
-
-  def __next__(self) -> tuple[np.ndarray, tuple[jax.Array, ...]]:
-    if self._finished:
-      raise StopIteration
-    item = self._queue.get()
-    if item is _DONE or isinstance(item, _Failure):
-      self._finished = True
-      self._thread.join()
-      if item is _DONE:
-        raise StopIteration
-      raise item.error
-    return item
-
-  def close(self) -> None:
-    """Stops the thread and drops the batches read ahead; idempotent."""
-    self._finished = True
-    self._stop.set()
-    self._thread.join()
-    while not self._queue.empty():
-      self._queue.get_nowait()
-
-  def __enter__(self) -> Prefetcher:
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    self.close()
 
 
 def _create(directory: pathlib.Path, spec: StoreSpec, indices: np.ndarray) -> None:

@@ -1,0 +1,68 @@
+"""The student's diagnostics: R^2, p_hat's accuracy, the linear probe and the head's input."""
+
+import jax
+import numpy as np
+import pytest
+
+from decouple_jax import config as cfglib
+from decouple_jax import models
+from decouple_jax.learn import diagnostics
+from decouple_jax.search import store as store_lib
+
+
+def test_r_squared_exact_values():
+  target = np.array([[0.0, 1.0], [2.0, 5.0]])
+  assert diagnostics.r_squared(target, target) == 1.0
+  mean = np.broadcast_to(target.mean(0), target.shape)
+  assert diagnostics.r_squared(mean, target) == pytest.approx(0.0, abs=1e-12)
+  # SSE 1, SST (0-1)^2 + (2-1)^2 + (1-3)^2 + (5-3)^2 = 10.
+  assert diagnostics.r_squared(target + [[1.0, 0.0], [0.0, 0.0]], target) == pytest.approx(0.9)
+
+
+def test_r_squared_statistics_add_over_batches():
+  rng = np.random.default_rng(0)
+  pred, target = rng.normal(size=(2, 10, 3, 3, 4))
+  parts = [diagnostics.r2_stats(pred[s], target[s]) for s in (slice(0, 4), slice(4, 10))]
+  together = diagnostics.r2_from_stats(diagnostics.add_r2_stats(*parts))
+  assert together == pytest.approx(diagnostics.r_squared(pred, target), rel=1e-6)
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_phat_accuracy_reads_the_cached_logits(tmp_path, dtype):
+  logits = np.array([[3.0, 0, 0], [0, 2.0, 0], [0, 0, 1.0], [1.0, 0, 0]])
+  shapes = ((2, 2, 1), (3,))
+  spec = store_lib.StoreSpec(shapes=shapes, dtype=dtype, num_images=4, chunk_size=4,
+                             config_hash='c', data_name='mnist', seed=0,
+                             index_hash=store_lib.indices_hash(np.arange(4)))
+  st = store_lib.TargetStore.create_or_open(tmp_path, spec, np.arange(4))
+  st.write_chunk(0, [np.zeros((4, 2, 2, 1)), logits], np.zeros((4, 2), np.float32),
+                 np.zeros(4, np.float32))
+  assert diagnostics.phat_accuracy(st, np.array([0, 1, 1, 0])) == 0.75
+
+
+def test_linear_probe_separates_separable_features():
+  rng = np.random.default_rng(0)
+  centers = 4.0 * rng.normal(size=(3, 16))
+
+  def draw(n):
+    labels = rng.integers(0, 3, n)
+    feats = centers[labels] + rng.normal(size=(n, 16))
+    # A constant feature carries nothing and must not break standardisation.
+    return np.concatenate([feats, np.ones((n, 1))], 1), labels
+  (x, y), (x_test, y_test) = draw(300), draw(200)
+  assert diagnostics.linear_probe(x, y, x_test, y_test, 3, epochs=200, lr=0.05) == 1.0
+
+
+@pytest.mark.parametrize('batch_stats_mode', [True, False])
+def test_features_are_the_heads_input(batch_stats_mode):
+  model_cfg = cfglib.ModelConfig(widths=(4, 4, 4), convs_per_block=4, tap='pre_gelu',
+                                 tap_scale=True)
+  model = models.build(model_cfg, 10, 1, detach_head=True)
+  images = np.random.default_rng(0).integers(0, 256, (6, 28, 28, 1), dtype=np.uint8)
+  variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 28, 28, 1), np.float32))
+  fn = diagnostics.make_features_fn(model, batch_stats_mode, np.zeros(1, np.float32),
+                                    np.ones(1, np.float32))
+  taps, features = fn(variables, images)
+  assert features.shape == (6, 3 * 3 * 4)
+  np.testing.assert_allclose(features @ variables['params']['head']['kernel'], taps[-1],
+                             rtol=1e-5, atol=1e-5)
