@@ -185,15 +185,25 @@ def _tuple_fields(cls) -> dict[str, Any]:
   return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _convert(tp: Any, value: Any, path: str) -> Any:
+def _field_default(cls, name: str) -> Any:
+  field = {f.name: f for f in dataclasses.fields(cls)}[name]
+  if field.default_factory is not dataclasses.MISSING:
+    return field.default_factory()
+  return None if field.default is dataclasses.MISSING else field.default
+
+
+def _convert(tp: Any, value: Any, path: str, base: Any) -> Any:
   if dataclasses.is_dataclass(tp):
-    return from_dict(tp, value, path)
+    return from_dict(tp, value, path, base)
   origin = typing.get_origin(tp)
   if origin is tuple:
     if not isinstance(value, (list, tuple)):
       raise ConfigError(f'{path}: expected a sequence, got {value!r}')
     (elem, *_) = typing.get_args(tp)
-    return tuple(_convert(elem, v, path) for v in value)
+    # Element i of a partial tuple (e.g. of layer schedules) starts from the base's element i.
+    bases = tuple(base) if isinstance(base, tuple) else ()
+    return tuple(_convert(elem, v, f'{path}[{i}]', bases[i] if i < len(bases) else None)
+                 for i, v in enumerate(value))
   if origin in (typing.Union, types.UnionType):
     return value
   if tp is float and isinstance(value, int) and not isinstance(value, bool):
@@ -203,11 +213,15 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
   return value
 
 
-def from_dict(cls, d: Mapping[str, Any] | Any, path: str = 'config'):
+def from_dict(cls, d: Mapping[str, Any] | Any, path: str = 'config', base: Any = None):
   """Builds dataclass ``cls`` from a (nested) mapping such as a ConfigDict.
 
-  Missing keys take the dataclass defaults; unknown keys raise :class:`ConfigError` naming the
-  valid ones.
+  Missing keys keep the values of ``base`` (default: the dataclass defaults), at every level:
+  a nested mapping starts from its parent's value of that field, so
+  ``from_dict(StudentConfig, {'model': {'widths': (16, 16, 16)}})`` keeps the student's own
+  model defaults (tap 'pre_gelu', 6 convs per block), not :class:`ModelConfig`'s. Unknown keys
+  raise :class:`ConfigError` naming the valid ones; an invalid value raises one naming its
+  path, e.g. ``config.search.layers[0].generations=-1: must be an integer >= 0``.
   """
   if dataclasses.is_dataclass(d):
     return d
@@ -220,8 +234,15 @@ def from_dict(cls, d: Mapping[str, Any] | Any, path: str = 'config'):
   if unknown:
     raise ConfigError(f'{path}: unknown field(s) {unknown} for {cls.__name__}; '
                       f'valid fields: {sorted(fields)}')
-  kwargs = {k: _convert(fields[k], v, f'{path}.{k}') for k, v in d.items()}
-  return cls(**kwargs)
+  kwargs = {k: _convert(fields[k], v, f'{path}.{k}',
+                        _field_default(cls, k) if base is None else getattr(base, k))
+            for k, v in d.items()}
+  try:
+    return cls(**kwargs) if base is None else dataclasses.replace(base, **kwargs)
+  except ConfigError as e:  # the checks name the field; say where it sits
+    raise ConfigError(f'{path}.{e}') from None
+  except TypeError as e:  # a required field missing
+    raise ConfigError(f'{path}: {e}') from None
 
 
 def to_dict(cfg) -> dict[str, Any]:
