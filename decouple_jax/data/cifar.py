@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from decouple_jax.config import CIFAR100_LABELS
 from decouple_jax.data.errors import DataError
 
 KINDS = ('cifar10', 'cifar100')
@@ -281,8 +282,8 @@ def read_cifar_archive(
       refused contents.
   """
   _check_kind(kind)
-  if labels not in ('fine', 'coarse'):
-    raise DataError(f"CIFAR-100 labels {labels!r}: choose 'fine' or 'coarse'.")
+  if labels not in CIFAR100_LABELS:
+    raise DataError(f'CIFAR-100 labels {labels!r}: choose one of {CIFAR100_LABELS}.')
   layouts = {fmt: _members(kind, fmt) for fmt in FORMATS}
   wanted = {name for train, test in layouts.values() for name in train + test}
   blobs = {}

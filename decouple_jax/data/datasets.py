@@ -15,8 +15,8 @@ from decouple_jax.data import splits
 from decouple_jax.data import tfds_source
 from decouple_jax.data.errors import DataError
 
+# Keyed by config.DATA_NAMES.
 NUM_CLASSES = {'mnist': 10, 'cifar10': 10, 'cifar100': 100}
-SOURCES = ('files', 'tfds')
 _CIFAR_DOWNLOAD = 'https://www.cs.toronto.edu/~kriz/cifar.html'
 # (train_images (N, H, W, C) uint8, train_labels (N,) int32, test_images, test_labels): a whole
 # data set in its original order, before splitting.
@@ -125,11 +125,6 @@ def _load_cifar_files(cfg: DataConfig) -> Arrays:
   return cifar.read_cifar_archive(path, cfg.name, labels=cfg.cifar100_labels)
 
 
-def _check_limit(name: str, value: int) -> None:
-  if value < 0:
-    raise DataError(f'DataConfig.{name}={value}: use a positive limit, or 0 to keep all images.')
-
-
 def load_dataset(cfg: DataConfig) -> Dataset:
   """Loads, checks and splits the data set ``cfg`` describes.
 
@@ -138,22 +133,13 @@ def load_dataset(cfg: DataConfig) -> Dataset:
   images. A limit larger than the split keeps the whole split. With ``source='tfds'``,
   ``cfg.dir`` and ``cfg.verify`` do not apply (see :mod:`decouple_jax.data.tfds_source`).
 
-  Raises:
-    DataError: unknown name, source or CIFAR-100 label set; missing, corrupt or (with
-      ``cfg.verify``) non-original files; a hold-out not smaller than the training set; a
-      negative limit.
-  """
-  if cfg.name not in NUM_CLASSES:
-    raise DataError(f'unknown data set {cfg.name!r}; valid names: {sorted(NUM_CLASSES)} (any '
-                    "MNIST-format files load as 'mnist' with verify=False).")
-  if cfg.source not in SOURCES:
-    raise DataError(f'unknown data source {cfg.source!r}; valid sources: {list(SOURCES)}.')
-  if cfg.name == 'cifar100' and cfg.cifar100_labels not in ('fine', 'coarse'):
-    raise DataError(f"DataConfig.cifar100_labels={cfg.cifar100_labels!r}: choose 'fine' or "
-                    "'coarse'.")
-  _check_limit('train_limit', cfg.train_limit)
-  _check_limit('test_limit', cfg.test_limit)
+  Unknown names, sources, label sets and negative limits are refused by :class:`DataConfig`
+  itself.
 
+  Raises:
+    DataError: missing, corrupt or (with ``cfg.verify``) non-original files; a hold-out not
+      smaller than the training set.
+  """
   if cfg.source == 'tfds':
     arrays = tfds_source.load_tfds(cfg.name, cifar100_labels=cfg.cifar100_labels)
   elif cfg.name == 'mnist':

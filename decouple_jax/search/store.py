@@ -47,8 +47,10 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from decouple_jax.config import STORE_DTYPES
+
 FORMAT_VERSION = 1
-DTYPES = ('float32', 'float16', 'bfloat16')
+DTYPES = STORE_DTYPES
 
 _META = 'meta.json'
 _META_TMP = 'meta.json.tmp'
