@@ -336,6 +336,33 @@ def config_hash(*cfgs) -> str:
   return hash_dict([to_dict(c) for c in cfgs])
 
 
+def as_json(obj: Any) -> Any:
+  """``obj`` as it reads back from JSON (tuples become lists), so a recorded config compares
+  equal to a freshly built one."""
+  return json.loads(json.dumps(obj, sort_keys=True))
+
+
+def differences(expected: Any, found: Any, path: str = '') -> list[str]:
+  """One 'a.b: expected ..., found ...' line per leaf where two JSON-like configs differ.
+
+  Nested dicts are compared key by key, so a mismatch names the very fields that changed;
+  a key present on one side only is shown as missing.
+  """
+  if isinstance(expected, Mapping) and isinstance(found, Mapping):
+    lines = []
+    for key in sorted(set(expected) | set(found), key=str):
+      where = f'{path}.{key}' if path else str(key)
+      if key not in found:
+        lines.append(f'{where}: expected {expected[key]!r}, missing')
+      elif key not in expected:
+        lines.append(f'{where}: not expected, found {found[key]!r}')
+      else:
+        lines += differences(expected[key], found[key], where)
+    return lines
+  expected, found = as_json(expected), as_json(found)
+  return [] if expected == found else [f'{path}: expected {expected!r}, found {found!r}']
+
+
 @dataclasses.dataclass(frozen=True)
 class LayerSchedule:
   """Search settings of one search layer (PAPER.md section 3 table).

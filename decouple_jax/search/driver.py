@@ -47,20 +47,27 @@ def split_arrays(ds: datalib.Dataset, split: str) -> tuple[np.ndarray, np.ndarra
 ENGINE_VERSION = 1
 
 
-def targets_hash(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig) -> str:
-  """Hash of exactly the settings that change the searched targets, and the engine version.
+def targets_config(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
+                   ds: datalib.Dataset) -> dict:
+  """Exactly the settings that change the searched targets: the data (by content, see
+  :func:`decouple_jax.data.identity`), the search and the engine version.
 
   Where the files live, checksum checks, the test split, how many images run at once and how
   the convs are computed (``model.conv_impl``: every implementation gives bitwise the same
   forward values, and the search only runs forward) do not change a target, so a store stays
   reusable across them.
   """
-  data_part = {k: getattr(data_cfg, k) for k in
-               ('name', 'holdout', 'split_seed', 'cifar100_labels', 'train_limit')}
+  data_part = {k: v for k, v in datalib.identity(data_cfg, ds).items() if k != 'test_limit'}
   search_part = dataclasses.replace(search_cfg, batch_images=1, model=dataclasses.replace(
       search_cfg.model, conv_impl='xla'))
-  return (f'{cfglib.config_hash(search_part)}-{cfglib.hash_dict(data_part)}'
-          f'-v{ENGINE_VERSION}')
+  return {'data': data_part, 'search': cfglib.to_dict(search_part),
+          'engine_version': ENGINE_VERSION}
+
+
+def targets_hash(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
+                 ds: datalib.Dataset) -> str:
+  """Hash of :func:`targets_config`."""
+  return f'{cfglib.hash_dict(targets_config(data_cfg, search_cfg, ds))}-v{ENGINE_VERSION}'
 
 
 def open_store(directory: str | pathlib.Path, data_cfg: cfglib.DataConfig,
@@ -71,9 +78,8 @@ def open_store(directory: str | pathlib.Path, data_cfg: cfglib.DataConfig,
   _, _, index = split_arrays(ds, split)
   spec = StoreSpec(
       shapes=models.tap_shapes(model, ds.image_shape), dtype=search_cfg.store_dtype,
-      num_images=len(index), chunk_size=search_cfg.chunk_size,
-      config_hash=targets_hash(data_cfg, search_cfg), data_name=ds.name,
-      seed=search_cfg.seed, index_hash=indices_hash(index))
+      num_images=len(index), chunk_size=search_cfg.chunk_size, seed=search_cfg.seed,
+      **expected_store_fields(data_cfg, search_cfg, ds, split))
   return TargetStore.create_or_open(directory, spec, index)
 
 
@@ -81,7 +87,8 @@ def expected_store_fields(data_cfg: cfglib.DataConfig, search_cfg: cfglib.Search
                           ds: datalib.Dataset, split: str = 'train') -> dict:
   """What a store must match to serve as ``split``'s targets (for ``TargetStore.open``)."""
   _, _, index = split_arrays(ds, split)
-  return {'config_hash': targets_hash(data_cfg, search_cfg), 'data_name': ds.name,
+  return {'config_hash': targets_hash(data_cfg, search_cfg, ds),
+          'config': targets_config(data_cfg, search_cfg, ds), 'data_name': ds.name,
           'index_hash': indices_hash(index)}
 
 

@@ -47,9 +47,12 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from decouple_jax.config import STORE_DTYPES
+from decouple_jax import locks
+from decouple_jax.config import STORE_DTYPES, as_json, differences
 
-FORMAT_VERSION = 1
+# 2: the spec records the config its hash covers (format 1 stores recorded only the hash, of
+# settings that did not include the data's content).
+FORMAT_VERSION = 2
 DTYPES = STORE_DTYPES
 
 _META = 'meta.json'
@@ -100,6 +103,8 @@ class StoreSpec:
     seed: the search seed.
     index_hash: :func:`indices_hash` of the dataset indices of the N images, so that a store of
       another split or subset is refused.
+    config: the JSON-ready settings ``config_hash`` is the hash of, kept so that a store of
+      another run is refused naming the settings that differ.
   """
   shapes: tuple[tuple[int, ...], ...]
   dtype: str
@@ -109,6 +114,7 @@ class StoreSpec:
   data_name: str
   seed: int
   index_hash: str
+  config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     # Normalise, so that a spec built from JSON lists or NumPy ints compares equal.
@@ -120,6 +126,7 @@ class StoreSpec:
       raise StoreError(f'StoreSpec needs integer shapes, num_images, chunk_size and seed: '
                        f'{e} (got {self!r})') from e
     object.__setattr__(self, 'shapes', shapes)
+    object.__setattr__(self, 'config', as_json(dict(self.config)))
     if not shapes or any(d < 1 for s in shapes for d in s):
       raise StoreError(f'StoreSpec.shapes={shapes!r}: give one shape of positive sizes per '
                        f'search layer, without the image axis')
@@ -134,9 +141,12 @@ class StoreSpec:
     return -(-self.num_images // self.chunk_size)
 
   def differences(self, found: StoreSpec) -> list[str]:
-    """One 'field: expected ..., found ...' line per field where ``found`` differs."""
-    return [f'{f.name}: expected {getattr(self, f.name)!r}, found {getattr(found, f.name)!r}'
-            for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(found, f.name)]
+    """One 'field: expected ..., found ...' line per field where ``found`` differs; for the
+    config, one per setting that differs (``config.search.init_noise: ...``)."""
+    lines = [f'{f.name}: expected {getattr(self, f.name)!r}, found {getattr(found, f.name)!r}'
+             for f in dataclasses.fields(self) if f.name != 'config'
+             and getattr(self, f.name) != getattr(found, f.name)]
+    return lines + differences(self.config, found.config, 'config')
 
 
 def _spec_from_json(d: Any, where: pathlib.Path) -> StoreSpec:
@@ -196,8 +206,10 @@ def _read_meta(directory: pathlib.Path) -> tuple[StoreSpec, list[int]]:
                      f'{sorted(meta) if isinstance(meta, dict) else type(meta).__name__}); delete '
                      f'{directory} and re-run the search')
   if meta['format_version'] != FORMAT_VERSION:
+    why = (': a format 1 store does not record the data it was searched on, so it cannot be '
+           'checked against this data' if meta['format_version'] == 1 else '')
     raise StoreError(f'{directory} has store format {meta["format_version"]!r}, this code reads '
-                     f'format {FORMAT_VERSION}; re-run the search into a new directory')
+                     f'format {FORMAT_VERSION}{why}; re-run the search into a new directory')
   spec = _spec_from_json(meta['spec'], path)
   complete = meta['complete']
   if (not isinstance(complete, list) or
