@@ -493,14 +493,34 @@ class TargetStore:
     return self._gather(self._check_positions(positions, allow_incomplete), dtype)
 
   def _gather(self, positions: np.ndarray, dtype: Any) -> tuple[np.ndarray, ...]:
-    return tuple(self._decode(layer[positions], dtype, copy=False) for layer in self._layers)
+    values = tuple(self._decode(layer[positions], dtype, copy=False) for layer in self._layers)
+    for l, v in enumerate(values):
+      self._check_finite(l, v, positions)
+    return values
 
   def _load_layer(self, l: int, dtype: Any, allow_incomplete: bool) -> np.ndarray:
     if not allow_incomplete and not self.is_complete():
       raise StoreError(f'{self.directory} is incomplete (chunks {self.missing_chunks()} '
                        f'missing); finish the search on this directory, or pass '
                        f'allow_incomplete=True')
-    return self._decode(self._layers[l], dtype, copy=True)
+    values = self._decode(self._layers[l], dtype, copy=True)
+    # Chunk by chunk, so the check's temporaries stay the size of a chunk.
+    for c in range(self.num_chunks):
+      start, stop = self.chunk_range(c)
+      self._check_finite(l, values[start:stop], np.arange(start, stop))
+    return values
+
+  def _check_finite(self, l: int, values: np.ndarray, positions: np.ndarray) -> None:
+    """Refuses NaN/inf targets of layer ``l`` at ``positions`` (B,): write_chunk never stores
+    them, so they mean a file damaged after the search wrote it."""
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if bad.any():
+      chunks = np.unique(positions[bad] // self.spec.chunk_size).tolist()
+      raise StoreError(
+          f'{self.directory} is damaged: layer{l}.npy holds NaN or inf targets in chunk(s) '
+          f'{chunks}, which the search never writes (the file changed after it was written). '
+          f'Delete {self.directory} and search again, or remove {chunks} from "complete" in '
+          f'{self.directory / _META} and re-run the search on it to redo only those chunks.')
 
   def load_all(self, dtype: Any = np.float32, *,
                allow_incomplete: bool = False) -> tuple[np.ndarray, ...]:
