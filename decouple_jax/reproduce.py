@@ -37,6 +37,7 @@ import numpy as np
 
 from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
+from decouple_jax import locks
 from decouple_jax import runlog
 from decouple_jax.analysis import plots
 from decouple_jax.analysis.plots import scale_label
@@ -222,6 +223,7 @@ def _hardware(devices: Sequence[jax.Device]) -> dict:
           'devices': len(devices)}
 
 
+@locks.holding('workdir')
 def reproduce(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
               devices: Sequence[jax.Device] | None = None) -> dict:
   """Runs the search, the students and the SGD baselines of ``exp`` for every seed.

@@ -10,6 +10,7 @@ Layout of a store directory (every array file is a plain .npy, readable with
 
   meta.json      format version, the :class:`StoreSpec`, sorted ids of the completed chunks.
   meta.lock      lock file that serialises metadata commits of concurrent writers.
+  writer.lock    held by the process writing the store (:mod:`decouple_jax.locks`); says who.
   indices.npy    (N,) int64: dataset index of the image at each position 0..N-1.
   layer{l}.npy   (N, *shapes[l]) targets of search layer l in the store dtype. bfloat16 layers
                  hold the raw bits as uint16, because .npy has no bfloat16 type (NumPy writes
@@ -41,6 +42,7 @@ import queue
 import re
 import shutil
 import threading
+import weakref
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import jax
@@ -59,8 +61,9 @@ _META = 'meta.json'
 _META_TMP = 'meta.json.tmp'
 _LOCK = 'meta.lock'
 # Every name a store (or a store whose creation was killed) can leave in its directory.
-_LAYOUT = re.compile(r'meta\.json(\.tmp)?|meta\.lock|indices\.npy|best_loss\.npy|init_loss\.npy'
-                     r'|layer\d+\.npy')
+_LAYOUT = re.compile(r'meta\.json(\.tmp)?|meta\.lock|writer\.lock|indices\.npy|best_loss\.npy'
+                     r'|init_loss\.npy|layer\d+\.npy')
+_KEPT = (_LOCK, locks.LOCK_FILE)  # lock files survive the cleanup of a killed creation
 
 
 class StoreError(Exception):
@@ -293,22 +296,39 @@ class TargetStore:
 
   @classmethod
   def create_or_open(cls, directory: str | os.PathLike, spec: StoreSpec,
-                     indices: np.ndarray) -> TargetStore:
+                     indices: np.ndarray, *, cooperate: bool = False) -> TargetStore:
     """A writable store for ``spec``: a new one, or the existing one to resume.
+
+    The store holds its directory's writer lock (:mod:`decouple_jax.locks`) until it is
+    garbage-collected, so a second process searching into it stops at once.
 
     Args:
       directory: where the store lives; created if needed.
       spec: what the store must hold. An existing store must have exactly this spec.
       indices: (N,) integer dataset indices of the images at positions 0..N-1;
         ``spec.index_hash`` must be :func:`indices_hash` of them.
+      cooperate: share the directory with other cooperating writers of this spec (e.g. the
+        processes of one multi-process search); see :mod:`decouple_jax.locks`.
 
     Raises:
       StoreError: the directory holds a store with another spec (the message lists each
         differing field), a corrupt store, or unrelated files; or ``indices`` do not match.
+      locks.DirectoryBusy: another process is writing the store.
     """
     directory = pathlib.Path(directory)
     indices = _check_indices(indices, spec)
-    directory.mkdir(parents=True, exist_ok=True)
+    key = locks.acquire(directory, cooperate=cooperate)
+    try:
+      store = cls._create_or_open(directory, spec, indices)
+    except BaseException:
+      locks.release(key)
+      raise
+    weakref.finalize(store, locks.release, key)
+    return store
+
+  @classmethod
+  def _create_or_open(cls, directory: pathlib.Path, spec: StoreSpec,
+                      indices: np.ndarray) -> TargetStore:
     # Under the lock, so two processes started on one directory cannot both create it.
     with _locked(directory):
       if (directory / _META).exists():
@@ -662,7 +682,7 @@ def _create(directory: pathlib.Path, spec: StoreSpec, indices: np.ndarray) -> No
   # Without meta.json no chunk was ever committed: anything here is a killed creation's
   # leftover, and stale layer files of another layer count must not survive.
   for p in directory.iterdir():
-    if p.name != _LOCK:
+    if p.name not in _KEPT:
       p.unlink()
   itemsize = _disk_dtype(spec.dtype).itemsize
   need = sum(spec.num_images * math.prod(s) * itemsize for s in spec.shapes)
