@@ -96,22 +96,24 @@ class _Runner:
     return result
 
 
-def _finished_training(workdir: pathlib.Path, config_hash: str, required: str
+def _finished_training(workdir: pathlib.Path, config: dict, required: str
                        ) -> Callable[[], dict | None]:
   """The ``done`` of a training sub-run for :class:`_Runner`: its results if ``workdir``
-  holds a finished run (one whose results.json has ``required``), else None.
+  holds a finished run of ``config`` (one whose results.json has ``required``), else None.
 
-  The returned callable raises ConfigError if ``workdir`` holds a run of another config.
+  The returned callable raises ConfigError, naming the settings that differ, if ``workdir``
+  holds a run of another config.
   """
   def done():
     path = workdir / 'results.json'
     if not path.exists():
       return None
     results = runlog.read_json(path)
-    if results.get('config_hash') != config_hash:
+    if results.get('config_hash') != cfglib.hash_dict(config):
       raise cfglib.ConfigError(
-          f'{workdir} holds a run of another configuration (hash {results.get("config_hash")} '
-          f'!= {config_hash}); use a new --workdir or delete {workdir}')
+          f'{workdir} holds a run of another configuration:\n  ' + '\n  '.join(
+              cfglib.differences(config, results.get('config', {}))) +
+          f'\nUse a new --workdir, or delete {workdir} to start over.')
     # A run killed after training but before its last results were added is finished by
     # running it again: it resumes from its final checkpoint.
     return results if required in results else None
@@ -156,7 +158,8 @@ def _student(runner: _Runner, exp: cfglib.ExperimentConfig, ds: datalib.Dataset,
   run_dir = runner.workdir / name
   return runner(
       name,
-      _finished_training(run_dir, cfglib.config_hash(exp.data, exp.search, cfg), 'diagnostics'),
+      _finished_training(run_dir, student.run_config(exp.data, ds, exp.search, cfg),
+                         'diagnostics'),
       lambda: _without_variables(student.train_student(
           exp.data, exp.search, cfg, run_dir, targets, holdout_targets=holdout_targets, ds=ds,
           mesh=mesh)))
@@ -173,7 +176,7 @@ def _sgd(runner: _Runner, exp: cfglib.ExperimentConfig, ds: datalib.Dataset, see
   run_dir = runner.workdir / name
   return runner(
       name,
-      _finished_training(run_dir, cfglib.config_hash(exp.data, cfg), 'test_accuracy'),
+      _finished_training(run_dir, sgd.run_config(exp.data, ds, cfg), 'test_accuracy'),
       lambda: _without_variables(sgd.train_sgd(exp.data, cfg, run_dir, ds=ds, mesh=mesh)))
 
 
@@ -323,9 +326,13 @@ def format_table(results: dict) -> str:
   hw = results['hardware']
   sgd = results['sgd']
   convs = ', '.join(f'{n}: {_pm(v["test_accuracy"])}' for n, v in sgd['per_convs'].items())
+  # Without a hold-out split every run reports its last epoch (and SGD's convs/block are
+  # chosen by test accuracy: the row says so).
+  selected = ('hold-out-selected model' if results['config']['data']['holdout'] else
+              "last epoch's model (data.holdout=0: no hold-out split to select on)")
   lines = [
       title, '',
-      f'Test accuracy (%) of the hold-out-selected model, mean ± std over seeds {seeds}; '
+      f'Test accuracy (%) of the {selected}, mean ± std over seeds {seeds}; '
       'paper: PAPER.md section 5 (Table 1 without augmentation, Table 2 with it).'
       + (' Numbers of a scaled-down run are not comparable with the paper\'s.' if scaled
          else ''), '',

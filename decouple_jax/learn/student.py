@@ -96,6 +96,12 @@ def open_targets(directory: str | pathlib.Path, data_cfg: cfglib.DataConfig,
   return store
 
 
+def run_config(data_cfg: cfglib.DataConfig, ds: datalib.Dataset,
+               search_cfg: cfglib.SearchConfig, student_cfg: cfglib.StudentConfig) -> dict:
+  """What identifies a student run (see :func:`decouple_jax.learn.trainer.run_config`)."""
+  return trainer.run_config(data_cfg, ds, search=search_cfg, student=student_cfg)
+
+
 def train_student(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
                   student_cfg: cfglib.StudentConfig, workdir: str | pathlib.Path,
                   targets: str | pathlib.Path, *,
@@ -133,9 +139,8 @@ def train_student(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
       ds, extras=on_device or (), stream=None if on_device is not None else store)
   results = trainer.fit(
       model, variables, student_loss_fn(model, student_cfg), train_data, student_cfg.train,
-      workdir, config_hash=cfglib.config_hash(data_cfg, search_cfg, student_cfg),
-      config={'data': cfglib.to_dict(data_cfg), 'search': cfglib.to_dict(search_cfg),
-              'student': cfglib.to_dict(student_cfg)}, mesh=mesh, epoch_callback=epoch_callback)
+      workdir, config=run_config(data_cfg, ds, search_cfg, student_cfg),
+      name=f'student {student_cfg.variant}', mesh=mesh, epoch_callback=epoch_callback)
   results['diagnostics'] = diagnostics.student_diagnostics(
       model, results['variables'], ds, store, holdout_store, student_cfg)
   runlog.write_json(pathlib.Path(workdir) / 'results.json',
