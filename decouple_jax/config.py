@@ -33,6 +33,8 @@ SCHEDULES = ('constant', 'triangle')
 REFINE_POOLS = ('parents_and_explorers', 'parents')
 SEED_NEXT = ('best', 'population')
 BLUR_PADDINGS = ('zeros', 'valid')
+BLUR_TARGETS = ('candidate', 'noise')
+SEARCH_METHODS = ('evolution', 'gradient')
 BN_MODES = ('inference', 'batch')
 STORE_DTYPES = ('float32', 'float16', 'bfloat16')
 STUDENT_VARIANTS = ('all_layers', 'skip_block0')
@@ -411,6 +413,12 @@ class SearchConfig:
       downstream activations).
     blur_padding: 'zeros' (zero padding counted in the average, as PyTorch's avg_pool2d;
       default) or 'valid' (average over the in-image neighbours only).
+    blur_target: what the spatial smoothing acts on (the paper reads both ways):
+      'candidate' (the whole child after mutation, the appendix's operator order) or 'noise'
+      (only the mutation noise, then added to the crossover; section 3.1's wording).
+    method: how each layer's candidates are improved: 'evolution' (the paper's search) or
+      'gradient' (a control: descent on the activation through the same network and fitness,
+      one step per candidate evolution would score; :mod:`decouple_jax.search.gradient`).
     bn_mode: search-network BatchNorm: 'inference' (initial statistics; candidates stay
       independent; default) or 'batch' (statistics over each image's population).
     norm_eps: epsilon of the per-sample normalisation (1e-5).
@@ -431,6 +439,8 @@ class SearchConfig:
   init_noise: float = 0.1
   seed_next: str = 'best'
   blur_padding: str = 'zeros'
+  blur_target: str = 'candidate'
+  method: str = 'evolution'
   bn_mode: str = 'inference'
   norm_eps: float = 1e-5
   seed: int = 0
@@ -456,6 +466,8 @@ class SearchConfig:
     _check_choice('refine_pool', self.refine_pool, REFINE_POOLS)
     _check_choice('seed_next', self.seed_next, SEED_NEXT)
     _check_choice('blur_padding', self.blur_padding, BLUR_PADDINGS)
+    _check_choice('blur_target', self.blur_target, BLUR_TARGETS)
+    _check_choice('method', self.method, SEARCH_METHODS)
     _check_choice('bn_mode', self.bn_mode, BN_MODES)
     _check_choice('store_dtype', self.store_dtype, STORE_DTYPES)
     _check_amounts(self, 'init_noise')

@@ -68,6 +68,8 @@ def test_every_shipped_variant_builds():
     ('search', 'refine_pool', 'all', 'REFINE_POOLS'),
     ('search', 'seed_next', 'worst', 'SEED_NEXT'),
     ('search', 'blur_padding', 'reflect', 'BLUR_PADDINGS'),
+    ('search', 'blur_target', 'parents', 'BLUR_TARGETS'),
+    ('search', 'method', 'annealing', 'SEARCH_METHODS'),
     ('search', 'bn_mode', 'train', 'BN_MODES'),
     ('search', 'store_dtype', 'int8', 'STORE_DTYPES'),
     ('student', 'variant', 'no_layers', 'STUDENT_VARIANTS'),

@@ -85,16 +85,75 @@ def test_stem_filters_get_no_gradient_but_bias_does():
   assert np.any(np.asarray(grads['whiten']['bias']))
 
 
-def test_forward_from_matches_full_forward():
-  model = models.AirbenchNet(num_classes=10, in_channels=1, widths=(16, 16, 16))
-  x = jax.random.normal(jax.random.key(0), (3, 28, 28, 1))
+# Every option the search forward must honour (each row one test case).
+FORWARD_OPTIONS = [
+    dict(),
+    dict(head='maxpool', logit_scale=1 / 9),
+    dict(head_bias=True, logit_scale=0.5),
+    dict(convs_per_block=4),
+    dict(convs_per_block=6, tap='pre_gelu'),
+    dict(convs_per_block=4, tap='pre_gelu', tap_scale=True, detach_head=True),
+    dict(tap='post_gelu', tap_scale=True),
+]
+
+
+def _trained_looking(model, variables, key):
+  """``variables`` with random tap scales, head bias and BatchNorm statistics, so that every
+  term of the forward matters (an untrained net has scale 1 and statistics 0 / 1)."""
+  leaves, tree = jax.tree.flatten(variables)
+  keys = jax.random.split(key, len(leaves))
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(variables)[0]]
+  out = []
+  for path, leaf, k in zip(paths, leaves, keys):
+    if 'tap_scale' in path or "'var'" in path:
+      leaf = jax.random.uniform(k, leaf.shape, minval=0.5, maxval=2.0)
+    elif "'mean'" in path or ("'bias'" in path and 'whiten' not in path):
+      leaf = 0.3 * jax.random.normal(k, leaf.shape)
+    out.append(leaf)
+  return jax.tree.unflatten(tree, out)
+
+
+@pytest.mark.parametrize('use_running_average', [True, False])
+@pytest.mark.parametrize('options', FORWARD_OPTIONS, ids=lambda o: ','.join(
+    f'{k}={v}' for k, v in o.items()) or 'default')
+def test_forward_from_with_identity_skips_equals_model_apply(options, use_running_average):
+  """The search's forward is the model's own: restarting at any tap, with identity convs
+  skipped, gives the taps of ``model.apply`` on the whole image."""
+  model = models.AirbenchNet(num_classes=10, in_channels=3, widths=(12, 16, 16), **options)
+  x = jax.random.normal(jax.random.key(0), (6, 32, 32, 3))
   variables = models.init_model(model, jax.random.key(1), np.asarray(x))
-  taps = model.apply(variables, x, use_running_average=True)
+  skipped = model.clone(identity_convs=models.identity_convs(variables))
+  assert skipped.identity_convs  # the square Dirac convs of an untrained net
+  variables = _trained_looking(model, variables, jax.random.key(2))
+
+  def apply(m, *args, **kw):
+    if use_running_average:
+      return m.apply(variables, *args, use_running_average=True, **kw)
+    return m.apply(variables, *args, use_running_average=False, mutable=['batch_stats'],
+                   **kw)[0]
+
+  taps = apply(model, x)
+  for got, want in zip(apply(skipped, x), taps):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))  # exact identities
   for layer in range(3):
-    later = model.apply(variables, layer, taps[layer], method=model.forward_from)
+    later = apply(skipped, layer, taps[layer], method=model.forward_from)
+    assert len(later) == 3 - layer
     for got, want in zip(later, taps[layer + 1:]):
-      np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
-  assert model.apply(variables, 3, taps[3], method=model.forward_from) == ()
+      np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-5)
+  assert apply(skipped, 3, taps[3], method=model.forward_from) == ()
+
+
+def test_identity_convs_found_on_the_weights():
+  model = models.AirbenchNet(num_classes=10, in_channels=3, widths=(12, 16, 16))
+  variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((2, 32, 32, 3)))
+  assert models.identity_convs(variables) == {
+      ('block0', 'group0', 'conv2'), ('block1', 'group0', 'conv2'),
+      ('block2', 'group0', 'conv1'), ('block2', 'group0', 'conv2')}
+  params = jax.tree.map(lambda x: x, variables['params'])
+  params['block2']['group0']['conv1']['kernel'] = (
+      params['block2']['group0']['conv1']['kernel'].at[0, 0, 0, 1].set(1e-3))
+  assert ('block2', 'group0', 'conv1') not in models.identity_convs(
+      {**variables, 'params': params})
 
 
 def test_build_from_config():

@@ -14,7 +14,6 @@ from decouple_jax import config
 from decouple_jax import models
 from decouple_jax import search
 from decouple_jax.search import evolve
-from decouple_jax.search import fast
 from decouple_jax.search import operators as ops
 
 from test_search_operators import np_blur, np_children, np_fitness, np_normalise
@@ -32,24 +31,30 @@ def np_generation(h, loss, draws, cfg, schedule, np_score):
   """PAPER.md section 3, steps 1-4, written out plainly."""
   top = np.argsort(loss, kind='stable')[:cfg.top_k]
   parents = h[top]
+  noise = draws.noise
   if h.ndim == 2:
     finish = lambda x: x - x.mean(axis=1, keepdims=True)
+  elif cfg.blur_target == 'noise':
+    noise = np_blur(noise, schedule.blur, cfg.blur_padding)
+    finish = lambda x: np_normalise(x, cfg.norm_eps)
   else:
     finish = lambda x: np_normalise(np_blur(x, schedule.blur, cfg.blur_padding), cfg.norm_eps)
   e = cfg.n_explore
-  explorers = np_children(parents, draws.parents[:e], draws.noise[:e],
+  explorers = np_children(parents, draws.parents[:e], noise[:e],
                           schedule.alpha * schedule.boost, finish)
   pool = np.concatenate([parents, explorers]) if cfg.refine_pool == 'parents_and_explorers' \
       else parents
-  refiners = np_children(pool, draws.parents[e:], draws.noise[e:], schedule.alpha, finish)
+  refiners = np_children(pool, draws.parents[e:], noise[e:], schedule.alpha, finish)
   new = np.concatenate([parents, explorers, refiners])
   return new, np.concatenate([loss[top], np_score(new[cfg.top_k:])])
 
 
-@pytest.mark.parametrize('shape, refine_pool', [
-    ((5, 4, 3), 'parents_and_explorers'), ((5, 4, 3), 'parents'), ((10,), 'parents_and_explorers')])
-def test_generation_equals_numpy_with_same_draws(shape, refine_pool):
-  cfg = dataclasses.replace(CFG, refine_pool=refine_pool, blur_padding='valid')
+@pytest.mark.parametrize('shape, refine_pool, blur_target', [
+    ((5, 4, 3), 'parents_and_explorers', 'candidate'), ((5, 4, 3), 'parents', 'candidate'),
+    ((5, 4, 3), 'parents_and_explorers', 'noise'), ((10,), 'parents_and_explorers', 'noise')])
+def test_generation_equals_numpy_with_same_draws(shape, refine_pool, blur_target):
+  cfg = dataclasses.replace(CFG, refine_pool=refine_pool, blur_padding='valid',
+                            blur_target=blur_target)
   schedule = cfg.layers[0 if len(shape) == 3 else 3]
   rng = np.random.default_rng(1)
   head = rng.normal(size=(int(np.prod(shape)), 10)).astype(np.float32) * 0.1
@@ -106,15 +111,15 @@ def _layer0(model, variables, images, labels, skip, ops_=evolve.Operators()):
   taps = model.apply(variables, jnp.asarray(images[:1].repeat(CFG.population, 0)),
                      use_running_average=True)
   pop = evolve.Population(taps[0], ops.fitness(taps[-1], labels[0]))
-  score = lambda h: ops.fitness(fast.forward_from(model, variables, 0, h, skip=skip)[-1],
-                                labels[0])
+  forward = evolve.network_forward(model.clone(identity_convs=skip), variables, 'inference')
+  score = lambda h: ops.fitness(forward(0, h)[-1], labels[0])
   return pop, functools.partial(evolve.generation_step, schedule=CFG.layers[0], cfg=CFG,
                                 score=score, ops=ops_)
 
 
 def test_scan_equals_python_loop(problem):
   model, variables, images, labels, _ = problem
-  pop, step = _layer0(model, variables, images, labels, fast.identity_convs(variables))
+  pop, step = _layer0(model, variables, images, labels, models.identity_convs(variables))
   key = jax.random.key(7)
   scanned, curve = jax.jit(lambda p: evolve.evolve_layer(
       p, key, schedule=CFG.layers[0], cfg=CFG, score=step.keywords['score']))(pop)
@@ -139,9 +144,9 @@ def test_jit_equals_no_jit():
 
 def test_identity_conv_skip_equals_full_computation(problem):
   model, variables, images, labels, _ = problem
-  assert fast.identity_convs(variables)  # the search net's square convs are Dirac identities
+  assert models.identity_convs(variables)  # the search net's square convs are Dirac identities
   results = []
-  for skip in (fast.identity_convs(variables), frozenset()):
+  for skip in (models.identity_convs(variables), frozenset()):
     pop, step = _layer0(model, variables, images, labels, skip)
     results.append(jax.jit(step)(pop, jax.random.key(3)))
   np.testing.assert_array_equal(results[0].h, results[1].h)
@@ -201,7 +206,7 @@ def test_result_shapes_and_losses_are_consistent(problem, searched):
   for layer in range(4):
     # A target's loss, re-scored through the rest of the network, is its reported loss.
     h = jnp.asarray(r.targets[layer])
-    logits = h if layer == 3 else fast.forward_from(model, variables, layer, h)[-1]
+    logits = h if layer == 3 else model.apply(variables, layer, h, method=model.forward_from)[-1]
     rescored = jax.vmap(lambda z, y: ops.fitness(z[None], y)[0])(logits, labels)
     np.testing.assert_allclose(rescored, r.best_loss[:, layer], rtol=1e-5)
     np.testing.assert_array_equal(r.curves[layer][:, -1], r.best_loss[:, layer])
@@ -223,3 +228,34 @@ def test_non_default_options_run(problem):
       images[:2], labels[:2], indices[:2])
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(r))
   assert r.targets[0].shape == (2, 13, 13, 8)
+
+
+@pytest.mark.parametrize('layer', [0, 3])
+def test_gradient_control_takes_one_step_per_child_and_never_worsens(problem, layer):
+  """search.method='gradient': G * C descent steps from the population's best candidate; the
+  result has evolution's shapes, re-scores to its reported loss and beats the start."""
+  model, variables, images, labels, _ = problem
+  cfg = dataclasses.replace(CFG, method='gradient', blur_target='noise')
+  taps = model.apply(variables, jnp.asarray(images[:1].repeat(CFG.population, 0)),
+                     use_running_average=True)
+  forward = evolve.network_forward(model, variables, 'inference')
+  score = lambda h: ops.fitness(h if layer == 3 else forward(layer, h)[-1], labels[0])
+  pop = evolve.Population(taps[layer], score(taps[layer]))
+  evaluated = []
+
+  def counting(h):  # counts candidates scored at run time, inside the scan too
+    jax.debug.callback(lambda n: evaluated.append(int(n)), h.shape[0])
+    return score(h)
+  out, curve = jax.jit(lambda p: search.gradient.descend_layer(
+      p, jax.random.key(0), schedule=cfg.layers[layer], cfg=cfg, score=counting,
+      ops=evolve.Operators()))(pop)
+  jax.effects_barrier()
+  children = cfg.n_explore + cfg.n_refine
+  # Evolution scores G * C children; the descent takes as many steps, plus the last candidate.
+  assert sum(evaluated) == cfg.layers[layer].generations * children + 1
+  assert out.h.shape == pop.h.shape and curve.shape == (cfg.layers[layer].generations,)
+  np.testing.assert_allclose(score(out.h[:1]), out.loss[:1], rtol=1e-5)
+  assert np.all(np.diff(curve) <= 0) and curve[-1] == out.loss[0]
+  assert out.loss[0] < pop.loss.min() - 0.05
+  if layer < 3:  # per-sample normalised, as evolution's candidates
+    np.testing.assert_allclose(np.asarray(out.h[0]).std(), 1.0, rtol=1e-3)

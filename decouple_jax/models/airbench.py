@@ -4,9 +4,11 @@ Layout (NHWC):  whitening conv 2x2 (VALID) -> GELU -> block 0 -> block 1 -> bloc
 A block is ``convs_per_block // 2`` ConvGroups; a ConvGroup is
 conv3x3 -> [maxpool 2x2, first group of a block only] -> BN -> GELU -> conv3x3 -> BN -> GELU.
 
-The forward pass returns the *taps*: the three block outputs and the logits. Search needs to
-restart the network from any tap (:meth:`AirbenchNet.forward_from`); learning regresses the taps
-onto searched targets.
+The forward pass returns the *taps*: the three block outputs (or, with ``tap='pre_gelu'``,
+their last BatchNorm outputs before the GELU) and the logits. Search restarts the network from
+any tap (:meth:`AirbenchNet.forward_from`, the one forward every caller uses); learning regresses
+the taps onto searched targets. Convs whose kernels were checked to be exact identities can be
+skipped (``identity_convs``), which is what makes the untrained search network's forward cheap.
 
 Shapes: a CIFAR input (B, 32, 32, 3) gives taps (B, 15, 15, w0), (B, 7, 7, w1), (B, 3, 3, w2),
 (B, K); an MNIST input (B, 28, 28, 1) gives (B, 13, 13, w0), (B, 6, 6, w1), (B, 3, 3, w2), (B, K).
@@ -26,6 +28,7 @@ from decouple_jax.models import init as inits
 
 NUM_TAPS = 4  # block 0, block 1, block 2, logits
 LOGITS = 3
+ConvPath = tuple[str, str, str]  # ('block1', 'group0', 'conv1')
 
 
 class BatchNorm(nn.Module):
@@ -84,11 +87,15 @@ class Conv3x3(nn.Module):
   """
   features: int
   impl: str = 'auto'
+  identity: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param('kernel', inits.dirac_kaiming_uniform,
                         (3, 3, x.shape[-1], self.features))
+    if self.identity:
+      # Only set for kernels checked to be exact identities (identity_convs): same values.
+      return x
     x, kernel = nn.dtypes.promote_dtype(x, kernel)
     return convs.conv3x3(x, kernel, self.impl)
 
@@ -97,17 +104,18 @@ class ConvGroup(nn.Module):
   """conv -> [pool] -> BN -> GELU -> conv -> BN -> GELU, in NHWC.
 
   Returns the group output and the last BatchNorm's output (before its GELU), so a caller can
-  tap either.
+  tap either. ``identity`` names the convs ('conv1', 'conv2') to compute as identities.
   """
   width: int
   pool: bool
   bn_momentum: float = 0.6
   bn_eps: float = 1e-12
   conv_impl: str = 'auto'
+  identity: frozenset = frozenset()
 
   @nn.compact
   def __call__(self, x: jax.Array, use_running_average: bool):
-    conv = lambda name: Conv3x3(self.width, self.conv_impl, name=name)
+    conv = lambda name: Conv3x3(self.width, self.conv_impl, name in self.identity, name=name)
     bn = lambda name: BatchNorm(self.bn_momentum, self.bn_eps, name=name)
     x = conv('conv1')(x)
     if self.pool:
@@ -119,20 +127,26 @@ class ConvGroup(nn.Module):
 
 
 class Block(nn.Module):
-  """``n_groups`` ConvGroups; only the first pools. Returns (output, last pre-GELU BN output)."""
+  """``n_groups`` ConvGroups; only the first pools. Returns (output, last pre-GELU BN output).
+
+  ``identity`` holds the (group, conv) names to compute as identities.
+  """
   width: int
   n_groups: int
   bn_momentum: float = 0.6
   bn_eps: float = 1e-12
   conv_impl: str = 'auto'
+  identity: frozenset = frozenset()
 
   @nn.compact
   def __call__(self, x: jax.Array, use_running_average: bool):
     pre = x
     for g in range(self.n_groups):
+      group = f'group{g}'
       x, pre = ConvGroup(self.width, pool=g == 0, bn_momentum=self.bn_momentum,
                          bn_eps=self.bn_eps, conv_impl=self.conv_impl,
-                         name=f'group{g}')(x, use_running_average)
+                         identity=frozenset(c for g2, c in self.identity if g2 == group),
+                         name=group)(x, use_running_average)
     return x, pre
 
 
@@ -154,6 +168,9 @@ class AirbenchNet(nn.Module):
       the head only (the student's body cutoff).
     conv_impl: how the 3x3 convs are computed, one of :data:`decouple_jax.models.conv.IMPLS`
       (same values and parameters; 'auto' is the fast one for the backend).
+    identity_convs: convs computed as identities, as (block, group, conv) names; set it only
+      from :func:`identity_convs` on the weights the model is applied with (the search's
+      speed-up: every square conv of an untrained network is an exact Dirac identity).
   """
   num_classes: int
   in_channels: int = 3
@@ -168,6 +185,7 @@ class AirbenchNet(nn.Module):
   tap_scale: bool = False
   detach_head: bool = False
   conv_impl: str = 'auto'
+  identity_convs: frozenset = frozenset()
 
   def setup(self):
     if self.convs_per_block not in CONVS_PER_BLOCK:
@@ -182,6 +200,7 @@ class AirbenchNet(nn.Module):
     self.whiten = Whiten(8 * self.in_channels, name='whiten')
     self.blocks = [
         Block(w, self.convs_per_block // 2, self.bn_momentum, self.bn_eps, self.conv_impl,
+              frozenset((g, c) for b, g, c in self.identity_convs if b == f'block{i}'),
               name=f'block{i}') for i, w in enumerate(self.widths)]
     if self.tap_scale:
       self.tap_scales = [self.param(f'tap_scale{i}', nn.initializers.ones, (w,))
@@ -201,6 +220,16 @@ class AirbenchNet(nn.Module):
       tap = tap * self.tap_scales[i]
     return out, tap
 
+  def tap_output(self, i: int, tap: jax.Array) -> jax.Array:
+    """Block i's output (what block i + 1 consumes) from its tap value, (B, H', W', w_i).
+
+    The inverse of the tap in :meth:`block`: the output itself for 'post_gelu' taps, the GELU
+    of the (unscaled) BatchNorm output for 'pre_gelu' ones.
+    """
+    if self.tap_scale:
+      tap = tap / self.tap_scales[i]
+    return tap if self.tap == 'post_gelu' else nn.gelu(tap, approximate=False)
+
   def head_logits(self, h: jax.Array) -> jax.Array:
     """Last block output (B, h, w, C) -> logits (B, K)."""
     if self.detach_head:
@@ -213,37 +242,44 @@ class AirbenchNet(nn.Module):
 
   def __call__(self, x: jax.Array, use_running_average: bool = False):
     """Normalised images (B, H, W, C) -> taps (block0, block1, block2, logits)."""
-    h = self.stem(x)
-    taps = []
-    for i in range(len(self.widths)):
-      h, tap = self.block(i, h, use_running_average)
-      taps.append(tap)
-    taps.append(self.head_logits(h))
-    return tuple(taps)
+    return self.forward_from(-1, x, use_running_average)
 
   def forward_from(self, layer: int, h: jax.Array, use_running_average: bool = True):
     """Restarts the network at tap ``layer`` with value h; returns the later taps.
 
     Args:
-      layer: 0, 1 or 2 (a block output) or 3 (the logits).
-      h: the tap's value, (B, H_l, W_l, w_l) for a block, (B, K) for the logits.
+      layer: -1 (h is the normalised input image: the whole network), 0, 1 or 2 (h is that
+        block's tap value) or 3 (the logits).
+      h: (B, H, W, C) images, (B, H_l, W_l, w_l) for a block's tap, (B, K) for the logits.
       use_running_average: BatchNorm form (search uses the inference form).
 
     Returns:
       The taps after ``layer``: a tuple of length 3 - layer ending with the logits
       (empty for layer 3).
     """
-    if self.tap != 'post_gelu' or self.tap_scale:
-      raise ValueError('forward_from restarts from block outputs; it needs tap=post_gelu '
-                       'and no tap_scale')
-    taps = []
     if layer >= LOGITS:
       return ()
+    h = self.stem(h) if layer < 0 else self.tap_output(layer, h)
+    taps = []
     for i in range(layer + 1, len(self.widths)):
       h, tap = self.block(i, h, use_running_average)
       taps.append(tap)
     taps.append(self.head_logits(h))
     return tuple(taps)
+
+
+def identity_convs(variables) -> frozenset[ConvPath]:
+  """The convs of ``variables`` whose kernels are exact identities (concrete arrays only), as
+  :attr:`AirbenchNet.identity_convs` takes them."""
+  found = set()
+  for block, groups in variables['params'].items():
+    if not block.startswith('block'):
+      continue
+    for group, layers in groups.items():
+      for name, leaf in layers.items():
+        if name.startswith('conv') and inits.is_identity_kernel(leaf['kernel']):
+          found.add((block, group, name))
+  return frozenset(found)
 
 
 def build(model_cfg, num_classes: int, in_channels: int, **overrides) -> AirbenchNet:

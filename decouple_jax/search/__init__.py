@@ -4,6 +4,7 @@ Fitness is a LOSS everywhere: cross-entropy against the label, lower is better, 
 """
 
 from decouple_jax.search import fast
+from decouple_jax.search import gradient
 from decouple_jax.search import operators
 from decouple_jax.search.evolve import Draws
 from decouple_jax.search.evolve import Operators

@@ -33,6 +33,7 @@ from jax import lax
 from decouple_jax.config import LayerSchedule, SearchConfig
 from decouple_jax.models import airbench
 from decouple_jax.search import fast
+from decouple_jax.search import gradient
 from decouple_jax.search import operators as ops_lib
 
 
@@ -120,10 +121,24 @@ def draw_generation(key: jax.Array, cfg: SearchConfig, shape: tuple[int, ...],
 
 
 def _finish(h: jax.Array, schedule: LayerSchedule, cfg: SearchConfig, ops: Operators):
-  """What follows mutation: blur + normalisation for activations, centring for logits."""
+  """What follows mutation: [blur +] normalisation for activations, centring for logits."""
   if ops_lib.is_logits(h):
     return ops.center
+  if cfg.blur_target == 'noise':
+    return lambda x: ops.normalise(x, cfg.norm_eps)
   return lambda x: ops.normalise(ops.blur(x, schedule.blur, cfg.blur_padding), cfg.norm_eps)
+
+
+def _mutation_noise(noise: jax.Array, schedule: LayerSchedule, cfg: SearchConfig,
+                    ops: Operators) -> jax.Array:
+  """The draws as the mutation adds them: smoothed first under ``blur_target='noise'``.
+
+  Blurring the noise or the whole child adds the same smoothed noise; they differ only in
+  whether the parents' mean is smoothed too, which compounds along a lineage.
+  """
+  if cfg.blur_target == 'noise' and not ops_lib.is_logits(noise):
+    return ops.blur(noise, schedule.blur, cfg.blur_padding)
+  return noise
 
 
 def generation_step_with_draws(pop: Population, draws: Draws, *, schedule: LayerSchedule,
@@ -147,14 +162,14 @@ def generation_step_with_draws(pop: Population, draws: Draws, *, schedule: Layer
   finish = _finish(pop.h, schedule, cfg, ops)
   children = functools.partial(ops_lib.make_children, finish=finish,
                                crossover=ops.crossover, mutate=ops.mutate)
+  noise = _mutation_noise(draws.noise, schedule, cfg, ops)
   top = ops.select(pop.loss, cfg.top_k)
   parents = pop.h[top]
   e = cfg.n_explore
-  explorers = children(parents, draws.parents[:e], draws.noise[:e],
-                       schedule.alpha * schedule.boost)
+  explorers = children(parents, draws.parents[:e], noise[:e], schedule.alpha * schedule.boost)
   kept = jnp.concatenate([parents, explorers])
   pool = kept if cfg.refine_pool == 'parents_and_explorers' else parents
-  refiners = children(pool, draws.parents[e:], draws.noise[e:], schedule.alpha)
+  refiners = children(pool, draws.parents[e:], noise[e:], schedule.alpha)
   h = jnp.concatenate([kept, refiners])
   if cfg.bn_mode == 'batch':
     return Population(h, score(h))
@@ -194,28 +209,45 @@ def base_key(cfg: SearchConfig) -> jax.Array:
   return jax.random.key(cfg.seed)
 
 
+def network_forward(model: airbench.AirbenchNet, variables, bn_mode: str
+                    ) -> Callable[[int, jax.Array], tuple[jax.Array, ...]]:
+  """``forward(layer, h) -> later taps``: the search network's own
+  :meth:`~decouple_jax.models.AirbenchNet.forward_from`, BatchNorm per ``bn_mode``.
+
+  'inference' uses the stored statistics (candidates independent); 'batch' normalises with
+  the statistics of the candidates passed together and leaves the stored ones untouched.
+  """
+  if bn_mode == 'inference':
+    return lambda layer, h: model.apply(variables, layer, h, use_running_average=True,
+                                        method=model.forward_from)
+
+  def forward(layer, h):
+    taps, _ = model.apply(variables, layer, h, use_running_average=False,
+                          mutable=['batch_stats'], method=model.forward_from)
+    return taps
+  return forward
+
+
 def search_image(model: airbench.AirbenchNet, variables, cfg: SearchConfig, image: jax.Array,
-                 label: jax.Array, index: jax.Array, *, skip: frozenset = frozenset(),
+                 label: jax.Array, index: jax.Array, *,
                  ops: Operators = Operators()) -> SearchResult:
   """The full layer-wise search for one image (PAPER.md section 3).
 
   Args:
-    model: the untrained search network.
+    model: the search network (untrained, or any network of the family); set its
+      ``identity_convs`` from these ``variables`` to skip identity convs.
     variables: its {'params', 'batch_stats'}.
     cfg: the search configuration.
     image: (H, W, C) normalised image.
     label: () int32 class.
     index: () int32 dataset index (selects the image's random stream).
-    skip: convs to skip in the forward, from :func:`fast.identity_convs` on ``variables``.
     ops: the operators.
 
   Returns:
     A :class:`SearchResult` without the batch axis: targets (*S_l), best_loss (4,),
-    init_loss (), curves (G_l,).
+    init_loss (), curves (G_l,). Block targets are values of the network's taps.
   """
-  use_running_average = cfg.bn_mode == 'inference'
-  forward = functools.partial(fast.forward_from, model, variables, skip=skip,
-                              use_running_average=use_running_average)
+  forward = network_forward(model, variables, cfg.bn_mode)
   image_key = jax.random.fold_in(base_key(cfg), index)
   noisy = ops_lib.init_population(
       image, ops.normal(jax.random.fold_in(image_key, 0), (cfg.population, *image.shape)),
@@ -224,12 +256,13 @@ def search_image(model: airbench.AirbenchNet, variables, cfg: SearchConfig, imag
   pop = Population(taps[0], ops.fitness(taps[-1], label))
   init_loss = jnp.min(pop.loss)
   targets, best_loss, curves = [], [], []
+  layer_fn = evolve_layer if cfg.method == 'evolution' else gradient.descend_layer
   for layer, schedule in enumerate(cfg.layers):
     def score(h, layer=layer):
       logits = h if layer == airbench.LOGITS else forward(layer, h)[-1]
       return ops.fitness(logits, label)
-    pop, curve = evolve_layer(pop, jax.random.fold_in(image_key, layer + 1),
-                              schedule=schedule, cfg=cfg, score=score, ops=ops)
+    pop, curve = layer_fn(pop, jax.random.fold_in(image_key, layer + 1),
+                          schedule=schedule, cfg=cfg, score=score, ops=ops)
     best = jnp.argmin(pop.loss)
     targets.append(pop.h[best])
     best_loss.append(pop.loss[best])
@@ -247,11 +280,11 @@ def search_image(model: airbench.AirbenchNet, variables, cfg: SearchConfig, imag
 
 
 def search_batch(model: airbench.AirbenchNet, variables, cfg: SearchConfig, images: jax.Array,
-                 labels: jax.Array, indices: jax.Array, *, skip: frozenset = frozenset(),
+                 labels: jax.Array, indices: jax.Array, *,
                  ops: Operators = Operators()) -> SearchResult:
   """:func:`search_image` for a batch: images (B, H, W, C), labels (B,), indices (B,).
 
   Returns a :class:`SearchResult` with a leading batch axis B on every array.
   """
-  one = functools.partial(search_image, model, variables, cfg, skip=skip, ops=ops)
+  one = functools.partial(search_image, model, variables, cfg, ops=ops)
   return jax.vmap(one)(images, labels, indices)

@@ -5,12 +5,11 @@
    padding counted; rows divided by their in-image count for 'valid'). n passes are
    ``M_H^n X (M_W^n)^T``: two small matmuls however many passes, instead of n
    ``lax.reduce_window`` sweeps, which XLA's CPU backend runs slowly.
-2. Identity convolutions skipped. Every square conv of the untrained search network is an exact
-   Dirac identity, so the fitness forward is elementwise work plus the head. Which convs are
-   identities is checked once on the actual weights (:func:`identity_convs`), never assumed.
-3. Max-pooling as a reshape-max, which XLA fuses with its neighbours (same values as
-   ``nn.max_pool`` with a 2x2 VALID window).
-4. Normal draws with the threefry hash fused into the mutation (:func:`normal`).
+2. Normal draws with the threefry hash fused into the mutation (:func:`normal`).
+
+The third, skipping the untrained network's identity convolutions, is an option of the model
+itself (:attr:`decouple_jax.models.AirbenchNet.identity_convs`), so the search runs the model's
+own forward.
 """
 
 from __future__ import annotations
@@ -22,10 +21,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-
-from decouple_jax.models import airbench, init as inits
-
-ConvPath = tuple[str, str, str]  # ('block1', 'group0', 'conv1')
 
 
 def _rotate_left(x: jax.Array, r: int) -> jax.Array:
@@ -111,85 +106,3 @@ def blur(h: jax.Array, passes: int, padding: str = 'zeros') -> jax.Array:
   x = lax.dot_general(jnp.broadcast_to(m_w, (p * hh, ww, ww)), x,
                       (((2,), (1,)), ((0,), (0,))), precision=highest)
   return x.reshape(p, hh, ww, c)
-
-
-def identity_convs(variables) -> frozenset[ConvPath]:
-  """The convs of ``variables`` whose kernels are exact identities (concrete arrays only)."""
-  found = set()
-  for block, groups in variables['params'].items():
-    if not block.startswith('block'):
-      continue
-    for group, layers in groups.items():
-      for name, leaf in layers.items():
-        if name.startswith('conv') and inits.is_identity_kernel(leaf['kernel']):
-          found.add((block, group, name))
-  return frozenset(found)
-
-
-def _batch_norm(x: jax.Array, bias: jax.Array, stats, eps: float) -> jax.Array:
-  """Flax BatchNorm (scale 1, learnable bias) on (N, H, W, C), without a statistics update.
-
-  ``stats`` holds the stored 'mean' and 'var' (inference form), or is None for statistics over
-  the batch (two-pass variance, as the model's BatchNorm).
-  """
-  if stats is None:
-    mean = jnp.mean(x, axis=(0, 1, 2))
-    var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
-  else:
-    mean, var = stats['mean'], stats['var']
-  return (x - mean) * lax.rsqrt(var + eps) + bias
-
-
-def forward_from(model: airbench.AirbenchNet, variables, layer: int, h: jax.Array, *,
-                 skip: frozenset[ConvPath] = frozenset(),
-                 use_running_average: bool = True) -> tuple[jax.Array, ...]:
-  """Same as ``model.apply(variables, layer, h, method=model.forward_from)``, faster; layer -1
-  is the whole network, as ``model.apply(variables, h)``.
-
-  Args:
-    model: the (search) network; tap 'post_gelu', no tap scale.
-    variables: its {'params', 'batch_stats'}.
-    layer: -1 (h is the normalised input image), 0, 1, 2 (restart from that block's output)
-      or 3 (logits: returns ()).
-    h: the input (N, H, W, C) or the tap's value, (N, H_l, W_l, w_l).
-    skip: convs to skip, from :func:`identity_convs` on these same variables.
-    use_running_average: inference BatchNorm (stored statistics) or batch statistics over N.
-
-  Returns:
-    The taps after ``layer``: block outputs (N, H', W', w) and finally the logits (N, K).
-  """
-  if model.tap != 'post_gelu' or model.tap_scale:
-    raise ValueError('forward_from restarts from block outputs; it needs tap=post_gelu '
-                     'and no tap_scale')
-  if layer >= airbench.LOGITS:
-    return ()
-  params = variables['params']
-  conv = lambda x, kernel, padding: lax.conv_general_dilated(
-      x, kernel, (1, 1), padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  if layer < 0:
-    h = conv(h, params['whiten']['kernel'], 'VALID') + params['whiten']['bias']
-    h = jax.nn.gelu(h, approximate=False)
-  taps = []
-  for i in range(layer + 1, len(model.widths)):
-    block = f'block{i}'
-    for g in range(model.convs_per_block // 2):
-      group = f'group{g}'
-      for c, norm in (('conv1', 'norm1'), ('conv2', 'norm2')):
-        if (block, group, c) not in skip:
-          h = conv(h, params[block][group][c]['kernel'], 'SAME')
-        if c == 'conv1' and g == 0:
-          h = airbench.max_pool_2x2(h)
-        stats = (variables['batch_stats'][block][group][norm]['bn']
-                 if use_running_average else None)
-        h = _batch_norm(h, params[block][group][norm]['bn']['bias'], stats, model.bn_eps)
-        h = jax.nn.gelu(h, approximate=False)
-    taps.append(h)
-  if model.head == 'maxpool':
-    h = jnp.max(h, axis=(1, 2))
-  else:
-    h = h.reshape(h.shape[0], -1)
-  logits = lax.dot_general(h, params['head']['kernel'], (((1,), (0,)), ((), ())))
-  if model.head_bias:
-    logits = logits + params['head']['bias']
-  taps.append(logits * model.logit_scale)
-  return tuple(taps)

@@ -20,7 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from decouple_jax.config import SearchConfig
 from decouple_jax.mesh import mesh_1d
 from decouple_jax.models import airbench
-from decouple_jax.search import evolve, fast
+from decouple_jax.search import evolve
 
 AXIS = 'images'
 
@@ -31,17 +31,22 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
 
 
 def make_search_fn(model: airbench.AirbenchNet, variables, search_cfg: SearchConfig,
-                   mesh: jax.sharding.Mesh | None = None
+                   mesh: jax.sharding.Mesh | None = None, *,
+                   ops: evolve.Operators = evolve.Operators(),
                    ) -> Callable[[jax.Array, jax.Array, jax.Array], evolve.SearchResult]:
   """The jitted, sharded search of a batch of images.
 
-  Identity convolutions are found once here, on these concrete ``variables``.
+  Identity convolutions are found once here, on these concrete ``variables``, and skipped by
+  the model's own forward (:attr:`~decouple_jax.models.AirbenchNet.identity_convs`).
 
   Args:
-    model: the untrained search network.
+    model: the search network: the untrained one of ``search_cfg.model``, or any network of
+      the family (a trained student, say), whose taps are then what is searched.
     variables: its {'params', 'batch_stats'} (replicated on every device).
     search_cfg: the search configuration.
     mesh: a 1-D mesh with axis 'images' (default: all devices, :func:`make_mesh`).
+    ops: the search's operators (:class:`decouple_jax.search.evolve.Operators`); swap any of
+      them to search with your own.
 
   Returns:
     ``fn(images_norm (B, H, W, C) float32, labels (B,) int32, indices (B,) int32) ->
@@ -50,8 +55,10 @@ def make_search_fn(model: airbench.AirbenchNet, variables, search_cfg: SearchCon
     to the same size (in particular a second call with the same B) do not recompile.
   """
   mesh = mesh if mesh is not None else make_mesh()
-  skip = fast.identity_convs(variables) if search_cfg.skip_identity_convs else frozenset()
-  search = functools.partial(evolve.search_batch, model, cfg=search_cfg, skip=skip)
+  skip = airbench.identity_convs(variables) if search_cfg.skip_identity_convs else frozenset()
+  # XLA's conv: the search only runs forward, whose values every conv_impl shares.
+  model = model.clone(identity_convs=skip, conv_impl='xla')
+  search = functools.partial(evolve.search_batch, model, cfg=search_cfg, ops=ops)
   run = jax.jit(jax.shard_map(
       lambda v, x, y, i: search(v, images=x, labels=y, indices=i), mesh=mesh,
       in_specs=(P(), P(AXIS), P(AXIS), P(AXIS)), out_specs=P(AXIS)))

@@ -1,0 +1,233 @@
+"""The gap study: what closes the distance between search-based learning and SGD on MNIST.
+
+Every arm is ``configs/mnist.py:cpu`` on a fixed MNIST subset (``--train_images`` training
+images, ``--holdout`` hold-out images, the full test set) with a few fields changed. An arm
+searches its training images (cached by target hash, so arms that differ only in the student
+share a search), trains the student, and reports: search seconds, mean best cross-entropy per
+search layer, R^2 of the student's taps against the targets per block, the linear probe on the
+student's block-2 output, the KL head's accuracy, and the student's hold-out and test accuracy.
+Beside them, per search width, two references on the same images: the random-feature floor (a
+linear probe trained with true labels on the UNTRAINED search network's block-2 features) and
+SGD with the student's network.
+
+Choices are made on hold-out accuracy; the test column is reported, never used to choose.
+Everything is **scaled down** (the paper searches 60k images at width 256).
+
+Resumable: a finished arm's row is kept in ``WORKDIR/rows/<arm>.json`` and not rerun; an
+unfinished search or student resumes from its own files. Every finished row is also written
+into the study section of ``--benchmarks_md`` (between its markers), with the date and the
+machine's load, so a session that stops mid-study loses nothing.
+
+  .venv/bin/python benchmarks/gap_study.py --workdir=runs/gap_study                # every arm
+  .venv/bin/python benchmarks/gap_study.py --workdir=runs/gap_study --arms=noise,gradient
+  .venv/bin/python benchmarks/gap_study.py --workdir=runs/gap_study --list          # the arms
+
+One arm takes 3-10 minutes on 2 idle cores (mostly its search).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import importlib.util
+import os
+import pathlib
+import platform
+import re
+import sys
+import time
+
+import jax
+import numpy as np
+
+from decouple_jax import config as cfglib
+from decouple_jax import data as datalib
+from decouple_jax import models
+from decouple_jax import runlog
+from decouple_jax.analysis import scaling
+from decouple_jax.learn import diagnostics
+from decouple_jax.learn import sgd
+from decouple_jax.learn import student
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BEGIN, END = '<!-- gap_study:begin -->', '<!-- gap_study:end -->'
+
+# name -> (what it tests, overrides). Overrides are dotted ConfigDict paths, plus three
+# shorthands: 'gens' (generations of the 4 search layers), 'width' (search and student block
+# width) and 'alpha' (alpha of the 4 layers).
+ARMS = {
+    'candidate': ('blur the whole child (appendix order)', {'search.blur_target': 'candidate'}),
+    'noise': ('blur only the mutation noise (section 3.1)', {'search.blur_target': 'noise'}),
+    'candidate_g100': ('candidate, blocks 1-2 at 100 generations',
+                       {'search.blur_target': 'candidate', 'gens': (16, 100, 100, 60)}),
+    'noise_g100': ('noise, blocks 1-2 at 100 generations',
+                   {'search.blur_target': 'noise', 'gens': (16, 100, 100, 60)}),
+    'noise_g4_100': ('noise, block 0 at 4, blocks 1-2 at 100',
+                     {'search.blur_target': 'noise', 'gens': (4, 100, 100, 60)}),
+    'gradient_g4_100': ('gradient descent control, same evaluations as noise_g4_100',
+                        {'search.blur_target': 'noise', 'search.method': 'gradient',
+                         'gens': (4, 100, 100, 60)}),
+}
+
+
+def load_base(train_images: int, holdout: int) -> dict:
+  """``configs/mnist.py:cpu`` as a ConfigDict, cut to the study's subset."""
+  spec = importlib.util.spec_from_file_location('mnist_config', REPO / 'configs' / 'mnist.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config('cpu')
+  c.data.dir = str(REPO / 'data' / 'mnist')
+  c.data.train_limit, c.data.holdout = train_images, holdout
+  return c
+
+
+def arm_config(base, overrides: dict) -> cfglib.ExperimentConfig:
+  """The experiment of one arm: ``base`` (a ConfigDict) with ``overrides`` applied."""
+  c = base.copy_and_resolve_references()
+  for key, value in overrides.items():
+    if key == 'gens':
+      c.search.layers = tuple(dict(l, generations=g) for l, g in zip(c.search.layers, value))
+    elif key == 'alpha':
+      c.search.layers = tuple(dict(l, alpha=a) for l, a in zip(c.search.layers, value))
+    elif key == 'width':
+      c.search.model.widths = c.student.model.widths = (value,) * 3
+    else:
+      *path, leaf = key.split('.')
+      node = c
+      for part in path:
+        node = node[part]
+      node[leaf] = value
+  return cfglib.from_dict(cfglib.ExperimentConfig, c)
+
+
+def student_row(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, workdir: pathlib.Path
+                ) -> dict:
+  """Search (cached) + student of one arm, and the numbers of its row."""
+  targets = scaling.cached_search(exp.data, exp.search, ds, workdir / 'searches')
+  summary = runlog.read_json(targets / 'summary.json')
+  run = workdir / 'students' / cfglib.config_hash(exp.data, exp.search, exp.student)
+  results = student.train_student(exp.data, exp.search, exp.student, run, targets, ds=ds)
+  d = results['diagnostics']
+  return {
+      'search_seconds': summary['seconds_this_run'],
+      'mean_best_loss': list(summary['mean_best_loss'].values()),
+      'r2_train': d['r2_train'],
+      'linear_probe': d['linear_probe_test_accuracy'],
+      'head': d['head_test_accuracy'],
+      'holdout_accuracy': results['holdout_accuracy'],
+      'test_accuracy': results['test_accuracy'],
+      'student_seconds': results['train_seconds'],
+  }
+
+
+def reference_row(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, workdir: pathlib.Path
+                  ) -> dict:
+  """The random-feature floor and SGD with the student's network, at ``exp``'s width."""
+  model, variables = models.init_for_dataset(exp.search.model, ds, exp.search.seed)
+  features = diagnostics.make_features_fn(model, False, ds.mean, ds.std)
+  feats = lambda images: np.concatenate(
+      [np.asarray(features(variables, images[s:s + 1000])[1])
+       for s in range(0, len(images), 1000)])
+  floor = diagnostics.linear_probe(feats(ds.train_images), ds.train_labels,
+                                   feats(ds.test_images), ds.test_labels, ds.num_classes)
+  sgd_model = dataclasses.replace(exp.student.model, tap='post_gelu', tap_scale=False)
+  sgd_cfg = dataclasses.replace(exp.sgd, model=sgd_model, train=exp.student.train)
+  run = workdir / 'sgd' / cfglib.config_hash(exp.data, sgd_cfg)
+  results = sgd.train_sgd(exp.data, sgd_cfg, run, ds=ds)
+  return {'random_feature_floor': floor, 'sgd_holdout_accuracy': results['holdout_accuracy'],
+          'sgd_test_accuracy': results['test_accuracy']}
+
+
+def _f(values, digits=2) -> str:
+  return ' / '.join(f'{v:.{digits}f}' for v in values)
+
+
+def format_table(rows: dict, refs: dict) -> str:
+  """The study's Markdown table (accuracies in %), arms in the order of :data:`ARMS`."""
+  lines = ['| arm | what | search s | mean best CE 0/1/2/logits | R^2 blocks 0/1/2 | probe | '
+           'head | hold-out | test | load |', '|---|---|---|---|---|---|---|---|---|---|']
+  for name, row in rows.items():
+    lines.append(
+        f'| `{name}` | {row["what"]} | {row["search_seconds"]:.0f} | '
+        f'{_f(row["mean_best_loss"])} | {_f(row["r2_train"])} | '
+        f'{100 * row["linear_probe"]:.1f} | {100 * row["head"]:.1f} | '
+        f'{100 * row["holdout_accuracy"]:.2f} | {100 * row["test_accuracy"]:.2f} | '
+        f'{row["load"]} |')
+  lines += ['', '| width | random-feature floor (untrained block-2 probe) | SGD, student\'s network: '
+            'hold-out | test |', '|---|---|---|---|']
+  for width, ref in sorted(refs.items()):
+    lines.append(f'| {width} | {100 * ref["random_feature_floor"]:.1f} | '
+                 f'{100 * ref["sgd_holdout_accuracy"]:.2f} | {100 * ref["sgd_test_accuracy"]:.2f} |')
+  return '\n'.join(lines)
+
+
+def write_section(path: pathlib.Path, body: str) -> None:
+  """Replaces the text between the study's markers in ``path`` with ``body``."""
+  text = path.read_text()
+  if BEGIN not in text or END not in text:
+    raise SystemExit(f'{path} has no {BEGIN} ... {END} section to write the study into')
+  head, rest = text.split(BEGIN, 1)
+  _, tail = rest.split(END, 1)
+  path.write_text(f'{head}{BEGIN}\n{body}\n{END}{tail}')
+
+
+def _load() -> str:
+  return '/'.join(f'{x:.1f}' for x in os.getloadavg())
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--workdir', default='runs/gap_study')
+  parser.add_argument('--arms', default='all', help="comma-separated names, or 'all'")
+  parser.add_argument('--train_images', type=int, default=5000)
+  parser.add_argument('--holdout', type=int, default=1000)
+  parser.add_argument('--benchmarks_md', default=str(REPO / 'BENCHMARKS.md'),
+                      help="where finished rows are recorded ('' to skip)")
+  parser.add_argument('--list', action='store_true', help='print the arms and exit')
+  args = parser.parse_args(argv)
+  if args.list:
+    for name, (what, overrides) in ARMS.items():
+      print(f'{name:24s} {what}: {overrides}')
+    return
+  names = list(ARMS) if args.arms == 'all' else args.arms.split(',')
+  unknown = [n for n in names if n not in ARMS]
+  if unknown:
+    raise SystemExit(f'unknown arm(s) {unknown}; --list shows the arms')
+  workdir = pathlib.Path(args.workdir)
+  base = load_base(args.train_images, args.holdout)
+  ds = datalib.load_dataset(cfglib.from_dict(cfglib.ExperimentConfig, base).data)
+  rows_dir = workdir / 'rows'
+  for name in names:
+    path = rows_dir / f'{name}.json'
+    what, overrides = ARMS[name]
+    exp = arm_config(base, overrides)
+    width = exp.search.model.widths[0]
+    ref_path = rows_dir / f'reference_width{width}.json'
+    if not ref_path.exists():
+      runlog.write_json(ref_path, {**reference_row(exp, ds, workdir), 'load': _load()})
+    if not path.exists():
+      t0 = time.perf_counter()
+      row = student_row(exp, ds, workdir)
+      runlog.write_json(path, {**row, 'what': what, 'overrides': overrides, 'load': _load(),
+                               'arm_seconds': time.perf_counter() - t0,
+                               'finished': datetime.datetime.now(datetime.timezone.utc)
+                               .strftime('%Y-%m-%d %H:%M UTC')})
+    rows = {n: runlog.read_json(rows_dir / f'{n}.json') for n in ARMS
+            if (rows_dir / f'{n}.json').exists()}
+    refs = {int(re.search(r'\d+', p.stem).group()): runlog.read_json(p)
+            for p in rows_dir.glob('reference_width*.json')}
+    table = format_table(rows, refs)
+    print(f'\n{table}\n', flush=True)
+    if args.benchmarks_md:
+      header = (f'Command: `.venv/bin/python benchmarks/gap_study.py --workdir={args.workdir}`; '
+                f'{args.train_images} training / {args.holdout} hold-out MNIST images, full test '
+                f'set; machine {platform.node()} ({os.cpu_count()} cores), jax {jax.__version__}; '
+                f'last row {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. '
+                '**Scaled down** (`mnist:cpu` otherwise). "load" is the 1/5/15-minute load '
+                'average when the arm finished (2 cores: ~1 is idle for a one-job run).')
+      write_section(pathlib.Path(args.benchmarks_md), f'{header}\n\n{table}')
+
+
+if __name__ == '__main__':
+  main(sys.argv[1:])
