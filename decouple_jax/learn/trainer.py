@@ -185,9 +185,9 @@ def _check_same_run(workdir: pathlib.Path, found: dict, config: dict, config_has
   if 'config' not in found:
     raise TrainError(
         f"{workdir} holds a checkpoint of another configuration (hash {found['config_hash']} != "
-        f'{config_hash}), written before checkpoints recorded their config (and when the hash '
-        f'covered the data\'s path, not its content); use a new --workdir, or delete '
-        f'{workdir / "checkpoints"} to start over')
+        f'{config_hash}) written by an older version, which recorded neither its config nor '
+        f'the content of its data; use a new --workdir, or delete {workdir / "checkpoints"} to '
+        'start over')
   raise TrainError(
       f'{workdir} holds a run of another configuration:\n  ' +
       '\n  '.join(cfglib.differences(config, found['config'])) +
