@@ -250,6 +250,7 @@ def _edit_meta(key, value):
     (lambda d: (d / 'meta.json').write_text('[]'), 'not target-store metadata'),
     (lambda d: (d / 'meta.json').unlink(), 'no target store'),
     (_edit_meta('format_version', 0), 'format 0'),
+    (_edit_meta('format_version', 1), 'a format 1 store does not record the data it was'),
     (_edit_meta('complete', [7]), 'chunk ids'),
     (_edit_meta('spec', {'dtype': 'float32'}), 'not a StoreSpec'),
     (lambda d: (d / 'layer1.npy').unlink(), 'layer1.npy is missing or corrupt'),
