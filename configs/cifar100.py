@@ -14,6 +14,7 @@ _spec = importlib.util.spec_from_file_location(
     'decouple_jax_configs_cifar10', pathlib.Path(__file__).with_name('cifar10.py'))
 _cifar10 = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_cifar10)
+VARIANTS = _cifar10.VARIANTS
 
 
 def get_config(arg: str = 'cpu'):

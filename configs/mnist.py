@@ -18,10 +18,12 @@ import ml_collections
 
 from decouple_jax import config as cfglib
 
+VARIANTS = ('paper', 'cpu', 'demo', 'smoke')
+
 
 def get_config(arg: str = 'cpu') -> ml_collections.ConfigDict:
-  if arg not in ('paper', 'cpu', 'demo', 'smoke'):
-    raise ValueError(f'configs/mnist.py variant must be paper, cpu, demo or smoke, got {arg!r}')
+  if arg not in VARIANTS:
+    raise ValueError(f'configs/mnist.py variant must be one of {VARIANTS}, got {arg!r}')
   c = ml_collections.ConfigDict(cfglib.to_dict(cfglib.ExperimentConfig()))
   c.name = f'mnist:{arg}'
   c.scale = 'paper' if arg == 'paper' else f'scaled down ({arg})'

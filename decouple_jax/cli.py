@@ -1,29 +1,121 @@
-"""What every launch script shares: known errors become one clear line, not a traceback."""
+"""What every launch script shares: ``--help`` lists the configs' variants, a bad flag or a
+known library error ends in one clear line, and ``--workdir`` is held for the run.
+
+Launch support only: the library never imports this module.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib.util
+import pathlib
 import sys
 
+from absl import app
+from absl import flags
 from absl import logging
 
+from decouple_jax import locks
 from decouple_jax.config import ConfigError
 from decouple_jax.data import DataError
 from decouple_jax.learn.trainer import TrainError
+from decouple_jax.runlog import RecordError
 from decouple_jax.search.store import StoreError
 
 # Errors whose message already says what is wrong and how to fix it.
-KNOWN_ERRORS = (ConfigError, DataError, StoreError, TrainError)
+KNOWN_ERRORS = (ConfigError, DataError, StoreError, TrainError, RecordError,
+                locks.DirectoryBusy)
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'configs'
+_HELP = ('-h', '-?', '--help', '--helpshort', '--helpfull')
 
 
-def run_cli(main):
-  """Wraps an absl ``main`` so a known library error exits with status 1 and its message."""
+def _load_config_file(path: pathlib.Path):
+  spec = importlib.util.spec_from_file_location(f'decouple_jax_cli_{path.stem}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def variants_help(configs: pathlib.Path = CONFIGS) -> str:
+  """The config files in ``configs`` and their variants, one line each."""
+  lines = ['', "configs (--config=FILE:VARIANT; each file's docstring describes them):"]
+  for path in sorted(configs.glob('*.py')):
+    module = _load_config_file(path)
+    lines.append(f'  {path.relative_to(configs.parent)}: {", ".join(module.VARIANTS)}')
+  return '\n'.join(lines)
+
+
+def _flag_value(argv: list[str], name: str) -> str | None:
+  """The value of ``--name=value`` or ``--name value`` in ``argv``, the last one given."""
+  value = None
+  for i, arg in enumerate(argv):
+    if arg.startswith(f'--{name}='):
+      value = arg.split('=', 1)[1]
+    elif arg == f'--{name}' and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
+
+
+def _check_config_flags(argv: list[str]) -> None:
+  """Exits with one line if ``--config`` names no file or an unknown variant, or an override
+  ``--config.a.b=...`` names no field; config_flags would bury these in a traceback."""
+  value = _flag_value(argv, 'config')
+  if value is None:
+    return
+  file, _, variant = value.partition(':')
+  path = pathlib.Path(file)
+  if not path.is_file():
+    known = ', '.join(str(p.relative_to(CONFIGS.parent)) for p in sorted(CONFIGS.glob('*.py')))
+    sys.exit(f'error: --config={value}: no such file {file}; the configs are {known} (--help '
+             'lists their variants)')
+  module = _load_config_file(path)
+  variants = getattr(module, 'VARIANTS', None)
+  if variant and variants is not None and variant not in variants:
+    sys.exit(f'error: --config={value}: unknown variant {variant!r}; {file} has '
+             f'{", ".join(variants)}')
+  config = module.get_config(*([variant] if variant else []))
+  for arg in argv:
+    if not arg.startswith('--config.'):
+      continue
+    node, where = config, 'config'
+    for key in arg[len('--config.'):].split('=', 1)[0].split('.'):
+      if not hasattr(node, 'keys') or key not in node:
+        fields = ', '.join(sorted(node.keys())) if hasattr(node, 'keys') else 'none'
+        sys.exit(f'error: {arg}: {where} has no field {key!r}; its fields: {fields}')
+      node, where = node[key], f'{where}.{key}'
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flags parser, with ``--help`` that exits 0 and one-line flag errors."""
+  if any(arg in _HELP for arg in argv[1:]):
+    app.usage(shorthelp='--helpfull' not in argv, writeto_stdout=True)
+    if 'config' in flags.FLAGS:
+      print(variants_help())
+    sys.exit(0)
+  _check_config_flags(argv[1:])
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'error: {str(e).strip().splitlines()[0]} (--help lists the flags)')
+
+
+def _guarded(main):
+  """``main`` holding ``--workdir`` (if the script has one), with known library errors
+  ending in one line (exit status 1)."""
   @functools.wraps(main)
   def wrapped(argv):
     # Orbax reports every save at INFO; progress bars already say what is happening.
     logging.set_verbosity(logging.WARNING)
+    workdir = flags.FLAGS['workdir'].value if 'workdir' in flags.FLAGS else None
     try:
-      return main(argv)
+      with locks.hold(workdir) if workdir else contextlib.nullcontext():
+        return main(argv)
     except KNOWN_ERRORS as e:
       sys.exit(f'error: {type(e).__name__}: {e}')
   return wrapped
+
+
+def run(main) -> None:
+  """``absl.app.run(main)`` for a launch script (see the module docstring)."""
+  app.run(_guarded(main), flags_parser=_parse_flags)

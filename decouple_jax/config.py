@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from typing import Any, Mapping
@@ -20,9 +21,58 @@ class ConfigError(ValueError):
   """A configuration that is inconsistent or names unknown fields."""
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+# The choices of every enumerated field; the code that acts on a field uses the same constant.
+DATA_NAMES = ('mnist', 'cifar10', 'cifar100')
+DATA_SOURCES = ('files', 'tfds')
+CIFAR100_LABELS = ('fine', 'coarse')
+CONVS_PER_BLOCK = (2, 4, 6)
+HEADS = ('flatten', 'maxpool')
+TAPS = ('post_gelu', 'pre_gelu')
+CONV_IMPLS = ('xla', 'matmul', 'auto')
+SCHEDULES = ('constant', 'triangle')
+REFINE_POOLS = ('parents_and_explorers', 'parents')
+SEED_NEXT = ('best', 'population')
+BLUR_PADDINGS = ('zeros', 'valid')
+BLUR_TARGETS = ('candidate', 'noise')
+SEARCH_METHODS = ('evolution', 'gradient')
+BN_MODES = ('inference', 'batch')
+STORE_DTYPES = ('float32', 'float16', 'bfloat16')
+STUDENT_VARIANTS = ('all_layers', 'skip_block0')
+MSE_REDUCTIONS = ('mean', 'sum')
+
+# Every check below raises a message that starts with the field's name; from_dict puts the
+# field's path in front (config.search.layers[0].generations=-1: ...), so the message says
+# which flag to change. A new field gets its check by one more call in its class's
+# __post_init__.
+
+
+def _check_choice(name: str, value: Any, choices: tuple) -> None:
   if value not in choices:
     raise ConfigError(f'{name}={value!r} is not one of {choices}')
+
+
+def _check_counts(cfg, minimum: int, *names: str) -> None:
+  """Integer fields that must be at least ``minimum``."""
+  for name in names:
+    value = getattr(cfg, name)
+    if value < minimum:
+      raise ConfigError(f'{name}={value!r}: must be an integer >= {minimum}')
+
+
+def _check_amounts(cfg, *names: str, positive: bool = False) -> None:
+  """Float fields that must be finite and >= 0 (``positive``: > 0)."""
+  for name in names:
+    value = getattr(cfg, name)
+    if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+      raise ConfigError(f'{name}={value!r}: must be a finite number '
+                        f'{"> 0" if positive else ">= 0"}')
+
+
+def _check_fraction(cfg, name: str, *, below_one: bool = False) -> None:
+  """A float field in [0, 1] (``below_one``: [0, 1))."""
+  value = getattr(cfg, name)
+  if not (0 <= value < 1 if below_one else 0 <= value <= 1):
+    raise ConfigError(f'{name}={value!r}: must be in [0, {"1)" if below_one else "1]"}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +103,12 @@ class DataConfig:
   train_limit: int = 0
   test_limit: int = 0
   verify: bool = True
+
+  def __post_init__(self):
+    _check_choice('name', self.name, DATA_NAMES)
+    _check_choice('source', self.source, DATA_SOURCES)
+    _check_choice('cifar100_labels', self.cifar100_labels, CIFAR100_LABELS)
+    _check_counts(self, 0, 'holdout', 'train_limit', 'test_limit')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +153,16 @@ class ModelConfig:
   conv_impl: str = 'auto'
 
   def __post_init__(self):
-    _check_choice('model.conv_impl', self.conv_impl, ('xla', 'matmul', 'auto'))
+    if len(self.widths) != 3 or min(self.widths) < 1:
+      raise ConfigError(f'widths={self.widths!r}: give one positive width per block, e.g. '
+                        '(16, 16, 16)')
+    _check_choice('convs_per_block', self.convs_per_block, CONVS_PER_BLOCK)
+    _check_choice('head', self.head, HEADS)
+    _check_choice('tap', self.tap, TAPS)
+    _check_choice('conv_impl', self.conv_impl, CONV_IMPLS)
+    _check_amounts(self, 'logit_scale', 'bn_eps', 'whiten_eps', positive=True)
+    _check_fraction(self, 'bn_momentum')
+    _check_counts(self, 1, 'whiten_images')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +205,14 @@ class OptimConfig:
   label_smoothing: float = 0.0
   clip_norm: float = 0.0
 
+  def __post_init__(self):
+    _check_choice('schedule', self.schedule, SCHEDULES)
+    _check_amounts(self, 'lr', 'weight_decay', 'lr_start', 'lr_end', 'clip_norm')
+    _check_fraction(self, 'momentum', below_one=True)
+    _check_fraction(self, 'label_smoothing', below_one=True)
+    _check_fraction(self, 'warmup')
+    _check_counts(self, 1, 'batch_size', 'epochs')
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -168,6 +241,10 @@ class TrainConfig:
   seed: int = 0
   bn_batch_stats: bool = True
 
+  def __post_init__(self):
+    _check_counts(self, 0, 'crop_pad')
+    _check_counts(self, 1, 'eval_batch', 'eval_every', 'checkpoint_every')
+
 
 @dataclasses.dataclass(frozen=True)
 class SGDConfig:
@@ -185,15 +262,25 @@ def _tuple_fields(cls) -> dict[str, Any]:
   return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _convert(tp: Any, value: Any, path: str) -> Any:
+def _field_default(cls, name: str) -> Any:
+  field = {f.name: f for f in dataclasses.fields(cls)}[name]
+  if field.default_factory is not dataclasses.MISSING:
+    return field.default_factory()
+  return None if field.default is dataclasses.MISSING else field.default
+
+
+def _convert(tp: Any, value: Any, path: str, base: Any) -> Any:
   if dataclasses.is_dataclass(tp):
-    return from_dict(tp, value, path)
+    return from_dict(tp, value, path, base)
   origin = typing.get_origin(tp)
   if origin is tuple:
     if not isinstance(value, (list, tuple)):
       raise ConfigError(f'{path}: expected a sequence, got {value!r}')
     (elem, *_) = typing.get_args(tp)
-    return tuple(_convert(elem, v, path) for v in value)
+    # Element i of a partial tuple (e.g. of layer schedules) starts from the base's element i.
+    bases = tuple(base) if isinstance(base, tuple) else ()
+    return tuple(_convert(elem, v, f'{path}[{i}]', bases[i] if i < len(bases) else None)
+                 for i, v in enumerate(value))
   if origin in (typing.Union, types.UnionType):
     return value
   if tp is float and isinstance(value, int) and not isinstance(value, bool):
@@ -203,11 +290,15 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
   return value
 
 
-def from_dict(cls, d: Mapping[str, Any] | Any, path: str = 'config'):
+def from_dict(cls, d: Mapping[str, Any] | Any, path: str = 'config', base: Any = None):
   """Builds dataclass ``cls`` from a (nested) mapping such as a ConfigDict.
 
-  Missing keys take the dataclass defaults; unknown keys raise :class:`ConfigError` naming the
-  valid ones.
+  Missing keys keep the values of ``base`` (default: the dataclass defaults), at every level:
+  a nested mapping starts from its parent's value of that field, so
+  ``from_dict(StudentConfig, {'model': {'widths': (16, 16, 16)}})`` keeps the student's own
+  model defaults (tap 'pre_gelu', 6 convs per block), not :class:`ModelConfig`'s. Unknown keys
+  raise :class:`ConfigError` naming the valid ones; an invalid value raises one naming its
+  path, e.g. ``config.search.layers[0].generations=-1: must be an integer >= 0``.
   """
   if dataclasses.is_dataclass(d):
     return d
@@ -220,8 +311,15 @@ def from_dict(cls, d: Mapping[str, Any] | Any, path: str = 'config'):
   if unknown:
     raise ConfigError(f'{path}: unknown field(s) {unknown} for {cls.__name__}; '
                       f'valid fields: {sorted(fields)}')
-  kwargs = {k: _convert(fields[k], v, f'{path}.{k}') for k, v in d.items()}
-  return cls(**kwargs)
+  kwargs = {k: _convert(fields[k], v, f'{path}.{k}',
+                        _field_default(cls, k) if base is None else getattr(base, k))
+            for k, v in d.items()}
+  try:
+    return cls(**kwargs) if base is None else dataclasses.replace(base, **kwargs)
+  except ConfigError as e:  # the checks name the field; say where it sits
+    raise ConfigError(f'{path}.{e}') from None
+  except TypeError as e:  # a required field missing
+    raise ConfigError(f'{path}: {e}') from None
 
 
 def to_dict(cfg) -> dict[str, Any]:
@@ -240,6 +338,33 @@ def config_hash(*cfgs) -> str:
   return hash_dict([to_dict(c) for c in cfgs])
 
 
+def as_json(obj: Any) -> Any:
+  """``obj`` as it reads back from JSON (tuples become lists), so a recorded config compares
+  equal to a freshly built one."""
+  return json.loads(json.dumps(obj, sort_keys=True))
+
+
+def differences(expected: Any, found: Any, path: str = '') -> list[str]:
+  """One 'a.b: expected ..., found ...' line per leaf where two JSON-like configs differ.
+
+  Nested dicts are compared key by key, so a mismatch names the very fields that changed;
+  a key present on one side only is shown as missing.
+  """
+  if isinstance(expected, Mapping) and isinstance(found, Mapping):
+    lines = []
+    for key in sorted(set(expected) | set(found), key=str):
+      where = f'{path}.{key}' if path else str(key)
+      if key not in found:
+        lines.append(f'{where}: expected {expected[key]!r}, missing')
+      elif key not in expected:
+        lines.append(f'{where}: not expected, found {found[key]!r}')
+      else:
+        lines += differences(expected[key], found[key], where)
+    return lines
+  expected, found = as_json(expected), as_json(found)
+  return [] if expected == found else [f'{path}: expected {expected!r}, found {found!r}']
+
+
 @dataclasses.dataclass(frozen=True)
 class LayerSchedule:
   """Search settings of one search layer (paper appendix A.2; docs/method.md section 3).
@@ -254,6 +379,10 @@ class LayerSchedule:
   alpha: float
   boost: float
   blur: int
+
+  def __post_init__(self):
+    _check_counts(self, 0, 'generations', 'blur')
+    _check_amounts(self, 'alpha', 'boost')
 
 
 PAPER_SCHEDULE = (
@@ -322,23 +451,28 @@ class SearchConfig:
   chunk_size: int = 1024
 
   def __post_init__(self):
+    _check_counts(self, 1, 'top_k', 'batch_images', 'chunk_size')
+    _check_counts(self, 0, 'n_explore', 'n_refine')
+    if self.n_explore + self.n_refine < 1:
+      raise ConfigError(f'n_explore={self.n_explore} and n_refine={self.n_refine}: a '
+                        'generation needs at least one child; raise either')
     if self.top_k + self.n_explore + self.n_refine != self.population:
       raise ConfigError(
-          f'search population {self.population} != top_k {self.top_k} + n_explore '
+          f'population={self.population} != top_k {self.top_k} + n_explore '
           f'{self.n_explore} + n_refine {self.n_refine}; make the parts add up '
-          f'(e.g. --config.search.population={self.top_k + self.n_explore + self.n_refine})')
+          f'(e.g. population={self.top_k + self.n_explore + self.n_refine})')
     if len(self.layers) != 4:
-      raise ConfigError(f'search.layers needs 4 schedules (blocks 0-2, logits), got '
+      raise ConfigError(f'layers: needs 4 schedules (blocks 0-2, logits), got '
                         f'{len(self.layers)}')
-    _check_choice('search.refine_pool', self.refine_pool, ('parents_and_explorers', 'parents'))
-    _check_choice('search.seed_next', self.seed_next, ('best', 'population'))
-    _check_choice('search.blur_padding', self.blur_padding, ('zeros', 'valid'))
-    _check_choice('search.blur_target', self.blur_target, ('candidate', 'noise'))
-    _check_choice('search.method', self.method, ('evolution', 'gradient'))
-    _check_choice('search.bn_mode', self.bn_mode, ('inference', 'batch'))
-    _check_choice('search.store_dtype', self.store_dtype, ('float32', 'float16', 'bfloat16'))
-    if self.top_k < 1 or self.n_explore < 0 or self.n_refine < 0:
-      raise ConfigError('search.top_k must be >= 1 and the child counts >= 0')
+    _check_choice('refine_pool', self.refine_pool, REFINE_POOLS)
+    _check_choice('seed_next', self.seed_next, SEED_NEXT)
+    _check_choice('blur_padding', self.blur_padding, BLUR_PADDINGS)
+    _check_choice('blur_target', self.blur_target, BLUR_TARGETS)
+    _check_choice('method', self.method, SEARCH_METHODS)
+    _check_choice('bn_mode', self.bn_mode, BN_MODES)
+    _check_choice('store_dtype', self.store_dtype, STORE_DTYPES)
+    _check_amounts(self, 'init_noise')
+    _check_amounts(self, 'norm_eps', positive=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -369,8 +503,9 @@ class StudentConfig:
   device_targets_gb: float = 4.0
 
   def __post_init__(self):
-    _check_choice('student.variant', self.variant, ('all_layers', 'skip_block0'))
-    _check_choice('student.mse_reduction', self.mse_reduction, ('mean', 'sum'))
+    _check_choice('variant', self.variant, STUDENT_VARIANTS)
+    _check_choice('mse_reduction', self.mse_reduction, MSE_REDUCTIONS)
+    _check_amounts(self, 'mse_coef', 'kl_weight', 'device_targets_gb')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -391,11 +526,11 @@ class ReproduceConfig:
 
   def __post_init__(self):
     if not self.sgd_convs or not self.variants:
-      raise ConfigError('reproduce.sgd_convs and reproduce.variants each need at least one entry')
-    if not set(self.sgd_convs) <= {2, 4, 6}:
-      raise ConfigError(f'reproduce.sgd_convs={self.sgd_convs}: convs per block must be 2, 4 or 6')
+      raise ConfigError('sgd_convs and variants: each needs at least one entry')
+    if not set(self.sgd_convs) <= set(CONVS_PER_BLOCK):
+      raise ConfigError(f'sgd_convs={self.sgd_convs}: convs per block must be 2, 4 or 6')
     for variant in self.variants:
-      _check_choice('reproduce.variants', variant, ('all_layers', 'skip_block0'))
+      _check_choice('variants', variant, STUDENT_VARIANTS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -424,13 +559,13 @@ class AnalysisConfig:
   probe_images: int = 1000
 
   def __post_init__(self):
-    if self.n_images < 1 or self.n_runs < 1 or self.probe_images < 1:
-      raise ConfigError(f'analysis.n_images={self.n_images}, n_runs={self.n_runs} and '
-                        f'probe_images={self.probe_images} must each be at least 1')
-    if not self.generations or min(self.generations) <= 0:
-      raise ConfigError(f'analysis.generations={self.generations} needs positive multipliers')
+    _check_counts(self, 1, 'n_images', 'n_runs', 'probe_images')
+    _check_counts(self, 0, 'train_images')
+    _check_fraction(self, 'threshold')
+    if not self.generations or not all(math.isfinite(g) and g > 0 for g in self.generations):
+      raise ConfigError(f'generations={self.generations}: needs finite positive multipliers')
     if any(p < 3 for p in self.populations):
-      raise ConfigError(f'analysis.populations={self.populations}: a population needs at '
+      raise ConfigError(f'populations={self.populations}: a population needs at '
                         'least 3 candidates (parents, explorers, refiners)')
 
 
@@ -501,3 +636,7 @@ class ExperimentConfig:
   reproduce: ReproduceConfig = ReproduceConfig()
   analysis: AnalysisConfig = AnalysisConfig()
   feedback: FeedbackConfig = FeedbackConfig()
+
+  def __post_init__(self):
+    if not self.seeds:
+      raise ConfigError('seeds=(): give at least one seed, e.g. (0,)')

@@ -37,6 +37,7 @@ import numpy as np
 
 from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
+from decouple_jax import locks
 from decouple_jax import runlog
 from decouple_jax import report
 from decouple_jax.analysis import plots
@@ -78,22 +79,24 @@ class _Runner:
     return result
 
 
-def _finished_training(workdir: pathlib.Path, config_hash: str, required: str
+def _finished_training(workdir: pathlib.Path, config: dict, required: str
                        ) -> Callable[[], dict | None]:
   """The ``done`` of a training sub-run for :class:`_Runner`: its results if ``workdir``
-  holds a finished run (one whose results.json has ``required``), else None.
+  holds a finished run of ``config`` (one whose results.json has ``required``), else None.
 
-  The returned callable raises ConfigError if ``workdir`` holds a run of another config.
+  The returned callable raises ConfigError, naming the settings that differ, if ``workdir``
+  holds a run of another config.
   """
   def done():
     path = workdir / 'results.json'
     if not path.exists():
       return None
     results = runlog.read_json(path)
-    if results.get('config_hash') != config_hash:
+    if results.get('config_hash') != cfglib.hash_dict(config):
       raise cfglib.ConfigError(
-          f'{workdir} holds a run of another configuration (hash {results.get("config_hash")} '
-          f'!= {config_hash}); use a new --workdir or delete {workdir}')
+          f'{workdir} holds a run of another configuration:\n  ' + '\n  '.join(
+              cfglib.differences(config, results.get('config', {}))) +
+          f'\nUse a new --workdir, or delete {workdir} to start over.')
     # A run killed after training but before its last results were added is finished by
     # running it again: it resumes from its final checkpoint.
     return results if required in results else None
@@ -138,7 +141,8 @@ def _student(runner: _Runner, exp: cfglib.ExperimentConfig, ds: datalib.Dataset,
   run_dir = runner.workdir / name
   return runner(
       name,
-      _finished_training(run_dir, cfglib.config_hash(exp.data, exp.search, cfg), 'diagnostics'),
+      _finished_training(run_dir, student.run_config(exp.data, ds, exp.search, cfg),
+                         'diagnostics'),
       lambda: _without_variables(student.train_student(
           exp.data, exp.search, cfg, run_dir, targets, holdout_targets=holdout_targets, ds=ds,
           mesh=mesh)))
@@ -155,7 +159,7 @@ def _sgd(runner: _Runner, exp: cfglib.ExperimentConfig, ds: datalib.Dataset, see
   run_dir = runner.workdir / name
   return runner(
       name,
-      _finished_training(run_dir, cfglib.config_hash(exp.data, cfg), 'test_accuracy'),
+      _finished_training(run_dir, sgd.run_config(exp.data, ds, cfg), 'test_accuracy'),
       lambda: _without_variables(sgd.train_sgd(exp.data, cfg, run_dir, ds=ds, mesh=mesh)))
 
 
@@ -205,6 +209,7 @@ def _hardware(devices: Sequence[jax.Device]) -> dict:
           'devices': len(devices)}
 
 
+@locks.holding('workdir')
 def reproduce(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
               devices: Sequence[jax.Device] | None = None) -> dict:
   """Runs the search, the students and the SGD baselines of ``exp`` for every seed.

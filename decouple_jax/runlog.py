@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import sys
+import warnings
 from typing import Any, Iterable
 
 import numpy as np
@@ -37,7 +38,12 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 class JsonLines:
-  """Appends one JSON record per line; ``keep(pred)`` drops records a resumed run will redo."""
+  """Appends one JSON record per line; ``keep(pred)`` drops records a resumed run will redo.
+
+  A kill can tear the last line (a record written in part). Reading drops such a line with a
+  warning, and the next write first cuts it off, so a torn record never merges with the next.
+  A broken line anywhere else means a damaged file and raises :class:`RecordError`.
+  """
 
   def __init__(self, path: str | os.PathLike):
     self.path = pathlib.Path(path)
@@ -46,7 +52,20 @@ class JsonLines:
   def records(self) -> list[dict]:
     if not self.path.exists():
       return []
-    return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+    lines = self.path.read_text().split('\n')
+    records = []
+    for i, line in enumerate(lines):
+      if not line.strip():
+        continue
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError as e:
+        if i < len(lines) - 1:  # a complete line: not a kill's doing
+          raise RecordError(f'{self.path}, line {i + 1}: not a JSON record ({e}); the file is '
+                            f'damaged: delete it or that line') from e
+        warnings.warn(f'{self.path}: dropped a torn last line (a run was killed while writing '
+                      f'it): {line[:80]!r}', stacklevel=2)
+    return records
 
   def keep(self, pred) -> None:
     kept = [r for r in self.records() if pred(r)]
@@ -55,13 +74,46 @@ class JsonLines:
     os.replace(tmp, self.path)
 
   def write(self, record: dict) -> None:
-    with self.path.open('a') as f:
-      f.write(json.dumps(_plain(record)) + '\n')
+    with self.path.open('a+b') as f:
+      size = f.seek(0, os.SEEK_END)
+      if size:
+        f.seek(size - 1)
+        if f.read(1) != b'\n':
+          self.records()  # warns about the torn line
+          f.seek(0)
+          f.truncate(f.read().rfind(b'\n') + 1)
+      f.write((json.dumps(_plain(record)) + '\n').encode())
 
 
-def progress(iterable: Iterable | None = None, **kwargs) -> tqdm.tqdm:
-  """A tqdm bar (with ETA) on stderr; quiet under pytest to keep test logs readable."""
+class RecordError(ValueError):
+  """A JSON-lines file with a broken record that is not its last line."""
+
+
+class Progress(tqdm.tqdm):
+  """A tqdm bar whose rate and ETA count from :meth:`start_clock`, by default its first
+  update: the first step of a jitted loop includes its compilation."""
+
+  _clock_started = False
+
+  def start_clock(self) -> None:
+    """Restarts rate and ETA from now and the current count (once; later calls do nothing)."""
+    if self._clock_started:
+      return
+    self._clock_started = True
+    n = self.n
+    self.reset()
+    self.n = self.initial = self.last_print_n = n
+    self.refresh()
+
+  def update(self, n: float = 1) -> bool | None:
+    shown = super().update(n)
+    self.start_clock()
+    return shown
+
+
+def progress(iterable: Iterable | None = None, **kwargs) -> Progress:
+  """A :class:`Progress` bar on stderr; quiet under pytest to keep test logs readable."""
   kwargs.setdefault('disable', 'pytest' in sys.modules)
   kwargs.setdefault('dynamic_ncols', True)
   kwargs.setdefault('mininterval', 1.0)
-  return tqdm.tqdm(iterable, **kwargs)
+  return Progress(iterable, **kwargs)

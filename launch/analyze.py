@@ -14,13 +14,12 @@ How much each searches and trains is the config's ``analysis`` section, e.g.
 --config.analysis.n_images=256 --config.analysis.train_images=5000. Resumable from --workdir.
 """
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from decouple_jax import analysis
 from decouple_jax import config as cfglib
-from decouple_jax.cli import run_cli
+from decouple_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'A configs/*.py file:variant.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where the PNG and JSON files go.')
@@ -40,4 +39,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(run_cli(main))
+  cli.run(main)

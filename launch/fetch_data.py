@@ -7,11 +7,10 @@ Full CIFAR-10/100 cannot be fetched here: download the original archives and poi
 DataConfig.dir at them (see docs/data.md).
 """
 
-import sys
-
 from absl import app
 from absl import flags
 
+from decouple_jax import cli
 from decouple_jax import data
 
 _DEST = flags.DEFINE_string('dest', 'data/mnist', 'Directory for the four MNIST .gz files.')
@@ -25,15 +24,12 @@ _CACHE_DIR = flags.DEFINE_string(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  try:
-    mnist = data.fetch_mnist(_DEST.value, cache_dir=_CACHE_DIR.value)
-    print(f'MNIST: 4 sha256-verified original files in {mnist}')
-    if _CIFAR_SAMPLES.value:
-      samples = data.fetch_cifar_samples(_CIFAR_SAMPLES.value, cache_dir=_CACHE_DIR.value)
-      print(f'CIFAR samples: first 20 CIFAR-10 and 20 CIFAR-100 test images in {samples}')
-  except data.DataError as e:
-    sys.exit(f'fetch_data: {e}')
+  mnist = data.fetch_mnist(_DEST.value, cache_dir=_CACHE_DIR.value)
+  print(f'MNIST: 4 sha256-verified original files in {mnist}')
+  if _CIFAR_SAMPLES.value:
+    samples = data.fetch_cifar_samples(_CIFAR_SAMPLES.value, cache_dir=_CACHE_DIR.value)
+    print(f'CIFAR samples: first 20 CIFAR-10 and 20 CIFAR-100 test images in {samples}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -7,14 +7,13 @@ WORKDIR/results.json (every number) and WORKDIR/table.md (printed at the end); w
 set by --config.seeds and --config.reproduce.* (e.g. --config.reproduce.sgd_convs='(2,)').
 """
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from decouple_jax import config as cfglib
 from decouple_jax import report
 from decouple_jax import reproduce
-from decouple_jax.cli import run_cli
+from decouple_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'A configs/*.py file:variant.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (resumed if it exists).')
@@ -29,4 +28,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(run_cli(main))
+  cli.run(main)

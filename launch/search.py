@@ -5,14 +5,13 @@
 
 import pathlib
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from decouple_jax import config as cfglib
 from decouple_jax import runlog
 from decouple_jax import search
-from decouple_jax.cli import run_cli
+from decouple_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'A configs/*.py file:variant.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory; targets go to WORKDIR/targets.')
@@ -31,4 +30,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(run_cli(main))
+  cli.run(main)

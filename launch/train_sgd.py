@@ -3,13 +3,12 @@
   python launch/train_sgd.py --config=configs/mnist.py:cpu --workdir=runs/mnist_sgd
 """
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from decouple_jax import config as cfglib
 from decouple_jax import learn
-from decouple_jax.cli import run_cli
+from decouple_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'A configs/*.py file:variant.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (resumed if it exists).')
@@ -20,10 +19,9 @@ def main(argv):
   del argv
   exp = cfglib.from_dict(cfglib.ExperimentConfig, _CONFIG.value)
   results = learn.train_sgd(exp.data, exp.sgd, _WORKDIR.value)
-  print(f"[{exp.name}, {exp.scale}] SGD test accuracy {100 * results['test_accuracy']:.2f}% "
-        f"(hold-out {100 * results['holdout_accuracy']:.2f}% at epoch {results['best_epoch']}); "
+  print(f"[{exp.name}, {exp.scale}] SGD {learn.describe(results)}; "
         f"{results['train_seconds']:.0f} s training; results in {_WORKDIR.value}/results.json")
 
 
 if __name__ == '__main__':
-  app.run(run_cli(main))
+  cli.run(main)

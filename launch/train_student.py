@@ -12,13 +12,12 @@ another one.
 
 import pathlib
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from decouple_jax import config as cfglib
 from decouple_jax import learn
-from decouple_jax.cli import run_cli
+from decouple_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'A configs/*.py file:variant.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (resumed if it exists).')
@@ -40,13 +39,11 @@ def main(argv):
                                 holdout_targets=holdout)
   d = results['diagnostics']
   r2 = ' / '.join(f'{v:.3f}' for v in d['r2_train'])
-  print(f"[{exp.name}, {exp.scale}] student ({exp.student.variant}) test accuracy "
-        f"{100 * results['test_accuracy']:.2f}% (hold-out "
-        f"{100 * results['holdout_accuracy']:.2f}% at epoch {results['best_epoch']}); R^2 per "
-        f"block {r2}, p_hat accuracy {100 * d['phat_accuracy']:.1f}%, linear probe "
+  print(f"[{exp.name}, {exp.scale}] student ({exp.student.variant}) "
+        f"{learn.describe(results)}; R^2 per block {r2}, p_hat accuracy {100 * d['phat_accuracy']:.1f}%, linear probe "
         f"{100 * d['linear_probe_test_accuracy']:.1f}% vs head "
         f"{100 * d['head_test_accuracy']:.1f}%; results in {_WORKDIR.value}/results.json")
 
 
 if __name__ == '__main__':
-  app.run(run_cli(main))
+  cli.run(main)

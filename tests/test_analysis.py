@@ -195,7 +195,7 @@ def test_epoch_callback_logs_trajectories_and_plots(tmp_path, mnist_dir):
                                           targets)}
   callback = trajectories.make_epoch_callback(ds, probes, batch_size=16, bn_batch_stats=True)
   trainer.fit(model, variables, sgd.cross_entropy_loss_fn(model, 10),
-              trainer.TrainData.from_dataset(ds), train, tmp_path / 'run', config_hash='h',
+              trainer.TrainData.from_dataset(ds), train, tmp_path / 'run', config={'run': 'h'},
               mesh=mesh_1d('batch', jax.devices()[:1]), epoch_callback=callback)
   records = runlog.JsonLines(tmp_path / 'run' / 'metrics.jsonl').records()
   for probe in probes:

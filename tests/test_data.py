@@ -206,20 +206,6 @@ def test_missing_mnist_files_named(tmp_path):
 # Configuration errors.
 
 
-@pytest.mark.parametrize('changes, pattern', [
-    (dict(name='imagenet'), r"unknown data set 'imagenet'; valid names: \['cifar10', "
-                            r"'cifar100', 'mnist'\]"),
-    (dict(source='web'), r"unknown data source 'web'; valid sources: \['files', 'tfds'\]"),
-    (dict(name='cifar100', cifar100_labels='medium'), "choose 'fine' or 'coarse'"),
-    (dict(train_limit=-1), r'DataConfig.train_limit=-1'),
-    (dict(test_limit=-5), r'DataConfig.test_limit=-5'),
-])
-def test_config_errors(tmp_path, changes, pattern):
-  cfg = dataclasses.replace(DataConfig(dir=str(tmp_path)), **changes)
-  with pytest.raises(data.DataError, match=pattern):
-    data.load_dataset(cfg)
-
-
 def test_holdout_larger_than_training_set(tmp_path):
   _fake_mnist(tmp_path, n_train=12)
   with pytest.raises(data.DataError, match=r'hold-out of 13 images from a training set of 12'):

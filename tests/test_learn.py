@@ -64,7 +64,7 @@ def test_killed_run_resumes_to_the_same_result(tiny_mnist, tmp_path):
   loss_fn = sgd.cross_entropy_loss_fn(model, 10)
   train_data = trainer.TrainData.from_dataset(tiny_mnist)
   fit = lambda workdir, **kw: trainer.fit(model, variables, loss_fn, train_data, TINY_TRAIN,
-                                          workdir, config_hash='h', mesh=ONE, **kw)
+                                          workdir, config={'run': 'h'}, mesh=ONE, **kw)
   full = fit(tmp_path / 'full')
 
   def kill_in_epoch_2(epoch, _):
@@ -104,7 +104,7 @@ def test_data_parallel_training_matches_one_device(tiny_mnist, tmp_path):
   one_epoch = dataclasses.replace(TINY_TRAIN, optim=dataclasses.replace(TINY_TRAIN.optim,
                                                                         epochs=1))
   results = [trainer.fit(model, variables, loss_fn, train_data, one_epoch, tmp_path / str(n),
-                         config_hash='h', mesh=trainer.mesh_1d('batch', jax.devices()[:n]))
+                         config={'run': 'h'}, mesh=trainer.mesh_1d('batch', jax.devices()[:n]))
              for n in (1, 8)]
   assert results[1]['devices'] == 8
   # Same math, different reduction order across devices: equal to float tolerance.
@@ -190,7 +190,8 @@ def test_streamed_targets_train_like_device_targets(tiny_mnist, tmp_path):
   streamed = trainer.TrainData.from_dataset(
       tiny_mnist, stream=functools.partial(st.read, dtype=st.value_dtype))
   runs = [trainer.fit(model, variables, loss_fn, d, cfg.train, tmp_path / name,
-                      config_hash='h', mesh=ONE) for d, name in ((on_device, 'dev'), (streamed, 'disk'))]
+                      config={'run': 'h'}, mesh=ONE)
+          for d, name in ((on_device, 'dev'), (streamed, 'disk'))]
   for a, b in zip(*(jax.tree.leaves(r['variables']) for r in runs)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 

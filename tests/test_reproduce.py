@@ -158,3 +158,13 @@ def test_second_reproduce_reruns_nothing(pipeline):
   for path, mtime in pipeline['mtimes'].items():
     assert path.stat().st_mtime_ns == mtime, path
   assert pipeline['second']['rows'] == pipeline['first']['rows']
+
+
+@pytest.mark.slow
+def test_table_says_when_there_is_no_holdout_to_select_on(pipeline):
+  results = json.loads((pipeline['workdir'] / 'results.json').read_text())
+  assert 'Test accuracy (%) of the hold-out-selected model' in reproduce.format_table(results)
+  results['config']['data']['holdout'] = 0
+  table = reproduce.format_table(results)
+  assert ("Test accuracy (%) of the last epoch's model (data.holdout=0: no hold-out split to "
+          'select on)') in table

@@ -59,21 +59,23 @@ def test_store_of_another_search_config_is_refused(setup, tmp_path):
   data_cfg, ds, mesh = setup
   small = dataclasses.replace(SEARCH, chunk_size=96)
   driver.run_search(data_cfg, small, tmp_path, ds=ds, mesh=mesh)
-  with pytest.raises(StoreError, match='config_hash'):
+  with pytest.raises(StoreError) as e:
     driver.run_search(data_cfg, dataclasses.replace(small, seed=1), tmp_path, ds=ds, mesh=mesh)
+  # The store keeps its config, so the refusal names the setting that changed.
+  assert 'config.search.seed: expected 1, found 0' in str(e.value)
 
 
 def test_batch_size_does_not_change_the_store_hash(setup):
-  data_cfg, _, _ = setup
-  assert (driver.targets_hash(data_cfg, SEARCH) ==
-          driver.targets_hash(data_cfg, dataclasses.replace(SEARCH, batch_images=3)))
+  data_cfg, ds, _ = setup
+  h = lambda search_cfg, data_cfg=data_cfg: driver.targets_hash(data_cfg, search_cfg, ds)
+  assert h(SEARCH) == h(dataclasses.replace(SEARCH, batch_images=3))
   # The search runs forward only: how the conv's gradient is formed cannot change a target.
   for impl in ('xla', 'matmul'):
-    assert driver.targets_hash(data_cfg, SEARCH) == driver.targets_hash(
-        data_cfg, dataclasses.replace(SEARCH, model=dataclasses.replace(SEARCH.model,
-                                                                        conv_impl=impl)))
-  assert (driver.targets_hash(data_cfg, SEARCH) !=
-          driver.targets_hash(data_cfg, dataclasses.replace(SEARCH, init_noise=0.2)))
+    assert h(SEARCH) == h(dataclasses.replace(SEARCH, model=dataclasses.replace(
+        SEARCH.model, conv_impl=impl)))
+  # Nor do where the files are and whether they were checked (the data's content counts).
+  assert h(SEARCH) == h(SEARCH, dataclasses.replace(data_cfg, dir='/moved', verify=False))
+  assert h(SEARCH) != h(dataclasses.replace(SEARCH, init_noise=0.2))
 
 
 def test_store_of_another_engine_version_is_refused(setup, tmp_path, monkeypatch):

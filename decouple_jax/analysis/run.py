@@ -12,6 +12,7 @@ import pathlib
 
 from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
+from decouple_jax import locks
 from decouple_jax.analysis import plots
 from decouple_jax.analysis import scaling
 from decouple_jax.analysis import trajectories
@@ -29,6 +30,7 @@ def training_experiment(exp: cfglib.ExperimentConfig) -> cfglib.ExperimentConfig
       exp.data, train_limit=exp.analysis.train_images))
 
 
+@locks.holding('workdir')
 def run_analysis(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, which: str) -> dict:
   """Runs analysis ``which`` of ``exp``, sized by ``exp.analysis``; resumable.
 

@@ -234,7 +234,7 @@ def cached_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
   """The target store of ``split`` under these configs, in ``root/<targets hash>/``: searched
   on first use, resumed if unfinished, reused once finished (so analyses sharing a setting
   search it once)."""
-  directory = driver.store_dir(pathlib.Path(root) / driver.targets_hash(data_cfg, search_cfg),
+  directory = driver.store_dir(pathlib.Path(root) / driver.targets_hash(data_cfg, search_cfg, ds),
                                split)
   if not (directory / 'summary.json').exists():
     driver.run_search(data_cfg, search_cfg, directory, ds=ds, split=split)
@@ -270,7 +270,7 @@ def accuracy_vs_compute(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Pat
   workdir = pathlib.Path(workdir)
 
   def accuracy(search_cfg: cfglib.SearchConfig) -> float:
-    run = workdir / cfglib.config_hash(exp.data, search_cfg, exp.student)
+    run = workdir / cfglib.hash_dict(student.run_config(exp.data, ds, search_cfg, exp.student))
     results = run / 'student' / 'results.json'
     if not results.exists():
       targets = cached_search(exp.data, search_cfg, ds, searches)

@@ -12,6 +12,8 @@ from decouple_jax.data.augment import random_flip
 from decouple_jax.data.augment import random_offsets
 from decouple_jax.data.cifar import read_cifar_archive
 from decouple_jax.data.datasets import Dataset
+from decouple_jax.data.datasets import fingerprint
+from decouple_jax.data.datasets import identity
 from decouple_jax.data.datasets import load_dataset
 from decouple_jax.data.errors import DataError
 from decouple_jax.data.fetch import fetch_cifar_samples
@@ -28,7 +30,9 @@ __all__ = [
     'crop_with_offsets',
     'fetch_cifar_samples',
     'fetch_mnist',
+    'fingerprint',
     'flip_with_mask',
+    'identity',
     'load_dataset',
     'normalize',
     'random_crop',

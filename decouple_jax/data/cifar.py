@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from decouple_jax.config import CIFAR100_LABELS
 from decouple_jax.data.errors import DataError
 
 KINDS = ('cifar10', 'cifar100')
@@ -41,6 +42,7 @@ ARCHIVE_NAMES = {
 }
 _PIXELS = 32 * 32 * 3
 _TRAIN_BATCHES = 5  # CIFAR-10 ships its training set as five batches.
+_READ_BYTES = 1 << 20
 
 
 def member_names(kind: str, fmt: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -262,7 +264,8 @@ def read_cifar_archive(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   """Reads an original CIFAR archive (python or binary format, detected from its members).
 
-  The archive is read in one streaming pass, without extracting anything to disk.
+  The archive is read in one streaming pass, without extracting anything to disk, to the end
+  of its gzip stream, whose CRC is checked.
 
   Args:
     path: the ``.tar.gz`` archive.
@@ -280,8 +283,8 @@ def read_cifar_archive(
       refused contents.
   """
   _check_kind(kind)
-  if labels not in ('fine', 'coarse'):
-    raise DataError(f"CIFAR-100 labels {labels!r}: choose 'fine' or 'coarse'.")
+  if labels not in CIFAR100_LABELS:
+    raise DataError(f'CIFAR-100 labels {labels!r}: choose one of {CIFAR100_LABELS}.')
   layouts = {fmt: member_names(kind, fmt) for fmt in FORMATS}
   wanted = {name for train, test in layouts.values() for name in train + test}
   blobs = {}
@@ -290,6 +293,10 @@ def read_cifar_archive(
       for member in tar:
         if member.isfile() and member.name in wanted:
           blobs[member.name] = tar.extractfile(member).read()
+      # The tar end marker comes before the gzip trailer: reading on to the end of the stream
+      # checks its CRC, so damaged bytes are caught even when the sha256 is not checked.
+      while tar.fileobj.read(_READ_BYTES):
+        pass
   except (OSError, EOFError, zlib.error, tarfile.TarError) as e:
     raise DataError(f'{path}: not a readable .tar.gz archive ({e}). It is truncated or corrupt; '
                     'download it again.') from e

@@ -100,16 +100,14 @@ def open_targets(directory: str | pathlib.Path, data_cfg: cfglib.DataConfig,
   return store
 
 
-def run_hash(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
-             student_cfg: cfglib.StudentConfig, network_id: str = driver.UNTRAINED,
-             start: str = 'fresh') -> str:
-  """The config hash of a student run: its configs, the network its targets were searched in
-  and what it started from ('fresh' or the :func:`~decouple_jax.search.driver.network_hash`
-  of its initial variables)."""
-  if (network_id, start) == (driver.UNTRAINED, 'fresh'):
-    return cfglib.config_hash(data_cfg, search_cfg, student_cfg)
-  return cfglib.hash_dict([cfglib.config_hash(data_cfg, search_cfg, student_cfg), network_id,
-                           start])
+def run_config(data_cfg: cfglib.DataConfig, ds: datalib.Dataset,
+               search_cfg: cfglib.SearchConfig, student_cfg: cfglib.StudentConfig,
+               network_id: str = driver.UNTRAINED, start: str = 'fresh') -> dict:
+  """What identifies a student run (see :func:`decouple_jax.learn.trainer.run_config`), with
+  the network its targets were searched in and what it started from ('fresh', or the
+  :func:`~decouple_jax.search.driver.network_hash` of its initial variables)."""
+  return {**trainer.run_config(data_cfg, ds, search=search_cfg, student=student_cfg),
+          'network': network_id, 'start': start}
 
 
 def train_student(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
@@ -163,10 +161,8 @@ def train_student(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
   train_data = trainer.TrainData.from_dataset(ds, extras=on_device or (), stream=stream)
   results = trainer.fit(
       model, variables, student_loss_fn(model, student_cfg), train_data, student_cfg.train,
-      workdir, config_hash=run_hash(data_cfg, search_cfg, student_cfg, network_id, start),
-      config={'data': cfglib.to_dict(data_cfg), 'search': cfglib.to_dict(search_cfg),
-              'student': cfglib.to_dict(student_cfg), 'network': network_id, 'start': start},
-      mesh=mesh, epoch_callback=epoch_callback)
+      workdir, config=run_config(data_cfg, ds, search_cfg, student_cfg, network_id, start),
+      name=f'student {student_cfg.variant}', mesh=mesh, epoch_callback=epoch_callback)
   results['diagnostics'] = diagnostics.student_diagnostics(
       model, results['variables'], ds, store, holdout_store, student_cfg)
   runlog.write_json(pathlib.Path(workdir) / 'results.json',

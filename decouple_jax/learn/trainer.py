@@ -29,6 +29,8 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from decouple_jax import config as cfglib
+from decouple_jax import locks
 from decouple_jax import runlog
 from decouple_jax.config import TrainConfig
 from decouple_jax import data as datalib
@@ -170,6 +172,38 @@ def evaluate(predict_fn, variables, images: np.ndarray, labels: np.ndarray,
   return correct / len(images)
 
 
+def run_config(data_cfg: cfglib.DataConfig, ds: datalib.Dataset, **parts) -> dict:
+  """What identifies a training run: the data by content (:func:`decouple_jax.data.identity`,
+  so moving the files keeps the run) and the named config dataclasses, as JSON-ready dicts."""
+  return {'data': datalib.identity(data_cfg, ds),
+          **{name: cfglib.to_dict(part) for name, part in parts.items()}}
+
+
+def _check_same_run(workdir: pathlib.Path, found: dict, config: dict, config_hash: str) -> None:
+  """Refuses a checkpoint of another run, naming the settings that differ."""
+  if found['config_hash'] == config_hash:
+    return
+  if 'config' not in found:
+    raise TrainError(
+        f"{workdir} holds a checkpoint of another configuration (hash {found['config_hash']} != "
+        f'{config_hash}) written by an older version, which recorded neither its config nor '
+        f'the content of its data; use a new --workdir, or delete {workdir / "checkpoints"} to '
+        'start over')
+  raise TrainError(
+      f'{workdir} holds a run of another configuration:\n  ' +
+      '\n  '.join(cfglib.differences(config, found['config'])) +
+      f'\nUse a new --workdir, or delete {workdir / "checkpoints"} to start over (its epochs '
+      'are lost).')
+
+
+def describe(results: dict) -> str:
+  """One line on a run's results: its test accuracy and how its weights were selected."""
+  selection = (f"hold-out {100 * results['holdout_accuracy']:.2f}% at epoch "
+               f"{results['best_epoch']}" if results['selected_by'] == 'holdout_accuracy' else
+               f"no hold-out split: the last epoch, {results['best_epoch']}")
+  return f"test accuracy {100 * results['test_accuracy']:.2f}% ({selection})"
+
+
 def _checkpointer(workdir: pathlib.Path) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       (workdir / 'checkpoints').absolute(),
@@ -177,7 +211,7 @@ def _checkpointer(workdir: pathlib.Path) -> ocp.CheckpointManager:
 
 
 def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConfig,
-        workdir: str | pathlib.Path, *, config_hash: str, config: dict | None = None,
+        workdir: str | pathlib.Path, *, config: dict, name: str = 'train',
         mesh: jax.sharding.Mesh | None = None,
         epoch_callback: Callable[[int, dict], dict] | None = None) -> dict:
   """Trains ``variables`` of ``model`` with ``loss_fn``; resumes from ``workdir``.
@@ -189,20 +223,21 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
     data: the splits; ``data.extras`` are gathered per batch (see :class:`Batch`).
     cfg: optimiser, augmentation, evaluation and checkpoint settings.
     workdir: where checkpoints, ``metrics.jsonl`` and ``results.json`` go.
-    config_hash: identifies the run's configuration; a workdir holding a checkpoint of
-      another hash is refused.
-    config: recorded in ``results.json``.
+    config: identifies the run (JSON-ready, e.g. :func:`run_config`); recorded with its hash
+      in every checkpoint and in ``results.json``. A workdir holding a checkpoint of another
+      config is refused, naming the settings that differ.
+    name: what the progress bar calls the run (e.g. 'sgd convs2').
     mesh: data-parallel mesh (axis 'batch'); default: every device.
     epoch_callback: ``(epoch, {'model': ..., 'variables': ...}) -> dict`` of extra metrics
       logged per epoch.
 
   Returns:
     The results dict also written to ``workdir/results.json``: test accuracy of the
-    hold-out-selected weights, best hold-out accuracy and its epoch, final-epoch accuracies,
-    wall time, images/s and the config.
+    hold-out-selected weights (without a hold-out split, of the last epoch's: ``selected_by``
+    says which), best hold-out accuracy (None without one) and its epoch, final-epoch
+    accuracies, wall time, images/s and the config.
   """
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   opt = cfg.optim
   n = len(data.images)
   steps = n // opt.batch_size
@@ -217,24 +252,25 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
 
   state = TrainState(jnp.zeros((), jnp.int32), variables['params'],
                      variables.get('batch_stats', {}), tx.init(variables['params']))
+  config_hash = cfglib.hash_dict(config)
   meta = {'epoch': 0, 'best_accuracy': -1.0, 'best_epoch': 0, 'train_seconds': 0.0,
-          'config_hash': config_hash}
+          'config_hash': config_hash, 'config': config}
   best = {'params': state.params, 'batch_stats': state.batch_stats}
-  # Closing the manager on any exit (also a NaN stop) finishes pending saves cleanly.
-  with _checkpointer(workdir) as ckpt:
+  # One writer per workdir; closing the manager on any exit (also a NaN stop) finishes
+  # pending saves cleanly.
+  with locks.hold(workdir), _checkpointer(workdir) as ckpt:
     log = runlog.JsonLines(workdir / 'metrics.jsonl')
     if ckpt.latest_step() is not None:
       step = ckpt.latest_step()
       found = ckpt.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-      if found['config_hash'] != config_hash:
-        raise TrainError(
-            f"{workdir} holds a run of another configuration (hash {found['config_hash']} != "
-            f'{config_hash}); use a new --workdir or delete {workdir / "checkpoints"}')
+      _check_same_run(workdir, found, config, config_hash)
       restored = ckpt.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(state), best=ocp.args.StandardRestore(best),
           meta=ocp.args.JsonRestore()))
       state, best, meta = restored.state, restored.best, restored.meta
-      log.keep(lambda r: r.get('epoch', 0) <= meta['epoch'])
+    # The log holds exactly the epochs of the checkpoint resumed from: none for a new run, or
+    # one killed before its first checkpoint, whose epochs are redone.
+    log.keep(lambda r: r.get('epoch', 0) <= meta['epoch'])
     state = put(state)
 
     images, labels = put(jnp.asarray(data.images)), put(jnp.asarray(data.labels))
@@ -244,7 +280,7 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
     predict = make_predict_fn(model, cfg.bn_batch_stats, data.mean, data.std)
     base_key = jax.random.key(cfg.seed)
     first = meta['epoch'] + 1
-    bar = runlog.progress(total=opt.epochs, initial=first - 1, desc='train', unit='epoch')
+    bar = runlog.progress(total=opt.epochs, initial=first - 1, desc=name, unit='epoch')
     for epoch in range(first, opt.epochs + 1):
       t0 = time.perf_counter()
       positions, keys = epoch_batches(jax.random.fold_in(base_key, epoch), n, opt.batch_size)
@@ -257,6 +293,8 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
           batches = ((jnp.asarray(pos), ex) for pos, ex in prefetch)
         for (idx, batch_extras), key in zip(batches, keys):
           state, metrics = step_fn(state, images, labels, batch_extras, idx, key)
+          if not sums and epoch == first:
+            bar.start_clock()  # the ETA leaves out the first step's compilation
           sums = jax.tree.map(jnp.add, sums, metrics) if sums else metrics
       metrics = {k: float(v) / steps for k, v in sums.items()}
       if not np.isfinite(metrics['loss']):
@@ -267,14 +305,19 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
       meta['train_seconds'] += time.perf_counter() - t0
       record = {'epoch': epoch, **metrics}
       current = {'params': state.params, 'batch_stats': state.batch_stats}
-      if epoch % cfg.eval_every == 0 or epoch == opt.epochs:
+      if not len(data.holdout_images):
+        selected = epoch == opt.epochs  # nothing to select on: the last epoch is the model
+      elif epoch % cfg.eval_every == 0 or epoch == opt.epochs:
         acc = evaluate(predict, current, data.holdout_images, data.holdout_labels, cfg.eval_batch)
         record['holdout_accuracy'] = acc
-        # Without a hold-out split, the last epoch is the selected one.
-        score = acc if len(data.holdout_images) else epoch
-        if score > meta['best_accuracy']:
-          meta['best_accuracy'], meta['best_epoch'] = score, epoch
-          best = jax.tree.map(jnp.copy, current)
+        selected = acc > meta['best_accuracy']
+        if selected:
+          meta['best_accuracy'] = acc
+      else:
+        selected = False
+      if selected:
+        meta['best_epoch'] = epoch
+        best = jax.tree.map(jnp.copy, current)
       if epoch_callback is not None:
         record.update(epoch_callback(epoch, {'model': model, 'variables': current}))
       log.write(record)
@@ -286,21 +329,22 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
       bar.set_postfix({k: f'{v:.4g}' for k, v in record.items() if k != 'epoch'})
       bar.update(1)
     bar.close()
-  final = {'params': state.params, 'batch_stats': state.batch_stats}
-  results = {
-      'test_accuracy': evaluate(predict, best, data.test_images, data.test_labels,
-                                cfg.eval_batch),
-      'final_test_accuracy': evaluate(predict, final, data.test_images, data.test_labels,
-                                      cfg.eval_batch),
-      'holdout_accuracy': meta['best_accuracy'] if len(data.holdout_images) else None,
-      'best_epoch': meta['best_epoch'],
-      'epochs': opt.epochs,
-      'train_seconds': meta['train_seconds'],
-      'train_images_per_s': steps * opt.batch_size * opt.epochs / max(meta['train_seconds'],
-                                                                         1e-9),
-      'devices': mesh.size,
-      'config_hash': config_hash,
-      'config': config or {},
-  }
-  runlog.write_json(workdir / 'results.json', results)
+    final = {'params': state.params, 'batch_stats': state.batch_stats}
+    results = {
+        'test_accuracy': evaluate(predict, best, data.test_images, data.test_labels,
+                                  cfg.eval_batch),
+        'final_test_accuracy': evaluate(predict, final, data.test_images, data.test_labels,
+                                        cfg.eval_batch),
+        'holdout_accuracy': meta['best_accuracy'] if len(data.holdout_images) else None,
+        'selected_by': 'holdout_accuracy' if len(data.holdout_images) else 'last_epoch',
+        'best_epoch': meta['best_epoch'],
+        'epochs': opt.epochs,
+        'train_seconds': meta['train_seconds'],
+        'train_images_per_s': steps * opt.batch_size * opt.epochs / max(meta['train_seconds'],
+                                                                           1e-9),
+        'devices': mesh.size,
+        'config_hash': config_hash,
+        'config': config,
+    }
+    runlog.write_json(workdir / 'results.json', results)
   return {**results, 'variables': best}

@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from decouple_jax.config import CONVS_PER_BLOCK, HEADS, TAPS
 from decouple_jax.models import conv as convs
 from decouple_jax.models import init as inits
 
@@ -188,12 +189,13 @@ class AirbenchNet(nn.Module):
   identity_convs: frozenset = frozenset()
 
   def setup(self):
-    if self.convs_per_block not in (2, 4, 6):
-      raise ValueError(f'convs_per_block must be 2, 4 or 6, got {self.convs_per_block}')
-    if self.head not in ('flatten', 'maxpool'):
-      raise ValueError(f"head must be 'flatten' or 'maxpool', got {self.head!r}")
-    if self.tap not in ('post_gelu', 'pre_gelu'):
-      raise ValueError(f"tap must be 'post_gelu' or 'pre_gelu', got {self.tap!r}")
+    if self.convs_per_block not in CONVS_PER_BLOCK:
+      raise ValueError(f'convs_per_block must be one of {CONVS_PER_BLOCK}, got '
+                       f'{self.convs_per_block}')
+    if self.head not in HEADS:
+      raise ValueError(f'head must be one of {HEADS}, got {self.head!r}')
+    if self.tap not in TAPS:
+      raise ValueError(f'tap must be one of {TAPS}, got {self.tap!r}')
     if self.conv_impl not in convs.IMPLS:
       raise ValueError(f'conv_impl must be one of {convs.IMPLS}, got {self.conv_impl!r}')
     self.whiten = Whiten(8 * self.in_channels, name='whiten')

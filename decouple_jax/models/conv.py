@@ -26,7 +26,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-IMPLS = ('xla', 'matmul', 'auto')
+from decouple_jax.config import CONV_IMPLS
+
+IMPLS = CONV_IMPLS
 
 _DIMS = ('NHWC', 'HWIO', 'NHWC')
 

@@ -79,10 +79,12 @@ def operators_id(ops: evolve.Operators) -> str:
   return 'default' if not swapped else f'custom-{cfglib.hash_dict(swapped)}'
 
 
-def targets_hash(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
-                 network_id: str = UNTRAINED, operators: str = 'default') -> str:
-  """Hash of exactly what changes the searched targets: the settings, the network searched
-  in (``network_id``: :data:`UNTRAINED` or a :func:`network_hash`), the operators
+def targets_config(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
+                   ds: datalib.Dataset, network_id: str = UNTRAINED,
+                   operators: str = 'default') -> dict:
+  """Exactly what changes the searched targets: the data (by content, see
+  :func:`decouple_jax.data.identity`), the search settings, the network searched in
+  (``network_id``: :data:`UNTRAINED` or a :func:`network_hash`), the operators
   (:func:`operators_id`) and the engine version.
 
   Where the files live, checksum checks, the test split, how many images run at once and how
@@ -90,14 +92,19 @@ def targets_hash(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
   forward values, and the search only runs forward) do not change a target, so a store stays
   reusable across them.
   """
-  data_part = {k: getattr(data_cfg, k) for k in
-               ('name', 'holdout', 'split_seed', 'cifar100_labels', 'train_limit')}
+  data_part = {k: v for k, v in datalib.identity(data_cfg, ds).items() if k != 'test_limit'}
   search_part = dataclasses.replace(search_cfg, batch_images=1, model=dataclasses.replace(
       search_cfg.model, conv_impl='xla'))
-  extra = '' if (network_id, operators) == (UNTRAINED, 'default') else (
-      f'-{cfglib.hash_dict([network_id, operators])}')
-  return (f'{cfglib.config_hash(search_part)}-{cfglib.hash_dict(data_part)}{extra}'
-          f'-v{ENGINE_VERSION}')
+  return {'data': data_part, 'search': cfglib.to_dict(search_part), 'network': network_id,
+          'operators': operators, 'engine_version': ENGINE_VERSION}
+
+
+def targets_hash(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
+                 ds: datalib.Dataset, network_id: str = UNTRAINED,
+                 operators: str = 'default') -> str:
+  """Hash of :func:`targets_config`."""
+  config = targets_config(data_cfg, search_cfg, ds, network_id, operators)
+  return f'{cfglib.hash_dict(config)}-v{ENGINE_VERSION}'
 
 
 def open_store(directory: str | pathlib.Path, data_cfg: cfglib.DataConfig,
@@ -111,9 +118,8 @@ def open_store(directory: str | pathlib.Path, data_cfg: cfglib.DataConfig,
   _, _, index = split_arrays(ds, split)
   spec = StoreSpec(
       shapes=models.tap_shapes(model, ds.image_shape), dtype=search_cfg.store_dtype,
-      num_images=len(index), chunk_size=search_cfg.chunk_size,
-      config_hash=targets_hash(data_cfg, search_cfg, network_id, operators), data_name=ds.name,
-      seed=search_cfg.seed, index_hash=indices_hash(index))
+      num_images=len(index), chunk_size=search_cfg.chunk_size, seed=search_cfg.seed,
+      **expected_store_fields(data_cfg, search_cfg, ds, split, network_id, operators))
   return TargetStore.create_or_open(directory, spec, index)
 
 
@@ -122,7 +128,8 @@ def expected_store_fields(data_cfg: cfglib.DataConfig, search_cfg: cfglib.Search
                           network_id: str = UNTRAINED, operators: str = 'default') -> dict:
   """What a store must match to serve as ``split``'s targets (for ``TargetStore.open``)."""
   _, _, index = split_arrays(ds, split)
-  return {'config_hash': targets_hash(data_cfg, search_cfg, network_id, operators),
+  return {'config_hash': targets_hash(data_cfg, search_cfg, ds, network_id, operators),
+          'config': targets_config(data_cfg, search_cfg, ds, network_id, operators),
           'data_name': ds.name, 'index_hash': indices_hash(index)}
 
 

@@ -126,9 +126,16 @@ def fitness(logits: jax.Array, label: jax.Array) -> jax.Array:
     label: () int, the image's class.
 
   Returns:
-    (P,) float32.
+    (P,) float32, >= 0.
+
+  Computed as logsumexp of the margins ``logits - logits[label]``, whose label term is 0, so
+  no large logit is subtracted from a large log-sum-exp; then clamped at 0. At huge logits
+  (the logits layer mutated with alpha 1e6 .. 1e30) XLA may compute the label's logit and the
+  maximum in different fusions, an ulp apart, and an ulp there is 1e5 .. 1e23 nats: without
+  the clamp such a candidate scored a negative loss.
   """
-  ce = jax.nn.logsumexp(logits, axis=-1) - logits[:, label]
+  margins = logits - logits[:, label, None]
+  ce = jnp.maximum(jax.nn.logsumexp(margins, axis=-1), 0.0)
   return jnp.where(jnp.isnan(ce), jnp.inf, ce)
 
 

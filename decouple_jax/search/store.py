@@ -10,6 +10,7 @@ Layout of a store directory (every array file is a plain .npy, readable with
 
   meta.json      format version, the :class:`StoreSpec`, sorted ids of the completed chunks.
   meta.lock      lock file that serialises metadata commits of concurrent writers.
+  writer.lock    held by the process writing the store (:mod:`decouple_jax.locks`); says who.
   indices.npy    (N,) int64: dataset index of the image at each position 0..N-1.
   layer{l}.npy   (N, *shapes[l]) targets of search layer l in the store dtype. bfloat16 layers
                  hold the raw bits as uint16, because .npy has no bfloat16 type (NumPy writes
@@ -39,21 +40,28 @@ import os
 import pathlib
 import re
 import shutil
+import weakref
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import jax
 import ml_dtypes
 import numpy as np
 
-FORMAT_VERSION = 1
-DTYPES = ('float32', 'float16', 'bfloat16')
+from decouple_jax import locks
+from decouple_jax.config import STORE_DTYPES, as_json, differences
+
+# 2: the spec records the config its hash covers (format 1 stores recorded only the hash, of
+# settings that did not include the data's content).
+FORMAT_VERSION = 2
+DTYPES = STORE_DTYPES
 
 _META = 'meta.json'
 _META_TMP = 'meta.json.tmp'
 _LOCK = 'meta.lock'
 # Every name a store (or a store whose creation was killed) can leave in its directory.
-_LAYOUT = re.compile(r'meta\.json(\.tmp)?|meta\.lock|indices\.npy|best_loss\.npy|init_loss\.npy'
-                     r'|layer\d+\.npy')
+_LAYOUT = re.compile(r'meta\.json(\.tmp)?|meta\.lock|writer\.lock|indices\.npy|best_loss\.npy'
+                     r'|init_loss\.npy|layer\d+\.npy')
+_KEPT = (_LOCK, locks.LOCK_FILE)  # lock files survive the cleanup of a killed creation
 
 
 class StoreError(Exception):
@@ -96,6 +104,8 @@ class StoreSpec:
     seed: the search seed.
     index_hash: :func:`indices_hash` of the dataset indices of the N images, so that a store of
       another split or subset is refused.
+    config: the JSON-ready settings ``config_hash`` is the hash of, kept so that a store of
+      another run is refused naming the settings that differ.
   """
   shapes: tuple[tuple[int, ...], ...]
   dtype: str
@@ -105,6 +115,7 @@ class StoreSpec:
   data_name: str
   seed: int
   index_hash: str
+  config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     # Normalise, so that a spec built from JSON lists or NumPy ints compares equal.
@@ -116,6 +127,7 @@ class StoreSpec:
       raise StoreError(f'StoreSpec needs integer shapes, num_images, chunk_size and seed: '
                        f'{e} (got {self!r})') from e
     object.__setattr__(self, 'shapes', shapes)
+    object.__setattr__(self, 'config', as_json(dict(self.config)))
     if not shapes or any(d < 1 for s in shapes for d in s):
       raise StoreError(f'StoreSpec.shapes={shapes!r}: give one shape of positive sizes per '
                        f'search layer, without the image axis')
@@ -130,9 +142,12 @@ class StoreSpec:
     return -(-self.num_images // self.chunk_size)
 
   def differences(self, found: StoreSpec) -> list[str]:
-    """One 'field: expected ..., found ...' line per field where ``found`` differs."""
-    return [f'{f.name}: expected {getattr(self, f.name)!r}, found {getattr(found, f.name)!r}'
-            for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(found, f.name)]
+    """One 'field: expected ..., found ...' line per field where ``found`` differs; for the
+    config, one per setting that differs (``config.search.init_noise: ...``)."""
+    lines = [f'{f.name}: expected {getattr(self, f.name)!r}, found {getattr(found, f.name)!r}'
+             for f in dataclasses.fields(self) if f.name != 'config'
+             and getattr(self, f.name) != getattr(found, f.name)]
+    return lines + differences(self.config, found.config, 'config')
 
 
 def _spec_from_json(d: Any, where: pathlib.Path) -> StoreSpec:
@@ -192,8 +207,10 @@ def _read_meta(directory: pathlib.Path) -> tuple[StoreSpec, list[int]]:
                      f'{sorted(meta) if isinstance(meta, dict) else type(meta).__name__}); delete '
                      f'{directory} and re-run the search')
   if meta['format_version'] != FORMAT_VERSION:
+    why = (': a format 1 store does not record the data it was searched on, so it cannot be '
+           'checked against this data' if meta['format_version'] == 1 else '')
     raise StoreError(f'{directory} has store format {meta["format_version"]!r}, this code reads '
-                     f'format {FORMAT_VERSION}; re-run the search into a new directory')
+                     f'format {FORMAT_VERSION}{why}; re-run the search into a new directory')
   spec = _spec_from_json(meta['spec'], path)
   complete = meta['complete']
   if (not isinstance(complete, list) or
@@ -277,22 +294,39 @@ class TargetStore:
 
   @classmethod
   def create_or_open(cls, directory: str | os.PathLike, spec: StoreSpec,
-                     indices: np.ndarray) -> TargetStore:
+                     indices: np.ndarray, *, cooperate: bool = False) -> TargetStore:
     """A writable store for ``spec``: a new one, or the existing one to resume.
+
+    The store holds its directory's writer lock (:mod:`decouple_jax.locks`) until it is
+    garbage-collected, so a second process searching into it stops at once.
 
     Args:
       directory: where the store lives; created if needed.
       spec: what the store must hold. An existing store must have exactly this spec.
       indices: (N,) integer dataset indices of the images at positions 0..N-1;
         ``spec.index_hash`` must be :func:`indices_hash` of them.
+      cooperate: share the directory with other cooperating writers of this spec (e.g. the
+        processes of one multi-process search); see :mod:`decouple_jax.locks`.
 
     Raises:
       StoreError: the directory holds a store with another spec (the message lists each
         differing field), a corrupt store, or unrelated files; or ``indices`` do not match.
+      locks.DirectoryBusy: another process is writing the store.
     """
     directory = pathlib.Path(directory)
     indices = _check_indices(indices, spec)
-    directory.mkdir(parents=True, exist_ok=True)
+    key = locks.acquire(directory, cooperate=cooperate)
+    try:
+      store = cls._create_or_open(directory, spec, indices)
+    except BaseException:
+      locks.release(key)
+      raise
+    weakref.finalize(store, locks.release, key)
+    return store
+
+  @classmethod
+  def _create_or_open(cls, directory: pathlib.Path, spec: StoreSpec,
+                      indices: np.ndarray) -> TargetStore:
     # Under the lock, so two processes started on one directory cannot both create it.
     with _locked(directory):
       if (directory / _META).exists():
@@ -495,8 +529,11 @@ class TargetStore:
         allowed).
     """
     positions = self._check_positions(positions, allow_incomplete)
-    return tuple(self._decode(self._layers[l][positions], dtype, copy=False)
-                 for l in self._layer_indices(layers))
+    values = []
+    for l in self._layer_indices(layers):
+      values.append(self._decode(self._layers[l][positions], dtype, copy=False))
+      self._check_finite(l, values[-1], positions)
+    return tuple(values)
 
   def read_layer(self, layer: int, *, dtype: Any = np.float32,
                  allow_incomplete: bool = False) -> np.ndarray:
@@ -511,14 +548,32 @@ class TargetStore:
       (N, *spec.shapes[layer]) array of ``dtype``.
 
     Raises:
-      StoreError: the layer is out of range, or the store is incomplete (unless allowed).
+      StoreError: the layer is out of range, the store is incomplete (unless allowed), or
+        damaged (NaN or inf targets).
     """
     (layer,) = self._layer_indices([layer])
     if not allow_incomplete and not self.is_complete():
       raise StoreError(f'{self.directory} is incomplete (chunks {self.missing_chunks()} '
                        f'missing); finish the search on this directory, or pass '
                        f'allow_incomplete=True')
-    return self._decode(self._layers[layer], dtype, copy=True)
+    values = self._decode(self._layers[layer], dtype, copy=True)
+    # Chunk by chunk, so the check's temporaries stay the size of a chunk.
+    for c in range(self.num_chunks):
+      start, stop = self.chunk_range(c)
+      self._check_finite(layer, values[start:stop], np.arange(start, stop))
+    return values
+
+  def _check_finite(self, l: int, values: np.ndarray, positions: np.ndarray) -> None:
+    """Refuses NaN/inf targets of layer ``l`` at ``positions`` (B,): write_chunk never stores
+    them, so they mean a file damaged after the search wrote it."""
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if bad.any():
+      chunks = np.unique(positions[bad] // self.spec.chunk_size).tolist()
+      raise StoreError(
+          f'{self.directory} is damaged: layer{l}.npy holds NaN or inf targets in chunk(s) '
+          f'{chunks}, which the search never writes (the file changed after it was written). '
+          f'Delete {self.directory} and search again, or remove {chunks} from "complete" in '
+          f'{self.directory / _META} and re-run the search on it to redo only those chunks.')
 
   def load_all(self, dtype: Any = np.float32, *,
                allow_incomplete: bool = False) -> tuple[np.ndarray, ...]:
@@ -563,7 +618,7 @@ def _create(directory: pathlib.Path, spec: StoreSpec, indices: np.ndarray) -> No
   # Without meta.json no chunk was ever committed: anything here is a killed creation's
   # leftover, and stale layer files of another layer count must not survive.
   for p in directory.iterdir():
-    if p.name != _LOCK:
+    if p.name not in _KEPT:
       p.unlink()
   itemsize = _disk_dtype(spec.dtype).itemsize
   need = sum(spec.num_images * math.prod(s) * itemsize for s in spec.shapes)

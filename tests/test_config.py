@@ -1,0 +1,145 @@
+"""Configs: partial dicts keep their parent's defaults; every field is checked when built."""
+
+import importlib.util
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from decouple_jax import config as cfglib
+from decouple_jax.models import airbench, conv
+from decouple_jax.search import store
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'configs'
+
+
+def _build(d):
+  return cfglib.from_dict(cfglib.ExperimentConfig, d)
+
+
+@pytest.mark.parametrize('cls, default', [
+    (cfglib.StudentConfig, cfglib.StudentConfig().model),
+    (cfglib.SGDConfig, cfglib.SGDConfig().model),
+])
+def test_partial_model_keeps_the_parents_model_defaults(cls, default):
+  built = cfglib.from_dict(cls, {'model': {'widths': (16, 16, 16)}})
+  assert built.model == cfglib.ModelConfig(**{**cfglib.to_dict(default), 'widths': (16, 16, 16)})
+
+
+def test_partial_dicts_keep_defaults_at_every_level():
+  exp = _build({'student': {'model': {'widths': (16, 16, 16)}, 'train': {'optim': {'lr': 1.0}}},
+                'search': {'layers': [{'generations': 7}] + [{}] * 3}})
+  model = exp.student.model
+  assert (model.tap, model.tap_scale, model.convs_per_block) == ('pre_gelu', True, 6)
+  assert exp.student.train.optim.lr == 1.0
+  assert exp.student.train.optim.epochs == cfglib.OptimConfig().epochs
+  paper = cfglib.PAPER_SCHEDULE
+  assert exp.search.layers[0] == cfglib.LayerSchedule(7, paper[0].alpha, paper[0].boost,
+                                                      paper[0].blur)
+  assert exp.search.layers[1:] == paper[1:]
+
+
+def _variants():
+  for path in sorted(CONFIGS.glob('*.py')):
+    spec = importlib.util.spec_from_file_location(f'config_{path.stem}', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for variant in module.VARIANTS:
+      yield path.name, variant, module
+
+
+def test_every_shipped_variant_builds():
+  built = [(name, variant, _build(module.get_config(variant)))
+           for name, variant, module in _variants()]
+  assert {(n, v) for n, v, _ in built} >= {('mnist.py', 'smoke'), ('cifar10.py', 'paper')}
+  assert all(isinstance(exp, cfglib.ExperimentConfig) for _, _, exp in built)
+
+
+@pytest.mark.parametrize('where, field, value, choices', [
+    ('data', 'name', 'imagenet', 'DATA_NAMES'),
+    ('data', 'source', 'web', 'DATA_SOURCES'),
+    ('data', 'cifar100_labels', 'medium', 'CIFAR100_LABELS'),
+    ('sgd.model', 'head', 'flaten', 'HEADS'),
+    ('student.model', 'tap', 'pre', 'TAPS'),
+    ('search.model', 'conv_impl', 'fft', 'CONV_IMPLS'),
+    ('sgd.model', 'convs_per_block', 3, 'CONVS_PER_BLOCK'),
+    ('sgd.train.optim', 'schedule', 'cosine', 'SCHEDULES'),
+    ('search', 'refine_pool', 'all', 'REFINE_POOLS'),
+    ('search', 'seed_next', 'worst', 'SEED_NEXT'),
+    ('search', 'blur_padding', 'reflect', 'BLUR_PADDINGS'),
+    ('search', 'blur_target', 'parents', 'BLUR_TARGETS'),
+    ('search', 'method', 'annealing', 'SEARCH_METHODS'),
+    ('search', 'bn_mode', 'train', 'BN_MODES'),
+    ('search', 'store_dtype', 'int8', 'STORE_DTYPES'),
+    ('student', 'variant', 'no_layers', 'STUDENT_VARIANTS'),
+    ('student', 'mse_reduction', 'max', 'MSE_REDUCTIONS'),
+])
+def test_enumerated_fields_refused_with_their_choices(where, field, value, choices):
+  choices = getattr(cfglib, choices)  # the module constant the field is checked against
+  d = {field: value}
+  for key in reversed(where.split('.')):
+    d = {key: d}
+  with pytest.raises(cfglib.ConfigError) as e:
+    _build(d)
+  assert str(e.value) == f'config.{where}.{field}={value!r} is not one of {choices}'
+
+
+def test_the_code_uses_the_configs_choices():
+  # One constant per enumerated field: the model and the store check against the same tuples.
+  assert conv.IMPLS is cfglib.CONV_IMPLS and store.DTYPES is cfglib.STORE_DTYPES
+  net = airbench.AirbenchNet(num_classes=10, in_channels=1, head='flaten')
+  with pytest.raises(ValueError, match=r"head must be one of \('flatten', 'maxpool'\)"):
+    net.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+
+
+@pytest.mark.parametrize('d, message', [
+    ({'search': {'layers': [{'generations': -1}] + [{}] * 3}},
+     'config.search.layers[0].generations=-1: must be an integer >= 0'),
+    ({'search': {'layers': [{}, {'alpha': float('nan')}, {}, {}]}},
+     'config.search.layers[1].alpha=nan: must be a finite number >= 0'),
+    ({'search': {'layers': [{}, {}, {}, {'alpha': float('inf')}]}},
+     'config.search.layers[3].alpha=inf: must be a finite number >= 0'),
+    ({'search': {'layers': [{}, {}, {'boost': -1.0}, {}]}},
+     'config.search.layers[2].boost=-1.0: must be a finite number >= 0'),
+    ({'sgd': {'train': {'optim': {'epochs': -3}}}},
+     'config.sgd.train.optim.epochs=-3: must be an integer >= 1'),
+    ({'student': {'train': {'optim': {'batch_size': 0}}}},
+     'config.student.train.optim.batch_size=0: must be an integer >= 1'),
+    ({'sgd': {'train': {'eval_every': 0}}}, 'config.sgd.train.eval_every=0: must be'),
+    ({'sgd': {'train': {'checkpoint_every': 0}}}, 'config.sgd.train.checkpoint_every=0: must'),
+    ({'sgd': {'train': {'eval_batch': 0}}}, 'config.sgd.train.eval_batch=0: must be'),
+    ({'search': {'batch_images': 0}}, 'config.search.batch_images=0: must be an integer >= 1'),
+    ({'search': {'chunk_size': 0}}, 'config.search.chunk_size=0: must be an integer >= 1'),
+    ({'search': {'population': 20, 'n_explore': 0, 'n_refine': 0}},
+     'config.search.n_explore=0 and n_refine=0: a generation needs at least one child'),
+    ({'search': {'init_noise': float('nan')}},
+     'config.search.init_noise=nan: must be a finite number >= 0'),
+    ({'sgd': {'model': {'widths': (8, 8)}}}, 'config.sgd.model.widths=(8, 8): give one'),
+    ({'data': {'holdout': -1}}, 'config.data.holdout=-1: must be an integer >= 0'),
+    ({'data': {'train_limit': -1}}, 'config.data.train_limit=-1: must be an integer >= 0'),
+    ({'sgd': {'train': {'optim': {'lr': float('inf')}}}}, 'config.sgd.train.optim.lr=inf'),
+    ({'sgd': {'train': {'optim': {'momentum': 1.0}}}},
+     'config.sgd.train.optim.momentum=1.0: must be in [0, 1)'),
+    ({'student': {'kl_weight': -0.1}}, 'config.student.kl_weight=-0.1: must be a finite'),
+    ({'analysis': {'threshold': 2.0}}, 'config.analysis.threshold=2.0: must be in [0, 1]'),
+    ({'seeds': ()}, 'config.seeds=(): give at least one seed'),
+])
+def test_numeric_ranges_refused_naming_the_field(d, message):
+  with pytest.raises(cfglib.ConfigError) as e:
+    _build(d)
+  assert str(e.value).startswith(message)
+
+
+def test_direct_construction_is_checked_too():
+  with pytest.raises(cfglib.ConfigError, match=r'^generations=-1: must be an integer >= 0$'):
+    cfglib.LayerSchedule(generations=-1, alpha=0.1, boost=1.0, blur=0)
+  with pytest.raises(cfglib.ConfigError, match=r"^tap='x' is not one of"):
+    cfglib.ModelConfig(tap='x')
+
+
+def test_unknown_and_missing_fields_are_named():
+  with pytest.raises(cfglib.ConfigError, match=r"config.sgd: unknown field\(s\) \['nope'\]"):
+    _build({'sgd': {'nope': 1}})
+  with pytest.raises(cfglib.ConfigError, match=r"config.search.layers\[4\]: .*'alpha'"):
+    _build({'search': {'layers': [{}] * 4 + [{'generations': 1}]}})
