@@ -35,6 +35,7 @@ SEED_NEXT = ('best', 'population')
 BLUR_PADDINGS = ('zeros', 'valid')
 BLUR_TARGETS = ('candidate', 'noise')
 SEARCH_METHODS = ('evolution', 'gradient')
+BN_STATS_SOURCES = ('recompute', 'running')
 BN_MODES = ('inference', 'batch')
 STORE_DTYPES = ('float32', 'float16', 'bfloat16')
 STUDENT_VARIANTS = ('all_layers', 'skip_block0')
@@ -599,13 +600,11 @@ class FeedbackConfig:
   layers: tuple[LayerSchedule, ...] = ()
 
   def __post_init__(self):
-    if self.rounds < 1:
-      raise ConfigError(f'feedback.rounds={self.rounds} must be at least 1')
-    _check_choice('feedback.bn_stats', self.bn_stats, ('recompute', 'running'))
-    if not self.bn_eps > 0:
-      raise ConfigError(f'feedback.bn_eps={self.bn_eps} must be > 0')
+    _check_counts(self, 1, 'rounds')
+    _check_choice('bn_stats', self.bn_stats, BN_STATS_SOURCES)
+    _check_amounts(self, 'bn_eps', positive=True)
     if self.layers and len(self.layers) != 4:
-      raise ConfigError(f'feedback.layers needs 4 schedules (blocks 0-2, logits) or none, got '
+      raise ConfigError(f'layers: needs 4 schedules (blocks 0-2, logits) or none, got '
                         f'{len(self.layers)}')
 
 
