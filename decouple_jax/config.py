@@ -415,9 +415,10 @@ class SearchConfig:
       downstream activations).
     blur_padding: 'zeros' (zero padding counted in the average, as PyTorch's avg_pool2d;
       default) or 'valid' (average over the in-image neighbours only).
-    blur_target: what the spatial smoothing acts on (the paper reads both ways):
-      'candidate' (the whole child after mutation, the appendix's operator order) or 'noise'
-      (only the mutation noise, then added to the crossover; section 3.1's wording).
+    blur_target: what the spatial smoothing acts on (the paper reads both ways): 'noise'
+      (default: only the mutation noise, then added to the crossover; section 3.1's wording)
+      or 'candidate' (the whole child after mutation, the appendix's operator order, which
+      compounds along a lineage; the gap study in BENCHMARKS.md measured the two).
     method: how each layer's candidates are improved: 'evolution' (the paper's search) or
       'gradient' (a control: descent on the activation through the same network and fitness,
       one step per candidate evolution would score; :mod:`decouple_jax.search.gradient`).
@@ -441,7 +442,7 @@ class SearchConfig:
   init_noise: float = 0.1
   seed_next: str = 'best'
   blur_padding: str = 'zeros'
-  blur_target: str = 'candidate'
+  blur_target: str = 'noise'
   method: str = 'evolution'
   bn_mode: str = 'inference'
   norm_eps: float = 1e-5
