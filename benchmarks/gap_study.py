@@ -51,7 +51,13 @@ from decouple_jax.learn import student
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BEGIN, END = '<!-- gap_study:begin -->', '<!-- gap_study:end -->'
 
-# name -> (what it tests, overrides). Overrides are dotted ConfigDict paths, plus four
+# The reading every arm starts from: ``mnist:cpu`` as it was before the study (blur the whole
+# child, 16 generations per block, the paper's MSE weight), whatever the config says today, so
+# that an arm's row means the same in every session.
+STUDY_BASE = {'search.blur_target': 'candidate', 'gens': (16, 16, 16, 60),
+              'student.mse_coef': 1.0}
+
+# name -> (what it tests, overrides applied on top of STUDY_BASE). Overrides are dotted ConfigDict paths, plus four
 # shorthands: 'gens', 'alpha' and 'blur' (generations, alpha and blur passes of the 4 search
 # layers) and 'width' (search and student block width).
 ARMS = {
@@ -81,6 +87,9 @@ ARMS = {
     'noise_g4_100_w32': ('noise_g4_100, search and student width 32',
                          {'search.blur_target': 'noise', 'gens': (4, 100, 100, 60),
                           'width': 32}),
+    'noise_g4_100_w64': ('noise_g4_100, search and student width 64',
+                         {'search.blur_target': 'noise', 'gens': (4, 100, 100, 60),
+                          'width': 64}),
     'noise_g4_100_parents': ('noise_g4_100, refinement parents from the parents only (prose)',
                              {'search.blur_target': 'noise', 'gens': (4, 100, 100, 60),
                               'search.refine_pool': 'parents'}),
@@ -129,7 +138,7 @@ def load_base(train_images: int, holdout: int) -> dict:
 def arm_config(base, overrides: dict) -> cfglib.ExperimentConfig:
   """The experiment of one arm: ``base`` (a ConfigDict) with ``overrides`` applied."""
   c = base.copy_and_resolve_references()
-  for key, value in overrides.items():
+  for key, value in {**STUDY_BASE, **overrides}.items():
     if key == 'gens':
       c.search.layers = tuple(dict(l, generations=g) for l, g in zip(c.search.layers, value))
     elif key in ('alpha', 'blur'):
@@ -247,10 +256,16 @@ def main(argv=None) -> None:
     ref_path = rows_dir / f'reference_width{width}.json'
     if not ref_path.exists():
       runlog.write_json(ref_path, {**reference_row(exp, ds, workdir), 'load': _load()})
+    arm_hash = cfglib.config_hash(exp.data, exp.search, exp.student)
+    if path.exists() and runlog.read_json(path).get('config_hash', arm_hash) != arm_hash:
+      # The arm's definition (or STUDY_BASE) changed since its row was measured.
+      print(f'{name}: its row was measured with another config; measuring it again', flush=True)
+      path.unlink()
     if not path.exists():
       t0 = time.perf_counter()
       row = student_row(exp, ds, workdir)
-      runlog.write_json(path, {**row, 'what': what, 'overrides': overrides, 'load': _load(),
+      runlog.write_json(path, {**row, 'what': what, 'overrides': overrides,
+                               'config_hash': arm_hash, 'load': _load(),
                                'arm_seconds': time.perf_counter() - t0,
                                'finished': datetime.datetime.now(datetime.timezone.utc)
                                .strftime('%Y-%m-%d %H:%M UTC')})
