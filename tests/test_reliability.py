@@ -28,6 +28,7 @@ from decouple_jax.search import driver, evolve
 from decouple_jax.search import operators as ops
 from decouple_jax.search.store import StoreError, TargetStore
 
+from cifar_archives import write_cifar_archive
 from test_data import _write_idx_gz
 
 # The library under test, and its launch scripts and configs (run from there).
@@ -179,8 +180,8 @@ def _damaged_cifar(tmp_path):
   rng = np.random.default_rng(0)
   x = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
   y = rng.integers(0, 10, 12)
-  good = data.write_cifar_archive(tmp_path / 'good.tar.gz', x[:10], y[:10], test_images=x[10:],
-                                  test_labels=y[10:])
+  good = write_cifar_archive(tmp_path / 'good.tar.gz', x[:10], y[:10], test_images=x[10:],
+                             test_labels=y[10:])
   blob = bytearray(gzip.compress(gzip.decompress(good.read_bytes()), compresslevel=0))
   pixels = x[0].transpose(2, 0, 1).tobytes()[:64]  # channel-major, as the pickles hold them
   at = blob.index(pixels)

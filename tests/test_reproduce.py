@@ -163,8 +163,8 @@ def test_second_reproduce_reruns_nothing(pipeline):
 @pytest.mark.slow
 def test_table_says_when_there_is_no_holdout_to_select_on(pipeline):
   results = json.loads((pipeline['workdir'] / 'results.json').read_text())
-  assert 'Test accuracy (%) of the hold-out-selected model' in reproduce.format_table(results)
+  assert 'Test accuracy (%) of the hold-out-selected model' in report.format_table(results)
   results['config']['data']['holdout'] = 0
-  table = reproduce.format_table(results)
+  table = report.format_table(results)
   assert ("Test accuracy (%) of the last epoch's model (data.holdout=0: no hold-out split to "
           'select on)') in table
