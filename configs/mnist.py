@@ -57,7 +57,7 @@ def get_config(arg: str = 'cpu') -> ml_collections.ConfigDict:
     # 5,000 images; at 60, p_hat is right for 100% and the head 83% (BENCHMARKS.md).
     c.search.layers = tuple(dict(l, generations=g)
                             for l, g in zip(c.search.layers, (16, 16, 16, 60)))
-    c.search.batch_images = 64
+    c.search.batch_images = '64'  # a string: the field's default is 'auto'
     c.search.chunk_size = 4096
     # With mean-reduced losses at this lr, lambda 0.03 leaves the head almost untrained in
     # 8 epochs (BENCHMARKS.md); only the head sees this term, so lambda is its step size.
@@ -88,7 +88,7 @@ def get_config(arg: str = 'cpu') -> ml_collections.ConfigDict:
     c.search.population, c.search.top_k, c.search.n_explore, c.search.n_refine = 12, 2, 4, 6
     c.search.layers = tuple(dict(l, generations=g)
                             for l, g in zip(c.search.layers, (2, 1, 1, 1)))
-    c.search.batch_images = 4
+    c.search.batch_images = '4'
     c.search.chunk_size = 64
     c.student.model.widths = (8, 8, 8)
     c.student.model.whiten_images = 64

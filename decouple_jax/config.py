@@ -424,7 +424,10 @@ class SearchConfig:
       independent; default) or 'batch' (statistics over each image's population).
     norm_eps: epsilon of the per-sample normalisation (1e-5).
     seed: base seed; every image's randomness derives from (seed, its dataset index).
-    batch_images: images searched at once per device.
+    batch_images: images searched at once per device: 'auto' (default) as many as the
+      compiled search fits in the device's memory (:mod:`decouple_jax.memory`), or a number,
+      checked against that memory. A string of digits (what ``--config.search.batch_images=16``
+      gives, the field's default being a string) counts as that number.
     skip_identity_convs: skip convolutions whose kernel is exactly the identity (checked once
       on the actual weights).
     store_dtype: 'float32', 'float16' or 'bfloat16' for the cached targets.
@@ -445,13 +448,19 @@ class SearchConfig:
   bn_mode: str = 'inference'
   norm_eps: float = 1e-5
   seed: int = 0
-  batch_images: int = 8
+  batch_images: int | str = 'auto'
   skip_identity_convs: bool = True
   store_dtype: str = 'float32'
   chunk_size: int = 1024
 
   def __post_init__(self):
-    _check_counts(self, 1, 'top_k', 'batch_images', 'chunk_size')
+    if isinstance(self.batch_images, str) and self.batch_images.isdigit():
+      object.__setattr__(self, 'batch_images', int(self.batch_images))
+    if self.batch_images != 'auto' and not (isinstance(self.batch_images, int) and
+                                            self.batch_images >= 1):
+      raise ConfigError(f"batch_images={self.batch_images!r}: must be 'auto' or an integer "
+                        '>= 1')
+    _check_counts(self, 1, 'top_k', 'chunk_size')
     _check_counts(self, 0, 'n_explore', 'n_refine')
     if self.n_explore + self.n_refine < 1:
       raise ConfigError(f'n_explore={self.n_explore} and n_refine={self.n_refine}: a '

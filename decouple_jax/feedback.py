@@ -44,6 +44,7 @@ from decouple_jax.learn import sgd
 from decouple_jax.learn import student
 from decouple_jax.search import driver
 from decouple_jax.search import sharding
+from decouple_jax.search import stores
 
 _VARIABLES = 'student_variables.msgpack'
 
@@ -103,8 +104,8 @@ def run_round(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, workdir: str | 
   rdir = round_dir(workdir, r)
   search_cfg = round_search_config(exp, r)
   network = None if r == 1 else search_network(exp, ds, previous)
-  network_id = driver.UNTRAINED if network is None else driver.network_hash(network[1])
-  targets = rdir / 'targets'
+  network_id = stores.UNTRAINED if network is None else stores.network_hash(network[1])
+  targets = stores.store_dir(rdir)
   meshes = meshes or {}
   driver.run_search(exp.data, search_cfg, targets, ds=ds, network=network,
                     mesh=meshes.get('search'))

@@ -46,6 +46,7 @@ from decouple_jax.learn import student
 from decouple_jax.mesh import mesh_1d
 from decouple_jax.search import driver
 from decouple_jax.search import sharding
+from decouple_jax.search import stores
 
 _WALL = 'wall_seconds.json'
 
@@ -110,13 +111,14 @@ def _without_variables(results: dict) -> dict:
 def _search(runner: _Runner, exp: cfglib.ExperimentConfig, ds: datalib.Dataset, split: str,
             mesh: jax.sharding.Mesh) -> tuple[pathlib.Path, dict]:
   """(store directory, search summary) of ``split``, searched unless already complete."""
-  directory = driver.store_dir(runner.workdir / 'search', split)
+  directory = stores.store_dir(runner.workdir / 'search', split)
   summary = directory / 'summary.json'
 
   def done():
     if not summary.exists():
       return None
-    student.open_targets(directory, exp.data, exp.search, ds, split)  # refuses another config
+    # Refuses a store of another config, naming the settings that differ.
+    stores.open_complete(directory, stores.StoreId(exp.data, exp.search, ds, split))
     return runlog.read_json(summary)
 
   def run():

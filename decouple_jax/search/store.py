@@ -379,6 +379,15 @@ class TargetStore:
     start = c * self.spec.chunk_size
     return start, min(start + self.spec.chunk_size, self.spec.num_images)
 
+  def refresh(self) -> None:
+    """Re-reads which chunks are complete, e.g. once the other processes of a multi-process
+    search have committed theirs."""
+    spec, complete = _read_meta(self.directory)
+    if spec != self.spec:
+      raise StoreError(f'{self.directory / _META} changed under this store (another run '
+                       f'recreated it); give each run its own directory')
+    self._done[complete] = True
+
   def missing_chunks(self) -> list[int]:
     """Ids of the chunks not yet written, ascending."""
     return np.flatnonzero(~self._done).tolist()
