@@ -42,6 +42,7 @@ from decouple_jax.analysis import plots
 from decouple_jax.learn import bn_stats
 from decouple_jax.learn import sgd
 from decouple_jax.learn import student
+from decouple_jax.learn import trainer
 from decouple_jax.search import driver
 from decouple_jax.search import sharding
 from decouple_jax.search import stores
@@ -75,8 +76,9 @@ def search_network(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, variables)
 def loop_hash(exp: cfglib.ExperimentConfig) -> str:
   """What a finished round depends on: the data, round 1's search, the student and the loop's
   settings (not the number of rounds, so asking for more rounds keeps the finished ones)."""
-  return cfglib.config_hash(exp.data, exp.search, exp.student,
-                            dataclasses.replace(exp.feedback, rounds=1))
+  return cfglib.hash_dict([cfglib.to_dict(exp.data), cfglib.to_dict(exp.search),
+                          trainer.identity(exp.student),
+                          cfglib.to_dict(dataclasses.replace(exp.feedback, rounds=1))])
 
 
 def _write_variables(path: pathlib.Path, variables) -> None:

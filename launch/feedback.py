@@ -7,13 +7,12 @@ set the loop. Resumable: finished rounds are read, not redone. Writes WORKDIR/re
 WORKDIR/feedback.png (accuracy per round against SGD with the same network).
 """
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from decouple_jax import config as cfglib
 from decouple_jax import feedback
-from decouple_jax.cli import run_cli
+from decouple_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'A configs/*.py file:variant.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (resumed if it exists).')
@@ -33,4 +32,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(run_cli(main))
+  cli.run(main)

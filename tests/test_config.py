@@ -74,6 +74,7 @@ def test_every_shipped_variant_builds():
     ('search', 'store_dtype', 'int8', 'STORE_DTYPES'),
     ('student', 'variant', 'no_layers', 'STUDENT_VARIANTS'),
     ('student', 'mse_reduction', 'max', 'MSE_REDUCTIONS'),
+    ('student.train', 'compute_dtype', 'float16', 'COMPUTE_DTYPES'),
 ])
 def test_enumerated_fields_refused_with_their_choices(where, field, value, choices):
   choices = getattr(cfglib, choices)  # the module constant the field is checked against

@@ -46,9 +46,10 @@ def squared_error(pred: jax.Array, target: jax.Array, reduction: str) -> jax.Arr
 
 
 def kl_to_searched(target_logits: jax.Array, logits: jax.Array) -> jax.Array:
-  """Batch-mean KL(softmax(target_logits) || softmax(logits)); (B, K) inputs, nats."""
+  """Batch-mean KL(softmax(target_logits) || softmax(logits)); (B, K) inputs, nats, computed in
+  float32."""
   log_p = jax.nn.log_softmax(target_logits.astype(jnp.float32))
-  log_q = jax.nn.log_softmax(logits)
+  log_q = jax.nn.log_softmax(logits.astype(jnp.float32))
   return jnp.mean(jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1))
 
 
