@@ -52,9 +52,9 @@ from decouple_jax.search import driver
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BEGIN, END = '<!-- gap_study:begin -->', '<!-- gap_study:end -->'
 
-# name -> (what it tests, overrides). Overrides are dotted ConfigDict paths, plus three
-# shorthands: 'gens' (generations of the 4 search layers), 'width' (search and student block
-# width) and 'alpha' (alpha of the 4 layers).
+# name -> (what it tests, overrides). Overrides are dotted ConfigDict paths, plus four
+# shorthands: 'gens', 'alpha' and 'blur' (generations, alpha and blur passes of the 4 search
+# layers) and 'width' (search and student block width).
 ARMS = {
     'candidate': ('blur the whole child (appendix order)', {'search.blur_target': 'candidate'}),
     'noise': ('blur only the mutation noise (section 3.1)', {'search.blur_target': 'noise'}),
@@ -104,6 +104,15 @@ ARMS = {
     'noise_g4_100_skip0': ('noise_g4_100, student skips block 0',
                            {'search.blur_target': 'noise', 'gens': (4, 100, 100, 60),
                             'student.variant': 'skip_block0'}),
+    'noise_g4_100_msesum': ('noise_g4_100, squared error summed over elements (the formula)',
+                            {'search.blur_target': 'noise', 'gens': (4, 100, 100, 60),
+                             'student.mse_reduction': 'sum'}),
+    'noise_g4_100_mse10_ep24': ('noise_g4_100, student MSE coefficient 10 and 24 epochs',
+                                {'search.blur_target': 'noise', 'gens': (4, 100, 100, 60),
+                                 'student.mse_coef': 10.0, 'student.train.optim.epochs': 24}),
+    'noise_g4_100_blur2': ('noise_g4_100, 2 blur passes at blocks 1-2',
+                           {'search.blur_target': 'noise', 'gens': (4, 100, 100, 60),
+                            'blur': (5, 2, 2, 0)}),
 }
 
 
@@ -124,8 +133,8 @@ def arm_config(base, overrides: dict) -> cfglib.ExperimentConfig:
   for key, value in overrides.items():
     if key == 'gens':
       c.search.layers = tuple(dict(l, generations=g) for l, g in zip(c.search.layers, value))
-    elif key == 'alpha':
-      c.search.layers = tuple(dict(l, alpha=a) for l, a in zip(c.search.layers, value))
+    elif key in ('alpha', 'blur'):
+      c.search.layers = tuple(dict(l, **{key: v}) for l, v in zip(c.search.layers, value))
     elif key == 'width':
       c.search.model.widths = c.student.model.widths = (value,) * 3
     else:
@@ -142,7 +151,8 @@ def student_row(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, workdir: path
   """Search (cached) + student of one arm, and the numbers of its row."""
   targets = driver.cached_search(exp.data, exp.search, ds, workdir / 'searches')
   summary = runlog.read_json(targets / 'summary.json')
-  run = workdir / 'students' / cfglib.config_hash(exp.data, exp.search, exp.student)
+  run = workdir / 'students' / cfglib.hash_dict(
+      student.run_config(exp.data, ds, exp.search, exp.student))
   results = student.train_student(exp.data, exp.search, exp.student, run, targets, ds=ds)
   d = results['diagnostics']
   return {
@@ -168,7 +178,7 @@ def reference_row(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, workdir: pa
   floor = diagnostics.linear_probe(feats(ds.train_images), ds.train_labels,
                                    feats(ds.test_images), ds.test_labels, ds.num_classes)
   sgd_cfg = sgd.with_network(exp.sgd, exp.student.model)
-  run = workdir / 'sgd' / cfglib.config_hash(exp.data, sgd_cfg)
+  run = workdir / 'sgd' / cfglib.hash_dict(sgd.run_config(exp.data, ds, sgd_cfg))
   results = sgd.train_sgd(exp.data, sgd_cfg, run, ds=ds)
   return {'random_feature_floor': floor, 'sgd_holdout_accuracy': results['holdout_accuracy'],
           'sgd_test_accuracy': results['test_accuracy']}

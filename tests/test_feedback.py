@@ -2,7 +2,11 @@
 result, each round's targets in the next student's tap space, the body cutoff in every round."""
 
 import dataclasses
+import os
+import pathlib
 import shutil
+import subprocess
+import sys
 
 import flax
 import jax
@@ -21,6 +25,7 @@ from decouple_jax.search import driver
 from decouple_jax.search import stores
 from decouple_jax.search.store import StoreError, TargetStore
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 MODEL = cfglib.ModelConfig(widths=(8, 8, 8), whiten_images=64)
 TRAIN = cfglib.TrainConfig(optim=cfglib.OptimConfig(batch_size=32, epochs=1, clip_norm=2.0),
                            eval_batch=64, flip=False)
@@ -53,9 +58,21 @@ ONE = jax.devices()[:1]
 
 @pytest.fixture(scope='module')
 def looped(mnist_dir, tmp_path_factory):
+  """Two rounds run by launch/feedback.py, on one device (the emulated eight share 2 cores)."""
   exp = _exp(mnist_dir)
-  workdir = tmp_path_factory.mktemp('loop')
-  return exp, workdir, feedback.run_feedback(exp, workdir, devices=ONE)
+  root = tmp_path_factory.mktemp('loop')
+  config = root / 'tiny_config.py'
+  config.write_text('import ml_collections\n\n\ndef get_config(arg):\n'
+                    f'  return ml_collections.ConfigDict({cfglib.to_dict(exp)!r})\n')
+  workdir = root / 'run'
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  proc = subprocess.run([sys.executable, 'launch/feedback.py', f'--config={config}:tiny',
+                         f'--workdir={workdir}'], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'round 2 (warm): student test' in proc.stdout
+  return exp, workdir, runlog.read_json(workdir / 'results.json')
 
 
 def _same_rounds(a, b):
