@@ -125,8 +125,7 @@ def _guarded(main):
       sys.exit('error: --coordinator, --num_processes and --process_id need --distributed')
     workdir = flags.FLAGS['workdir'].value if 'workdir' in flags.FLAGS else None
     try:
-      with (locks.hold(workdir, cooperate=_DISTRIBUTED.value) if workdir
-            else contextlib.nullcontext()):
+      with locks.hold(workdir) if workdir else contextlib.nullcontext():
         return main(argv)
     except KNOWN_ERRORS as e:
       sys.exit(f'error: {type(e).__name__}: {e}')

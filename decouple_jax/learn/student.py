@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
+from decouple_jax import distributed
 from decouple_jax import models
 from decouple_jax import runlog
 from decouple_jax.learn import diagnostics
@@ -152,6 +153,7 @@ def train_student(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
       name=f'student {student_cfg.variant}', mesh=mesh, epoch_callback=epoch_callback)
   results['diagnostics'] = diagnostics.student_diagnostics(
       model, results['variables'], ds, store, holdout_store, student_cfg)
-  runlog.write_json(pathlib.Path(workdir) / 'results.json',
-                    {k: v for k, v in results.items() if k != 'variables'})
+  if distributed.is_main():
+    runlog.write_json(pathlib.Path(workdir) / 'results.json',
+                      {k: v for k, v in results.items() if k != 'variables'})
   return results

@@ -71,12 +71,17 @@ def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
     model, variables = network
     network_id = stores.network_hash(variables)
   store_id = stores.StoreId(data_cfg, search_cfg, ds, split, network_id, stores.operators_id(ops))
-  store = stores.create_or_open(directory, store_id, model,
-                                cooperate=jax.process_count() > 1)
-  if store.is_complete() and (directory / 'summary.json').exists():
+  store = stores.create_or_open(directory, store_id, model)
+  # Which chunks are missing and whether the store was summarised, as process 0 sees them:
+  # the processes must decide alike, or one would wait for the others forever.
+  state = np.zeros(store.num_chunks + 1, bool)
+  state[store.missing_chunks()] = True
+  state[-1] = (directory / 'summary.json').exists()
+  state = distributed.agree(state)
+  missing = np.flatnonzero(state[:-1]).tolist()
+  if not missing and state[-1]:
     return store
   images, labels, index = stores.split_arrays(ds, split)
-  missing = np.flatnonzero(distributed.agree(~_done_mask(store))).tolist()
   todo = distributed.share(missing)
   search_fn = sharding.make_search_fn(model, variables, search_cfg, mesh, ops=ops)
   # Compiled only if there is something to search: a finished store costs no compilation.
@@ -116,13 +121,6 @@ def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
         store, done, seconds, devices, batch and batch // search_fn.mesh.size))
   distributed.barrier(f'summary {directory}')
   return store
-
-
-def _done_mask(store: TargetStore) -> np.ndarray:
-  """(num_chunks,) True where the chunk is complete."""
-  done = np.ones(store.num_chunks, bool)
-  done[store.missing_chunks()] = False
-  return done
 
 
 def search_summary(store: TargetStore, images_this_run: int, seconds: float,

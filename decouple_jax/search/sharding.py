@@ -32,9 +32,10 @@ AXIS = 'images'
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-  """A 1-D mesh with axis 'images' over ``devices`` (default: this process's devices; the
-  processes of a multi-process search each search their own chunks)."""
-  return mesh_1d(AXIS, list(devices) if devices is not None else jax.local_devices())
+  """A 1-D mesh with axis 'images' over this process's devices among ``devices`` (default:
+  all of them): the processes of a multi-process search each search their own chunks."""
+  devices = jax.local_devices() if devices is None else devices
+  return mesh_1d(AXIS, [d for d in devices if d.process_index == jax.process_index()])
 
 
 class SearchFn:

@@ -294,7 +294,7 @@ class TargetStore:
 
   @classmethod
   def create_or_open(cls, directory: str | os.PathLike, spec: StoreSpec,
-                     indices: np.ndarray, *, cooperate: bool = False) -> TargetStore:
+                     indices: np.ndarray, *, cooperate: bool | None = None) -> TargetStore:
     """A writable store for ``spec``: a new one, or the existing one to resume.
 
     The store holds its directory's writer lock (:mod:`decouple_jax.locks`) until it is
@@ -306,7 +306,8 @@ class TargetStore:
       indices: (N,) integer dataset indices of the images at positions 0..N-1;
         ``spec.index_hash`` must be :func:`indices_hash` of them.
       cooperate: share the directory with other cooperating writers of this spec (e.g. the
-        processes of one multi-process search); see :mod:`decouple_jax.locks`.
+        processes of one multi-process search, the default when there are several); see
+        :mod:`decouple_jax.locks`.
 
     Raises:
       StoreError: the directory holds a store with another spec (the message lists each

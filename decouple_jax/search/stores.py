@@ -165,10 +165,11 @@ def cache_dir(root: str | pathlib.Path, store_id: StoreId) -> pathlib.Path:
 
 def create_or_open(directory: str | pathlib.Path, store_id: StoreId,
                    model: models.AirbenchNet | None = None, *,
-                   cooperate: bool = False) -> TargetStore:
+                   cooperate: bool | None = None) -> TargetStore:
   """Creates, or reopens to resume, the writable store of ``store_id`` at ``directory``
   (``model`` as for :meth:`StoreId.spec`); ``cooperate`` shares it with the other processes
-  of one search (see :meth:`~decouple_jax.search.store.TargetStore.create_or_open`)."""
+  of one search (by default, those of a ``jax.distributed`` run; see
+  :meth:`~decouple_jax.search.store.TargetStore.create_or_open`)."""
   return TargetStore.create_or_open(directory, store_id.spec(model), store_id.indices,
                                     cooperate=cooperate)
 
