@@ -265,7 +265,7 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
         workdir: str | pathlib.Path, *, config: dict, name: str = 'train',
         mesh: jax.sharding.Mesh | None = None,
         epoch_callback: Callable[[int, dict], dict] | None = None,
-        memory_bytes: int | None = None) -> dict:
+        memory_bytes: int | None = None, deadline: float | None = None) -> dict:
   """Trains ``variables`` of ``model`` with ``loss_fn``; resumes from ``workdir``.
 
   Args:
@@ -285,6 +285,10 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
     memory_bytes: usable memory per device (default
       :func:`decouple_jax.memory.device_memory`); a step that needs more is refused before it
       runs, with the numbers.
+    deadline: a ``time.monotonic()`` time to finish by: the run ends after the epoch whose
+      duration says the next one would end after it, evaluated and checkpointed as a last
+      epoch (``results['epochs_run']`` says how many ran; the schedule stays that of
+      ``optim.epochs``, so a later run without the deadline resumes it).
 
   Returns:
     The results dict also written to ``workdir/results.json``: test accuracy of the
@@ -303,9 +307,11 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
   tx = optim.optimizer(opt, steps * opt.epochs)
   mesh = _batch_mesh(mesh or default_mesh(), opt.batch_size)
   replicated = NamedSharding(mesh, P())
-  # Host copies first: the step donates (and so deletes) the state it is given, which must
-  # never be the caller's arrays, and a host array can be placed on any process's devices.
-  put = lambda tree: jax.device_put(jax.tree.map(np.array, tree), replicated)
+  # Host copies of the state: the step donates (and so deletes) the state it is given, which
+  # must never be the caller's arrays, and a host array can be placed on any process's
+  # devices. The data is never donated, so it is placed as it is.
+  place = lambda tree: jax.device_put(tree, replicated)
+  put = lambda tree: place(jax.tree.map(np.array, tree))
 
   state = put(TrainState(jnp.zeros((), jnp.int32), variables['params'],
                          variables.get('batch_stats', {}), tx.init(variables['params'])))
@@ -316,7 +322,7 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
   main = distributed.is_main()
   # One writer per workdir (the processes of one run share it); closing the manager on any
   # exit (also a NaN stop) finishes pending saves cleanly.
-  with locks.hold(workdir, cooperate=jax.process_count() > 1), _checkpointer(workdir) as ckpt:
+  with locks.hold(workdir), _checkpointer(workdir) as ckpt:
     log = runlog.JsonLines(workdir / 'metrics.jsonl')
     if ckpt.latest_step() is not None:
       step = ckpt.latest_step()
@@ -331,8 +337,8 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
     if main:
       log.keep(lambda r: r.get('epoch', 0) <= meta['epoch'])
 
-    images, labels = put(data.images), put(data.labels)
-    extras = tuple(put(e) for e in data.extras)
+    images, labels = place(data.images), place(data.labels)
+    extras = tuple(place(e) for e in data.extras)
     step_fn = make_step_fn(loss_fn, tx, cfg, data.mean, data.std, mesh,
                            gather_extras=data.stream is None)
     batch_sharding = NamedSharding(mesh, P('batch'))
@@ -370,11 +376,13 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
             'lower optim.lr or set optim.clip_norm (see its docstring). The last '
             f'good checkpoint in {workdir} is kept.')
       meta['train_seconds'] += time.perf_counter() - t0
+      last = epoch == opt.epochs or (deadline is not None and
+                                     time.monotonic() + time.perf_counter() - t0 > deadline)
       record = {'epoch': epoch, **metrics}
       current = {'params': state.params, 'batch_stats': state.batch_stats}
       if not len(data.holdout_images):
-        selected = epoch == opt.epochs  # nothing to select on: the last epoch is the model
-      elif epoch % cfg.eval_every == 0 or epoch == opt.epochs:
+        selected = last  # nothing to select on: the last epoch is the model
+      elif epoch % cfg.eval_every == 0 or last:
         acc = evaluate(predict, current, data.holdout_images, data.holdout_labels, cfg.eval_batch)
         record['holdout_accuracy'] = acc
         selected = acc > meta['best_accuracy']
@@ -390,12 +398,14 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
       if main:
         log.write(record)
       meta['epoch'] = epoch
-      if epoch % cfg.checkpoint_every == 0 or epoch == opt.epochs:
+      if epoch % cfg.checkpoint_every == 0 or last:
         ckpt.save(epoch, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), best=ocp.args.StandardSave(best),
             meta=ocp.args.JsonSave(meta)))
       bar.set_postfix({k: f'{v:.4g}' for k, v in record.items() if k != 'epoch'})
       bar.update(1)
+      if last:
+        break
     bar.close()
     final = {'params': state.params, 'batch_stats': state.batch_stats}
     results = {
@@ -407,9 +417,10 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
         'selected_by': 'holdout_accuracy' if len(data.holdout_images) else 'last_epoch',
         'best_epoch': meta['best_epoch'],
         'epochs': opt.epochs,
+        'epochs_run': meta['epoch'],
         'train_seconds': meta['train_seconds'],
-        'train_images_per_s': steps * opt.batch_size * opt.epochs / max(meta['train_seconds'],
-                                                                           1e-9),
+        'train_images_per_s': steps * opt.batch_size * meta['epoch'] / max(
+            meta['train_seconds'], 1e-9),
         'devices': mesh.size,
         'processes': jax.process_count(),
         'compute_dtype': compute_dtype(cfg).name,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from typing import Callable, Sequence
 
 import jax
@@ -146,8 +147,8 @@ def images_per_call(search_fn: SearchFn, search_cfg: SearchConfig,
 
 def search_in_batches(search_fn: Callable[..., evolve.SearchResult], batch: int,
                       images: np.ndarray, labels: np.ndarray, indices: np.ndarray, *,
-                      on_batch: Callable[[evolve.SearchResult], None] | None = None
-                      ) -> evolve.SearchResult:
+                      on_batch: Callable[[evolve.SearchResult], None] | None = None,
+                      deadline: float | None = None) -> evolve.SearchResult:
   """Searches N images in calls of ``batch`` images each, the last padded by repeating its
   last image (whose extra results are dropped), so every call has one shape.
 
@@ -157,16 +158,23 @@ def search_in_batches(search_fn: Callable[..., evolve.SearchResult], batch: int,
     images: (N, H, W, C) normalised images; labels (N,); indices (N,) dataset indices.
     on_batch: called with each batch's results (host arrays) as they come, e.g. to show
       progress.
+    deadline: a ``time.monotonic()`` time to finish by: no call starts that the last one's
+      duration says would end after it (the first call always runs).
 
   Returns:
-    The :class:`~decouple_jax.search.evolve.SearchResult` of the N images, as NumPy arrays.
+    The :class:`~decouple_jax.search.evolve.SearchResult` of the N images (of the first ones,
+    in calls of ``batch``, if the deadline stopped it), as NumPy arrays.
   """
   n = len(images)
   parts = []
   for start in range(0, n, batch):
+    if parts and deadline is not None and time.monotonic() + seconds > deadline:
+      break
+    t0 = time.monotonic()
     pos = np.minimum(np.arange(start, start + batch), n - 1)
     result = search_fn(images[pos], labels[pos], indices[pos])
     parts.append(jax.tree.map(lambda a, k=min(batch, n - start): np.asarray(a)[:k], result))
+    seconds = time.monotonic() - t0
     if on_batch is not None:
       on_batch(parts[-1])
   return jax.tree.map(lambda *a: np.concatenate(a), *parts)
