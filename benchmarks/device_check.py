@@ -69,8 +69,11 @@ DATASETS = {'cifar10': ((32, 32, 3), 10, 46_000), 'mnist': ((28, 28, 1), 10, 56_
             'cifar100': ((32, 32, 3), 100, 46_000)}
 # The paper's CIFAR learning network (section 4.2) and its tiny stand-in.
 PAPER_NET, TINY_NET = dict(width=256, batch=2000), dict(width=32, batch=64)
-# A student needs some images to learn anything; fewer and the MNIST run goes tiny.
-MIN_IMAGES = 500
+# A student needs some images to learn anything; fewer and the MNIST run goes tiny. A
+# throughput measured on fewer images per step than MIN_BATCH says little about training.
+MIN_IMAGES, MIN_BATCH = 500, 32
+# The fraction of the float32 matmul rate a training step is taken to reach when planning.
+TRAIN_EFFICIENCY = 0.2
 
 
 class Budget:
@@ -286,25 +289,32 @@ def training(report: Report, budget: Budget, deadline: float, rates: dict,
     return {'scale': None, 'steps': []}
   devices = jax.device_count()
   paper_cfg = cfglib.ModelConfig(widths=(PAPER_NET['width'],) * 3, convs_per_block=6)
-  batch = PAPER_NET['batch'] // devices
+  paper_batch = PAPER_NET['batch'] // devices
   sgd_loss = lambda model: sgd.cross_entropy_loss_fn(model, 10)
-  step, args = measure.train_step_setup(sgd_loss, paper_cfg, batch, abstract=True)
-  flops = measure.step_flops(step, args)
-  # A step runs at most at the matmul rate; four programs, each compiled and run twice.
-  needed = 4 * (compile_guess + 2 * flops / (rates['float32_gflops'] * 1e9))
+  per_image = measure.step_flops(*measure.train_step_setup(sgd_loss, paper_cfg, 8,
+                                                           abstract=True)) / 8
+  # Four programs, each compiled and run twice, at the rate a training step reaches at best
+  # (about a fifth of the matmul rate on a CPU, BENCHMARKS.md): the per-device batch that fits
+  # that time, the paper's at most; none worth measuring and the network goes tiny.
+  seconds_per_image = per_image / (TRAIN_EFFICIENCY * rates['float32_gflops'] * 1e9)
   left = deadline - time.monotonic()
+  batch = min(paper_batch, int((left / 4 - compile_guess) / (2 * seconds_per_image)))
   scale, width = 'paper', PAPER_NET['width']
-  if needed > left:
+  if batch < MIN_BATCH:
     width, batch = TINY_NET['width'], TINY_NET['batch']
-    scale = (f'tiny (width {width}, batch {batch}): the paper\'s network (width 256, batch '
-             f'{PAPER_NET["batch"] // devices} per device) needs at least {needed:.0f} s here, '
-             f'{left:.0f} s were left')
+    scale = (f'tiny (width {width}, batch {batch}): at the paper\'s width 256 not even '
+             f'{MIN_BATCH} images per step fit the {left:.0f} s left here')
     report.note(f'training: {scale}')
+  elif batch < paper_batch:
+    report.note(f'training: {batch} images per device per step, not the paper\'s '
+                f'{paper_batch}: what fits the time left')
   model_cfg = dataclasses.replace(paper_cfg, widths=(width,) * 3)
   student_cfg = cfglib.StudentConfig(model=model_cfg)  # the loss reads no model field
   losses = {'sgd': (sgd_loss, False),
             'student': (lambda model: student.student_loss_fn(model, student_cfg), True)}
-  rows, cost = [], 0.0
+  variables = measure.init_network(model_cfg)
+  usable = memory.device_memory()
+  rows, cost, flops = [], 0.0, {}
   # SGD first in both dtypes: if the budget stops early, what bfloat16 buys is still known.
   for name, (loss, targets) in losses.items():
     for dtype in ('float32', 'bfloat16'):
@@ -313,19 +323,25 @@ def training(report: Report, budget: Budget, deadline: float, rates: dict,
         continue
       t0 = time.perf_counter()
       step, args = measure.train_step_setup(loss, model_cfg, batch, student_targets=targets,
-                                            compute_dtype=dtype)
+                                            compute_dtype=dtype, variables=variables)
       lowered = step.lower(*args)
-      step_flops = lowered.cost_analysis()['flops']
-      t1 = time.perf_counter()
-      lowered.compile()  # the step's first call below runs this compile
-      compile_seconds = time.perf_counter() - t1
+      # The float32 program's count for both dtypes: the network's arithmetic, not the
+      # conversions a bfloat16 program adds.
+      step_flops = flops.setdefault(name, lowered.cost_analysis()['flops'])
+      compiled = lowered.compile()  # the step's first call below runs this compile
+      compile_seconds = time.perf_counter() - t0
+      need = memory.program_bytes(compiled)
+      if need > usable:
+        report.note(f'training, {name} step in {dtype}: not measured, a step of {batch} images '
+                    f'needs {memory.size(need)} per device, the device has {memory.size(usable)}')
+        continue
       seconds = measure.step_time(step, args, steps=1)
       cost = max(cost, time.perf_counter() - t0)
       rate = step_flops / seconds / 1e9
       rows.append({'step': name, 'compute_dtype': dtype, 'images_per_s': batch / seconds,
                    'gflop_per_image': step_flops / batch / 1e9, 'gflops': rate,
                    'fraction_of_matmul_rate': rate / rates[f'{dtype}_gflops'],
-                   'compile_seconds': compile_seconds})
+                   'compile_seconds': compile_seconds, 'bytes_per_device': need})
       print(f'{name:7s} step, {dtype:8s}: {batch / seconds:8.1f} images/s, {rate:7.1f} GFLOP/s '
             f'= {rows[-1]["fraction_of_matmul_rate"]:.1%} of the {dtype} matmul rate',
             flush=True)

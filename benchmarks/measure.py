@@ -122,16 +122,25 @@ def initial_forward_fn(model, variables, cfg: cfglib.SearchConfig):
                                                                        *x.shape)))))
 
 
+def init_network(model_cfg: cfglib.ModelConfig, image_shape=(32, 32, 3),
+                 num_classes: int = 10) -> dict:
+  """Variables of ``model_cfg`` (whitened on random images), shared by the steps of its
+  family that :func:`train_step_setup` builds."""
+  model = models.build(model_cfg, num_classes, image_shape[-1])
+  x = np.random.default_rng(0).normal(size=(64, *image_shape)).astype(np.float32)
+  return models.init_model(model, jax.random.key(0), x)
+
+
 def train_step_setup(loss_fn, model_cfg: cfglib.ModelConfig, batch: int, *,
                      student_targets: bool = False, image_shape=(32, 32, 3),
                      num_classes: int = 10, compute_dtype: str = 'float32',
-                     abstract: bool = False):
+                     abstract: bool = False, variables: dict | None = None):
   """A training step as ``trainer.fit`` runs it, on one device, and its arguments.
 
   ``loss_fn(model)`` gives the loss; ``student_targets`` feeds it zero targets of the taps'
   shapes (the student's step). Returns (step, args) for :func:`step_time`; with ``abstract``
   the arguments are only shapes (nothing is initialised or compiled), enough for
-  :func:`step_flops`.
+  :func:`step_flops`. ``variables`` (:func:`init_network`) saves initialising again.
   """
   model = models.build(model_cfg, num_classes, image_shape[-1], detach_head=student_targets)
   opt_cfg = cfglib.OptimConfig(batch_size=batch)
@@ -145,8 +154,8 @@ def train_step_setup(loss_fn, model_cfg: cfglib.ModelConfig, batch: int, *,
   labels = rng.integers(0, num_classes, batch).astype(np.int32)
   extras = (tuple(np.zeros((batch, *s), np.float32)
                   for s in models.tap_shapes(model, image_shape)) if student_targets else ())
-  x = np.random.default_rng(0).normal(size=(64, *image_shape)).astype(np.float32)
   if abstract:
+    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
     variables = jax.eval_shape(functools.partial(model.init, use_running_average=True),
                                jax.random.key(0), x)
     state = jax.eval_shape(lambda v: trainer.TrainState(
@@ -155,12 +164,13 @@ def train_step_setup(loss_fn, model_cfg: cfglib.ModelConfig, batch: int, *,
     shape = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
     return step, (state, shape(images), shape(labels), tuple(map(shape, extras)),
                   shape(np.arange(batch)), jax.random.key(0))
-  variables = models.init_model(model, jax.random.key(0), x)
+  variables = variables or init_network(model_cfg, image_shape, num_classes)
   state = trainer.TrainState(jnp.zeros((), jnp.int32), variables['params'],
                              variables['batch_stats'], tx.init(variables['params']))
   # Placed as trainer.fit places it: a state on another sharding than the step returns makes
-  # the first fed-back step retrace and recompile, inside the timed loop.
-  state = jax.device_put(state, NamedSharding(mesh, P()))
+  # the first fed-back step retrace and recompile, inside the timed loop. Host copies first:
+  # the step donates its state, which must not be the shared variables.
+  state = jax.device_put(jax.tree.map(np.array, state), NamedSharding(mesh, P()))
   return step, (state, jnp.asarray(images), jnp.asarray(labels), tuple(map(jnp.asarray, extras)),
                 jnp.arange(batch), jax.random.key(0))
 
