@@ -35,6 +35,7 @@ SEED_NEXT = ('best', 'population')
 BLUR_PADDINGS = ('zeros', 'valid')
 BLUR_TARGETS = ('candidate', 'noise')
 SEARCH_METHODS = ('evolution', 'gradient')
+BN_STATS_SOURCES = ('recompute', 'running')
 BN_MODES = ('inference', 'batch')
 STORE_DTYPES = ('float32', 'float16', 'bfloat16')
 COMPUTE_DTYPES = ('auto', 'float32', 'bfloat16')
@@ -421,9 +422,10 @@ class SearchConfig:
       downstream activations).
     blur_padding: 'zeros' (zero padding counted in the average, as PyTorch's avg_pool2d;
       default) or 'valid' (average over the in-image neighbours only).
-    blur_target: what the spatial smoothing acts on (the paper reads both ways):
-      'candidate' (the whole child after mutation, the appendix's operator order) or 'noise'
-      (only the mutation noise, then added to the crossover; section 3.1's wording).
+    blur_target: what the spatial smoothing acts on (the paper reads both ways): 'noise'
+      (default: only the mutation noise, then added to the crossover; section 3.1's wording)
+      or 'candidate' (the whole child after mutation, the appendix's operator order, which
+      compounds along a lineage; the gap study in BENCHMARKS.md measured the two).
     method: how each layer's candidates are improved: 'evolution' (the paper's search) or
       'gradient' (a control: descent on the activation through the same network and fitness,
       one step per candidate evolution would score; :mod:`decouple_jax.search.gradient`).
@@ -450,7 +452,7 @@ class SearchConfig:
   init_noise: float = 0.1
   seed_next: str = 'best'
   blur_padding: str = 'zeros'
-  blur_target: str = 'candidate'
+  blur_target: str = 'noise'
   method: str = 'evolution'
   bn_mode: str = 'inference'
   norm_eps: float = 1e-5
@@ -615,13 +617,11 @@ class FeedbackConfig:
   layers: tuple[LayerSchedule, ...] = ()
 
   def __post_init__(self):
-    if self.rounds < 1:
-      raise ConfigError(f'feedback.rounds={self.rounds} must be at least 1')
-    _check_choice('feedback.bn_stats', self.bn_stats, ('recompute', 'running'))
-    if not self.bn_eps > 0:
-      raise ConfigError(f'feedback.bn_eps={self.bn_eps} must be > 0')
+    _check_counts(self, 1, 'rounds')
+    _check_choice('bn_stats', self.bn_stats, BN_STATS_SOURCES)
+    _check_amounts(self, 'bn_eps', positive=True)
     if self.layers and len(self.layers) != 4:
-      raise ConfigError(f'feedback.layers needs 4 schedules (blocks 0-2, logits) or none, got '
+      raise ConfigError(f'layers: needs 4 schedules (blocks 0-2, logits) or none, got '
                         f'{len(self.layers)}')
 
 

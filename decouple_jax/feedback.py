@@ -73,12 +73,16 @@ def search_network(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, variables)
   return model, variables
 
 
-def loop_hash(exp: cfglib.ExperimentConfig) -> str:
-  """What a finished round depends on: the data, round 1's search, the student and the loop's
-  settings (not the number of rounds, so asking for more rounds keeps the finished ones)."""
-  return cfglib.hash_dict([cfglib.to_dict(exp.data), cfglib.to_dict(exp.search),
-                          trainer.identity(exp.student),
-                          cfglib.to_dict(dataclasses.replace(exp.feedback, rounds=1))])
+def round_hash(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, r: int) -> str:
+  """What a finished round ``r`` depends on: the data (by content), round 1's search and the
+  student, and from round 2 on the loop's settings (not the number of rounds, so asking for
+  more rounds keeps the finished ones; round 1, the paper's pipeline, serves loops of any
+  settings)."""
+  parts = {'data': datalib.identity(exp.data, ds), 'search': cfglib.to_dict(exp.search),
+           'student': trainer.identity(exp.student)}
+  if r > 1:
+    parts['feedback'] = cfglib.to_dict(dataclasses.replace(exp.feedback, rounds=1))
+  return cfglib.hash_dict(parts)
 
 
 def _write_variables(path: pathlib.Path, variables) -> None:
@@ -119,7 +123,7 @@ def run_round(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, workdir: str | 
   _write_variables(rdir / _VARIABLES, results['variables'])
   d = results['diagnostics']
   record = {
-      'round': r, 'loop_hash': loop_hash(exp), 'network': network_id,
+      'round': r, 'round_hash': round_hash(exp, ds, r), 'network': network_id,
       'start': 'warm' if warm else 'fresh',
       'test_accuracy': results['test_accuracy'],
       'holdout_accuracy': results['holdout_accuracy'],
@@ -143,10 +147,11 @@ def _finished_round(exp: cfglib.ExperimentConfig, ds: datalib.Dataset,
   if not (rdir / 'round.json').exists():
     return None
   record = runlog.read_json(rdir / 'round.json')
-  if record.get('loop_hash') != loop_hash(exp):
+  if record.get('round_hash') != round_hash(exp, ds, r):
     raise cfglib.ConfigError(
-        f'{rdir} holds a round of another configuration (loop hash {record.get("loop_hash")} '
-        f'!= {loop_hash(exp)}); use a new --workdir or delete {workdir}')
+        f'{rdir} holds a round of another configuration (hash {record.get("round_hash")} != '
+        f'{round_hash(exp, ds, r)}); use a new --workdir, or delete {rdir} and the rounds '
+        'after it')
   variables = flax.serialization.from_bytes(_student_template(exp, ds),
                                             (rdir / _VARIABLES).read_bytes())
   return record, variables

@@ -292,7 +292,7 @@ def reference_search(model, variables, cfg, image, label, index):
 def test_non_default_options_equal_the_reference(problem):
   model, variables, images, labels, indices = problem
   cfg = dataclasses.replace(CFG, bn_mode='batch', seed_next='population', blur_padding='valid',
-                            blur_target='noise', refine_pool='parents', skip_identity_convs=False)
+                            blur_target='candidate', refine_pool='parents', skip_identity_convs=False)
   r = search.make_search_fn(model, variables, cfg, mesh=search.make_mesh(jax.devices()[:2]))(
       images[:2], labels[:2], indices[:2])
   for i in range(2):
