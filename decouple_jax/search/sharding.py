@@ -60,6 +60,7 @@ class SearchFn:
         in_specs=(P(), P(AXIS), P(AXIS), P(AXIS)), out_specs=P(AXIS)))
     self._variables = jax.device_put(variables, NamedSharding(mesh, P()))
     self._sharded = NamedSharding(mesh, P(AXIS))
+    self._compiled: dict[tuple, jax.stages.Compiled] = {}
 
   def _check(self, b: int) -> None:
     if b % self.mesh.size:
@@ -74,12 +75,16 @@ class SearchFn:
     return self._run(self._variables, *jax.device_put(inputs, self._sharded))
 
   def compile(self, batch: int, image_shape: tuple[int, ...]) -> jax.stages.Compiled:
-    """The program for ``batch`` images of ``image_shape`` (H, W, C), compiled; a call with
-    that batch then runs it without compiling again."""
+    """The program for ``batch`` images of ``image_shape`` (H, W, C), compiled once; a call
+    with that batch then runs it without compiling again."""
     self._check(batch)
-    spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=self._sharded)
-    return self._run.lower(self._variables, spec((batch, *image_shape), np.float32),
-                           spec((batch,), np.int32), spec((batch,), np.int32)).compile()
+    key = (batch, tuple(image_shape))
+    if key not in self._compiled:
+      spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=self._sharded)
+      self._compiled[key] = self._run.lower(
+          self._variables, spec((batch, *image_shape), np.float32), spec((batch,), np.int32),
+          spec((batch,), np.int32)).compile()
+    return self._compiled[key]
 
   @property
   def weight_bytes(self) -> int:
