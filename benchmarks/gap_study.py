@@ -38,7 +38,6 @@ import sys
 import time
 
 import jax
-import numpy as np
 
 from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
@@ -171,12 +170,9 @@ def reference_row(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, workdir: pa
                   ) -> dict:
   """The random-feature floor and SGD with the student's network, at ``exp``'s width."""
   model, variables = models.init_for_dataset(exp.search.model, ds, exp.search.seed)
-  features = diagnostics.make_features_fn(model, False, ds.mean, ds.std)
-  feats = lambda images: np.concatenate(
-      [np.asarray(features(variables, images[s:s + 1000])[1])
-       for s in range(0, len(images), 1000)])
-  floor = diagnostics.linear_probe(feats(ds.train_images), ds.train_labels,
-                                   feats(ds.test_images), ds.test_labels, ds.num_classes)
+  floor = diagnostics.random_feature_floor(
+      model, variables, ds, batch_size=1000,
+      max_images=max(len(ds.train_images), len(ds.test_images)))
   sgd_cfg = sgd.with_network(exp.sgd, exp.student.model)
   run = workdir / 'sgd' / cfglib.hash_dict(sgd.run_config(exp.data, ds, sgd_cfg))
   results = sgd.train_sgd(exp.data, sgd_cfg, run, ds=ds)

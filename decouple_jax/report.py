@@ -69,7 +69,13 @@ def format_table(results: dict) -> str:
              f'- (not in Table {row["paper_table"]})')
     lines.append(f'| {name} | {_pm(row["test_accuracy"])} | {paper} | '
                  f'{"yes" if row["augment"] else "no"} | {results["name"]} | {scale} | {seeds} |')
-  lines += ['', f'SGD test accuracy per convs/block: {convs}.', '',
+  floor = results['random_feature_floor']['test_accuracy']
+  lines.append(f'| Random features: a linear probe (true labels) on the untrained search '
+               f'network\'s block-2 output | {100 * floor:.2f} | - | no | {results["name"]} | '
+               f'{scale} | - |')
+  lines += ['', f'SGD test accuracy per convs/block: {convs}. The random-feature row is the '
+            'floor: what a student whose body learned nothing would reach (first 4,000 '
+            'training and test images, as the students\' linear probe below).', '',
             '## What limits the student (mean over seeds)', '',
             'R^2 of each block\'s output against its searched targets (block 0 / 1 / 2), on '
             'training images and on hold-out images (searched too); how often p_hat\'s argmax '

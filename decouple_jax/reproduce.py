@@ -43,9 +43,11 @@ from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
 from decouple_jax import distributed
 from decouple_jax import locks
+from decouple_jax import models
 from decouple_jax import runlog
 from decouple_jax import report
 from decouple_jax.analysis import plots
+from decouple_jax.learn import diagnostics
 from decouple_jax.learn import sgd
 from decouple_jax.learn import student
 from decouple_jax.mesh import mesh_1d
@@ -131,6 +133,22 @@ def _search(runner: _Runner, exp: cfglib.ExperimentConfig, ds: datalib.Dataset, 
     driver.run_search(exp.data, exp.search, directory, ds=ds, mesh=mesh, split=split)
     return runlog.read_json(summary)
   return directory, runner(f'search_{split}', done, run)
+
+
+def _random_feature_floor(runner: _Runner, exp: cfglib.ExperimentConfig,
+                          ds: datalib.Dataset) -> dict:
+  """{'test_accuracy'} of :func:`decouple_jax.learn.diagnostics.random_feature_floor` on the
+  untrained search network, measured once beside the search it belongs to."""
+  path = runner.workdir / 'search' / 'random_feature_floor.json'
+
+  def run():
+    model, variables = models.init_for_dataset(exp.search.model, ds, exp.search.seed)
+    result = {'test_accuracy': diagnostics.random_feature_floor(
+        model, variables, ds, batch_size=exp.student.train.eval_batch)}
+    runlog.write_json(path, result)
+    return result
+  return runner('random_feature_floor', lambda: runlog.read_json(path) if path.exists() else None,
+                run)
 
 
 def _run_name(seed: int, method: str, convs: int | None = None) -> str:
@@ -250,6 +268,7 @@ def reproduce(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
     holdout_targets, holdout_summary = _search(runner, exp, ds, 'holdout',
                                                sharding.make_mesh(devices))
 
+  floor = _random_feature_floor(runner, exp, ds)
   students = {v: {} for v in rc.variants}
   sgd_runs = {n: {} for n in rc.sgd_convs}
   for seed in exp.seeds:
@@ -278,6 +297,7 @@ def reproduce(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
                                 'runs': runs} for n, runs in sgd_runs.items()}},
       'students': {v: {'diagnostics': _mean_diagnostics(list(runs.values())), 'runs': runs}
                    for v, runs in students.items()},
+      'random_feature_floor': floor,
       'search': {'train': search_summary, 'holdout': holdout_summary},
       'throughput': _throughput(exp, students, sgd_runs),
       'wall_seconds': {'recorded_total': sum(runner.wall.values()),

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from decouple_jax import config as cfglib
+from decouple_jax import data as datalib
 from decouple_jax import models
 from decouple_jax.learn import diagnostics
 from decouple_jax.search import store as store_lib
@@ -66,3 +67,23 @@ def test_features_are_the_heads_input(batch_stats_mode):
   assert features.shape == (6, 3 * 3 * 4)
   np.testing.assert_allclose(features @ variables['params']['head']['kernel'], taps[-1],
                              rtol=1e-5, atol=1e-5)
+
+
+def test_random_feature_floor_is_the_probe_on_the_untrained_networks_head_input():
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (30, 28, 28, 1), dtype=np.uint8)
+  labels = rng.integers(0, 10, 30).astype(np.int32)
+  mean, std = np.array([0.3], np.float32), np.array([0.4], np.float32)
+  ds = datalib.Dataset('mnist', 10, images[:20], labels[:20], np.arange(20),
+                       images[:0], labels[:0], np.arange(0), images[20:], labels[20:], mean, std,
+                       fingerprint='test')
+  model = models.build(cfglib.ModelConfig(widths=(4, 4, 4)), 10, 1, detach_head=True)
+  variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 28, 28, 1), np.float32))
+  floor = diagnostics.random_feature_floor(model, variables, ds, batch_size=7, max_images=12,
+                                           probe_epochs=50)
+  # The probe sees the first max_images of each split, features in inference-form BatchNorm.
+  fn = diagnostics.make_features_fn(model, False, mean, std)
+  want = diagnostics.linear_probe(np.asarray(fn(variables, images[:12])[1]), labels[:12],
+                                  np.asarray(fn(variables, images[20:30])[1]), labels[20:30], 10,
+                                  epochs=50)
+  assert floor == pytest.approx(want) and floor * 10 == pytest.approx(round(floor * 10))

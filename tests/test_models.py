@@ -186,7 +186,7 @@ def test_init_for_dataset_whitens_on_the_first_whiten_images():
   mean, std = np.array([0.4], np.float32), np.array([0.3], np.float32)
   ds = data.Dataset('mnist', 10, images, np.zeros(12, np.int32), np.arange(12), empty,
                     np.zeros(0, np.int32), np.arange(0), empty, np.zeros(0, np.int32), mean, std,
-                    fingerprint='made up')
+                    fingerprint='test')
   cfg = config.ModelConfig(widths=(8, 8, 8), whiten_images=5, whiten_eps=1e-2)
   model, variables = models.init_for_dataset(cfg, ds, seed=3, detach_head=True)
   assert model.detach_head and model.num_classes == 10 and model.in_channels == 1

@@ -111,7 +111,8 @@ def test_launch_train_student_writes_diagnostics(pipeline):
 @pytest.mark.slow
 def test_reproduce_reuses_finished_runs_and_adds_the_rest(pipeline, mnist_dir):
   w, first = pipeline['workdir'], pipeline['first']
-  assert first['ran_this_invocation'] == ['search_holdout', 'seed0/student_skip_block0']
+  assert first['ran_this_invocation'] == ['search_holdout', 'random_feature_floor',
+                                         'seed0/student_skip_block0']
   skip = first['students']['skip_block0']['runs']['0']['diagnostics']
   assert len(skip['r2_holdout']) == 3 and skip['images']['holdout'] == 200
   assert first['sgd']['selected_convs'] == 2
@@ -137,6 +138,10 @@ def test_reproduce_table_names_rows_scale_and_paper(pipeline):
   assert '99.10 ± 0.10 (Table 1)' in accuracy_rows[0]
   assert 'Search-based (All layers)' in accuracy_rows[1] and '99.00 ± 0.10' in accuracy_rows[1]
   assert 'not in Table 1' in accuracy_rows[2]
+  # The floor: a probe on the untrained search network, the number reproduce measured.
+  (floor_row,) = [l for l in table.splitlines() if l.startswith('| Random features')]
+  floor = pipeline['first']['random_feature_floor']['test_accuracy']
+  assert 0 < floor <= 1 and f'| {100 * floor:.2f} |' in floor_row
 
 
 @pytest.mark.slow

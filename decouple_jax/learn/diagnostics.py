@@ -169,6 +169,29 @@ def _pass(features_fn, variables, images: np.ndarray, labels: np.ndarray, batch_
   return r2, np.concatenate(features), correct / len(images)
 
 
+def random_feature_floor(model: airbench.AirbenchNet, variables, ds: datalib.Dataset, *,
+                         batch_size: int, max_images: int = 4000, probe_epochs: int = 300,
+                         probe_lr: float = 0.01) -> float:
+  """The accuracy a student's body gives had it learned nothing: a linear probe trained with
+  TRUE labels on the head input (block-2 output) of an untrained network, e.g. the search
+  network (inference-form BatchNorm, as the search sees it).
+
+  Same images and probe as :func:`student_diagnostics`' linear probe (the first
+  ``max_images`` training and test images), so the two compare exactly.
+
+  Returns:
+    The fraction of the test images the probe classifies correctly.
+  """
+  fn = make_features_fn(model, False, ds.mean, ds.std)
+  n_train, n_test = (min(max_images, len(ds.train_images)), min(max_images, len(ds.test_images)))
+  _, f_train, _ = _pass(fn, variables, ds.train_images[:n_train], ds.train_labels[:n_train],
+                        batch_size, None)
+  _, f_test, _ = _pass(fn, variables, ds.test_images[:n_test], ds.test_labels[:n_test],
+                       batch_size, None)
+  return linear_probe(f_train, ds.train_labels[:n_train], f_test, ds.test_labels[:n_test],
+                      ds.num_classes, epochs=probe_epochs, lr=probe_lr)
+
+
 def student_diagnostics(model: airbench.AirbenchNet, variables, ds: datalib.Dataset,
                         store: TargetStore, holdout_store: TargetStore | None,
                         cfg: cfglib.StudentConfig, *, max_images: int = 4000,
