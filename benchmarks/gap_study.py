@@ -43,10 +43,10 @@ from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
 from decouple_jax import models
 from decouple_jax import runlog
-from decouple_jax.analysis import scaling
 from decouple_jax.learn import diagnostics
 from decouple_jax.learn import sgd
 from decouple_jax.learn import student
+from decouple_jax.search import driver
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BEGIN, END = '<!-- gap_study:begin -->', '<!-- gap_study:end -->'
@@ -157,7 +157,7 @@ def arm_config(base, overrides: dict) -> cfglib.ExperimentConfig:
 def student_row(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, workdir: pathlib.Path
                 ) -> dict:
   """Search (cached) + student of one arm, and the numbers of its row."""
-  targets = scaling.cached_search(exp.data, exp.search, ds, workdir / 'searches')
+  targets = driver.cached_search(exp.data, exp.search, ds, workdir / 'searches')
   summary = runlog.read_json(targets / 'summary.json')
   run = workdir / 'students' / cfglib.hash_dict(
       student.run_config(exp.data, ds, exp.search, exp.student))

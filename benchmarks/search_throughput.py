@@ -27,16 +27,15 @@ import os
 import platform
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from measure import best_time as timed
+from measure import engine_step_fn, initial_forward_fn, search_setup as setup
 from decouple_jax import config
-from decouple_jax import models
 from decouple_jax import search
-from decouple_jax.search import evolve
 from decouple_jax.search import fast
 from decouple_jax.search import operators as ops
 
@@ -44,55 +43,9 @@ CIFAR_IMAGES = 50_000
 NUM_CLASSES = 10
 
 
-def timed(fn, *args, repeats: int) -> float:
-  """Best wall time of ``repeats`` calls (after one warm-up call that compiles)."""
-  jax.block_until_ready(fn(*args))
-  best = float('inf')
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    best = min(best, time.perf_counter() - t0)
-  return best
-
-
-def setup(n_images: int, cfg: config.SearchConfig):
-  """The paper's search network on random CIFAR-shaped images, and their initial populations.
-
-  Returns (model, variables, images, labels, taps): taps[l] is (B, P, *S_l), the initial
-  population pushed to every tap, i.e. realistic candidates for each layer.
-  """
-  rng = np.random.default_rng(0)
-  images = rng.normal(size=(max(n_images, 8), 32, 32, 3)).astype(np.float32)
-  model = models.build(cfg.model, NUM_CLASSES, 3)
-  variables = jax.jit(model.init)(jax.random.key(0), images[:2])
-  variables = {**variables, 'params': models.init_whitening(variables['params'], images)}
-  images, labels = images[:n_images], np.arange(n_images, dtype=np.int32) % NUM_CLASSES
-
-  @jax.jit
-  @jax.vmap
-  def initial_taps(image, key):
-    noisy = ops.init_population(image, fast.normal(key, (cfg.population, *image.shape)),
-                                cfg.init_noise)
-    return model.apply(variables, noisy, use_running_average=True)
-  keys = jax.random.split(jax.random.key(1), n_images)
-  return model, variables, jnp.asarray(images), jnp.asarray(labels), initial_taps(images, keys)
-
-
-def engine_step_fn(model, variables, cfg, layer):
-  """jit(vmap(generation step)) of the engine at ``layer``: (h, loss, key, label) -> pop."""
-  skip = fast.identity_convs(variables)
-
-  def step(h, loss, key, label):
-    def score(c):
-      logits = c if layer == 3 else fast.forward_from(model, variables, layer, c, skip=skip)[-1]
-      return ops.fitness(logits, label)
-    return evolve.generation_step(evolve.Population(h, loss), key, schedule=cfg.layers[layer],
-                                  cfg=cfg, score=score)
-  return jax.jit(jax.vmap(step))
-
-
 def straightforward_step_fn(model, variables, cfg):
   """Layer 0's generation as a plain, unfused program: one jitted call per step."""
+  model = model.clone(identity_convs=frozenset())  # every conv computed
   schedule, k, e = cfg.layers[0], cfg.top_k, cfg.n_explore
   vjit = lambda f: jax.jit(jax.vmap(f))
   select = vjit(lambda loss: ops.select(loss, k))
@@ -191,10 +144,7 @@ def main():
         f"a/c' = {a / c_engine:.2f}")
 
   print('\n## projected full CIFAR-10 search on this machine (measured step at each layer)')
-  skip = fast.identity_convs(variables)
-  init = jax.jit(jax.vmap(lambda x: fast.forward_from(
-      model, variables, -1, jnp.broadcast_to(x, (cfg.population, *x.shape)), skip=skip)))
-  t_init = timed(init, images, repeats=args.repeats) / b
+  t_init = timed(initial_forward_fn(model, variables, cfg), images, repeats=args.repeats) / b
   total = t_init
   for layer, (s, t) in enumerate(zip(cfg.layers, per_layer)):
     shape = 'x'.join(map(str, taps[layer].shape[2:]))

@@ -65,5 +65,5 @@ def _scale_down(c, *, images, width, whiten_images, convs, batch, epochs, eval_b
     part.train.eval_batch = eval_batch
   c.search.population, c.search.top_k, c.search.n_explore, c.search.n_refine = population
   c.search.layers = tuple(dict(l, generations=g) for l, g in zip(c.search.layers, generations))
-  c.search.batch_images = batch_images
+  c.search.batch_images = str(batch_images)  # the field's default is the string 'auto'
   c.search.chunk_size = chunk_size

@@ -58,7 +58,7 @@ def get_config(arg: str = 'cpu') -> ml_collections.ConfigDict:
     # cached p_hat names the true class for every image (at 10: 83%).
     c.search.layers = tuple(dict(l, generations=g)
                             for l, g in zip(c.search.layers, (4, 100, 100, 60)))
-    c.search.batch_images = 64
+    c.search.batch_images = '64'  # a string: the field's default is 'auto'
     c.search.chunk_size = 4096
     # With mean-reduced losses at this lr, lambda 0.03 leaves the head almost untrained in
     # 8 epochs (BENCHMARKS.md); only the head sees this term, so lambda is its step size.
@@ -93,7 +93,7 @@ def get_config(arg: str = 'cpu') -> ml_collections.ConfigDict:
     c.search.population, c.search.top_k, c.search.n_explore, c.search.n_refine = 12, 2, 4, 6
     c.search.layers = tuple(dict(l, generations=g)
                             for l, g in zip(c.search.layers, (2, 1, 1, 1)))
-    c.search.batch_images = 4
+    c.search.batch_images = '4'
     c.search.chunk_size = 64
     c.student.model.widths = (8, 8, 8)
     c.student.model.whiten_images = 64

@@ -1,5 +1,6 @@
 """What every launch script shares: ``--help`` lists the configs' variants, a bad flag or a
-known library error ends in one clear line, and ``--workdir`` is held for the run.
+known library error ends in one clear line, ``--workdir`` is held for the run, and
+``--distributed`` makes the script one process of several (``jax.distributed``).
 
 Launch support only: the library never imports this module.
 """
@@ -16,6 +17,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from decouple_jax import distributed
 from decouple_jax import locks
 from decouple_jax.config import ConfigError
 from decouple_jax.data import DataError
@@ -28,6 +30,16 @@ KNOWN_ERRORS = (ConfigError, DataError, StoreError, TrainError, RecordError,
                 locks.DirectoryBusy)
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'configs'
 _HELP = ('-h', '-?', '--help', '--helpshort', '--helpfull')
+
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Run as one of several processes (jax.distributed.initialize, one '
+    'process per host): on Cloud TPU, Slurm or Open MPI nothing else is needed; elsewhere give '
+    '--coordinator, --num_processes and --process_id. --workdir must be on a filesystem every '
+    'process shares.')
+_COORDINATOR = flags.DEFINE_string('coordinator', None,
+                                   'host:port of process 0, reachable by every process.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'How many processes run the job.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0 .. num_processes - 1.')
 
 
 def _load_config_file(path: pathlib.Path):
@@ -101,12 +113,16 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def _guarded(main):
-  """``main`` holding ``--workdir`` (if the script has one), with known library errors
-  ending in one line (exit status 1)."""
+  """``main`` holding ``--workdir`` (if the script has one; shared by the processes of a
+  ``--distributed`` run), with known library errors ending in one line (exit status 1)."""
   @functools.wraps(main)
   def wrapped(argv):
     # Orbax reports every save at INFO; progress bars already say what is happening.
     logging.set_verbosity(logging.WARNING)
+    if _DISTRIBUTED.value:
+      distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    elif (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value) != (None,) * 3:
+      sys.exit('error: --coordinator, --num_processes and --process_id need --distributed')
     workdir = flags.FLAGS['workdir'].value if 'workdir' in flags.FLAGS else None
     try:
       with locks.hold(workdir) if workdir else contextlib.nullcontext():

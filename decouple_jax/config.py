@@ -38,6 +38,7 @@ SEARCH_METHODS = ('evolution', 'gradient')
 BN_STATS_SOURCES = ('recompute', 'running')
 BN_MODES = ('inference', 'batch')
 STORE_DTYPES = ('float32', 'float16', 'bfloat16')
+COMPUTE_DTYPES = ('auto', 'float32', 'bfloat16')
 STUDENT_VARIANTS = ('all_layers', 'skip_block0')
 MSE_REDUCTIONS = ('mean', 'sum')
 
@@ -231,6 +232,10 @@ class TrainConfig:
     seed: seed of initialisation, shuffling and augmentation.
     bn_batch_stats: normalise with batch statistics in training and evaluation (paper:
       "no running statistics"); False uses running averages at evaluation.
+    compute_dtype: the dtype of the network's forward and backward pass: 'float32',
+      'bfloat16' or 'auto' (default: bfloat16 on GPU and TPU, whose matrix units run it at
+      several times the float32 rate, float32 on CPU, which has no such gain). Parameters,
+      optimiser state, BatchNorm statistics and the losses stay float32 either way.
   """
   optim: OptimConfig = OptimConfig()
   augment: bool = False
@@ -241,8 +246,10 @@ class TrainConfig:
   checkpoint_every: int = 1
   seed: int = 0
   bn_batch_stats: bool = True
+  compute_dtype: str = 'auto'
 
   def __post_init__(self):
+    _check_choice('compute_dtype', self.compute_dtype, COMPUTE_DTYPES)
     _check_counts(self, 0, 'crop_pad')
     _check_counts(self, 1, 'eval_batch', 'eval_every', 'checkpoint_every')
 
@@ -426,7 +433,10 @@ class SearchConfig:
       independent; default) or 'batch' (statistics over each image's population).
     norm_eps: epsilon of the per-sample normalisation (1e-5).
     seed: base seed; every image's randomness derives from (seed, its dataset index).
-    batch_images: images searched at once per device.
+    batch_images: images searched at once per device: 'auto' (default) as many as the
+      compiled search fits in the device's memory (:mod:`decouple_jax.memory`), or a number,
+      checked against that memory. A string of digits (what ``--config.search.batch_images=16``
+      gives, the field's default being a string) counts as that number.
     skip_identity_convs: skip convolutions whose kernel is exactly the identity (checked once
       on the actual weights).
     store_dtype: 'float32', 'float16' or 'bfloat16' for the cached targets.
@@ -447,13 +457,19 @@ class SearchConfig:
   bn_mode: str = 'inference'
   norm_eps: float = 1e-5
   seed: int = 0
-  batch_images: int = 8
+  batch_images: int | str = 'auto'
   skip_identity_convs: bool = True
   store_dtype: str = 'float32'
   chunk_size: int = 1024
 
   def __post_init__(self):
-    _check_counts(self, 1, 'top_k', 'batch_images', 'chunk_size')
+    if isinstance(self.batch_images, str) and self.batch_images.isdigit():
+      object.__setattr__(self, 'batch_images', int(self.batch_images))
+    if self.batch_images != 'auto' and not (isinstance(self.batch_images, int) and
+                                            self.batch_images >= 1):
+      raise ConfigError(f"batch_images={self.batch_images!r}: must be 'auto' or an integer "
+                        '>= 1')
+    _check_counts(self, 1, 'top_k', 'chunk_size')
     _check_counts(self, 0, 'n_explore', 'n_refine')
     if self.n_explore + self.n_refine < 1:
       raise ConfigError(f'n_explore={self.n_explore} and n_refine={self.n_refine}: a '

@@ -42,8 +42,10 @@ from decouple_jax.analysis import plots
 from decouple_jax.learn import bn_stats
 from decouple_jax.learn import sgd
 from decouple_jax.learn import student
+from decouple_jax.learn import trainer
 from decouple_jax.search import driver
 from decouple_jax.search import sharding
+from decouple_jax.search import stores
 
 _VARIABLES = 'student_variables.msgpack'
 
@@ -77,7 +79,7 @@ def round_hash(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, r: int) -> str
   more rounds keeps the finished ones; round 1, the paper's pipeline, serves loops of any
   settings)."""
   parts = {'data': datalib.identity(exp.data, ds), 'search': cfglib.to_dict(exp.search),
-           'student': cfglib.to_dict(exp.student)}
+           'student': trainer.identity(exp.student)}
   if r > 1:
     parts['feedback'] = cfglib.to_dict(dataclasses.replace(exp.feedback, rounds=1))
   return cfglib.hash_dict(parts)
@@ -108,8 +110,8 @@ def run_round(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, workdir: str | 
   rdir = round_dir(workdir, r)
   search_cfg = round_search_config(exp, r)
   network = None if r == 1 else search_network(exp, ds, previous)
-  network_id = driver.UNTRAINED if network is None else driver.network_hash(network[1])
-  targets = rdir / 'targets'
+  network_id = stores.UNTRAINED if network is None else stores.network_hash(network[1])
+  targets = stores.store_dir(rdir)
   meshes = meshes or {}
   driver.run_search(exp.data, search_cfg, targets, ds=ds, network=network,
                     mesh=meshes.get('search'))

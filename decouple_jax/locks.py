@@ -17,7 +17,8 @@ Cooperating writers: processes that split one job between them (e.g. the hosts o
 multi-process search filling one store, which serialises their commits itself and refuses a
 writer of another config) take the lock with ``cooperate=True``, a shared lock. Any number of
 cooperating writers may hold a directory together; an ordinary (exclusive) writer is refused
-while they do, and they while it does.
+while they do, and they while it does. By default the processes of a ``jax.distributed`` run
+cooperate and a lone process does not.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ import sys
 import threading
 import time
 from typing import Callable, Iterator
+
+import jax
 
 LOCK_FILE = 'writer.lock'
 
@@ -67,12 +70,13 @@ def _holders(path: pathlib.Path) -> str:
   return '; '.join(found) or 'a process that has not yet said who it is'
 
 
-def acquire(directory: str | os.PathLike, *, cooperate: bool = False) -> pathlib.Path:
+def acquire(directory: str | os.PathLike, *, cooperate: bool | None = None) -> pathlib.Path:
   """Takes the writer lock of ``directory`` (created if needed), or raises at once.
 
   Args:
     directory: the directory to write.
-    cooperate: share the lock with other cooperating writers (see the module docstring).
+    cooperate: share the lock with other cooperating writers (see the module docstring);
+      None: when this process is one of several of a ``jax.distributed`` run.
 
   Returns:
     The lock's key, for :func:`release`.
@@ -80,6 +84,8 @@ def acquire(directory: str | os.PathLike, *, cooperate: bool = False) -> pathlib
   Raises:
     DirectoryBusy: another process holds the lock (in the other mode, or exclusively).
   """
+  if cooperate is None:
+    cooperate = jax.process_count() > 1
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   key = directory.resolve()
@@ -116,7 +122,7 @@ def release(key: pathlib.Path) -> None:
 
 
 @contextlib.contextmanager
-def hold(directory: str | os.PathLike, *, cooperate: bool = False) -> Iterator[None]:
+def hold(directory: str | os.PathLike, *, cooperate: bool | None = None) -> Iterator[None]:
   """``with hold(directory):`` holds its writer lock (see :func:`acquire`)."""
   key = acquire(directory, cooperate=cooperate)
   try:

@@ -23,6 +23,10 @@ Resumption: a sub-run whose ``results.json`` (a search: ``summary.json``) exists
 rerun, after checking that it was made with this config; an unfinished one resumes from its
 own checkpoints or completed chunks. Running the same command again therefore only finishes
 what is missing.
+
+Several processes (``jax.distributed``, e.g. ``launch/reproduce.py --distributed``) share every
+sub-run (see :mod:`decouple_jax.search.driver` and :mod:`decouple_jax.learn.trainer`); the main
+process writes the reproduction's own files.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import numpy as np
 
 from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
+from decouple_jax import distributed
 from decouple_jax import locks
 from decouple_jax import models
 from decouple_jax import runlog
@@ -48,6 +53,7 @@ from decouple_jax.learn import student
 from decouple_jax.mesh import mesh_1d
 from decouple_jax.search import driver
 from decouple_jax.search import sharding
+from decouple_jax.search import stores
 
 _WALL = 'wall_seconds.json'
 
@@ -76,7 +82,8 @@ class _Runner:
     t0 = time.perf_counter()
     result = run()
     self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - t0
-    runlog.write_json(self.workdir / _WALL, self.wall)
+    if distributed.is_main():
+      runlog.write_json(self.workdir / _WALL, self.wall)
     self.ran.append(name)
     return result
 
@@ -112,13 +119,14 @@ def _without_variables(results: dict) -> dict:
 def _search(runner: _Runner, exp: cfglib.ExperimentConfig, ds: datalib.Dataset, split: str,
             mesh: jax.sharding.Mesh) -> tuple[pathlib.Path, dict]:
   """(store directory, search summary) of ``split``, searched unless already complete."""
-  directory = driver.store_dir(runner.workdir / 'search', split)
+  directory = stores.store_dir(runner.workdir / 'search', split)
   summary = directory / 'summary.json'
 
   def done():
     if not summary.exists():
       return None
-    student.open_targets(directory, exp.data, exp.search, ds, split)  # refuses another config
+    # Refuses a store of another config, naming the settings that differ.
+    stores.open_complete(directory, stores.StoreId(exp.data, exp.search, ds, split))
     return runlog.read_json(summary)
 
   def run():
@@ -298,11 +306,12 @@ def reproduce(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
       'ran_this_invocation': runner.ran,
       'config': cfglib.to_dict(exp),
   }
-  runlog.write_json(workdir / 'results.json', results)
-  (workdir / 'table.md').write_text(report.format_table(results))
-  curves = {f'{report.METHOD_NAMES[method]}, seed {seed}': runlog.JsonLines(
-      workdir / _run_name(seed, method, best_convs) / 'metrics.jsonl').records()
-            for seed in exp.seeds for method in ('sgd', *rc.variants)}
-  plots.plot_training_curves(curves, workdir / 'training_curves.png',
-                             plots.describe(ds.name, exp.name, exp.scale))
+  if distributed.is_main():
+    runlog.write_json(workdir / 'results.json', results)
+    (workdir / 'table.md').write_text(report.format_table(results))
+    curves = {f'{report.METHOD_NAMES[method]}, seed {seed}': runlog.JsonLines(
+        workdir / _run_name(seed, method, best_convs) / 'metrics.jsonl').records()
+              for seed in exp.seeds for method in ('sgd', *rc.variants)}
+    plots.plot_training_curves(curves, workdir / 'training_curves.png',
+                               plots.describe(ds.name, exp.name, exp.scale))
   return results

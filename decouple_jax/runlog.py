@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pathlib
@@ -75,6 +76,9 @@ class JsonLines:
 
   def write(self, record: dict) -> None:
     with self.path.open('a+b') as f:
+      # Processes sharing one log (those of a multi-process search) append in turn, so none
+      # takes another's half-written line for a torn one.
+      fcntl.flock(f, fcntl.LOCK_EX)
       size = f.seek(0, os.SEEK_END)
       if size:
         f.seek(size - 1)

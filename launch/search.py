@@ -3,8 +3,6 @@
   python launch/search.py --config=configs/mnist.py:cpu --workdir=runs/mnist
 """
 
-import pathlib
-
 from absl import flags
 from ml_collections import config_flags
 
@@ -12,6 +10,7 @@ from decouple_jax import config as cfglib
 from decouple_jax import runlog
 from decouple_jax import search
 from decouple_jax import cli
+from decouple_jax.search import stores
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'A configs/*.py file:variant.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory; targets go to WORKDIR/targets.')
@@ -21,7 +20,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   del argv
   exp = cfglib.from_dict(cfglib.ExperimentConfig, _CONFIG.value)
-  directory = pathlib.Path(_WORKDIR.value) / 'targets'
+  directory = stores.store_dir(_WORKDIR.value)
   search.run_search(exp.data, exp.search, directory)
   summary = runlog.read_json(directory / 'summary.json')
   best = ' / '.join(f'{v:.3f}' for v in summary['mean_best_loss'].values())

@@ -74,6 +74,7 @@ def test_every_shipped_variant_builds():
     ('search', 'store_dtype', 'int8', 'STORE_DTYPES'),
     ('student', 'variant', 'no_layers', 'STUDENT_VARIANTS'),
     ('student', 'mse_reduction', 'max', 'MSE_REDUCTIONS'),
+    ('student.train', 'compute_dtype', 'float16', 'COMPUTE_DTYPES'),
 ])
 def test_enumerated_fields_refused_with_their_choices(where, field, value, choices):
   choices = getattr(cfglib, choices)  # the module constant the field is checked against
@@ -109,7 +110,8 @@ def test_the_code_uses_the_configs_choices():
     ({'sgd': {'train': {'eval_every': 0}}}, 'config.sgd.train.eval_every=0: must be'),
     ({'sgd': {'train': {'checkpoint_every': 0}}}, 'config.sgd.train.checkpoint_every=0: must'),
     ({'sgd': {'train': {'eval_batch': 0}}}, 'config.sgd.train.eval_batch=0: must be'),
-    ({'search': {'batch_images': 0}}, 'config.search.batch_images=0: must be an integer >= 1'),
+    ({'search': {'batch_images': 0}}, "config.search.batch_images=0: must be 'auto' or an"),
+    ({'search': {'batch_images': 'many'}}, "config.search.batch_images='many': must be 'auto'"),
     ({'search': {'chunk_size': 0}}, 'config.search.chunk_size=0: must be an integer >= 1'),
     ({'search': {'population': 20, 'n_explore': 0, 'n_refine': 0}},
      'config.search.n_explore=0 and n_refine=0: a generation needs at least one child'),

@@ -22,6 +22,7 @@ from decouple_jax.learn import bn_stats
 from decouple_jax.learn import student
 from decouple_jax.learn import trainer
 from decouple_jax.search import driver
+from decouple_jax.search import stores
 from decouple_jax.search.store import StoreError, TargetStore
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -85,7 +86,7 @@ def test_two_rounds_run_and_record_every_number(looped):
   exp, workdir, results = looped
   assert [r['round'] for r in results['rounds']] == [1, 2]
   first, second = results['rounds']
-  assert first['network'] == driver.UNTRAINED and second['network'] != driver.UNTRAINED
+  assert first['network'] == stores.UNTRAINED and second['network'] != stores.UNTRAINED
   assert (first['start'], second['start']) == ('fresh', 'warm')
   for r in results['rounds']:
     assert 0 <= r['test_accuracy'] <= 1 and len(r['r2_train']) == 3
@@ -110,9 +111,9 @@ def test_a_store_is_refused_for_another_rounds_network(looped):
   ds = data.load_dataset(exp.data)
   round2 = feedback.round_dir(workdir, 2) / 'targets'
   with pytest.raises(StoreError, match='config_hash'):
-    student.open_targets(round2, exp.data, exp.search, ds)  # round 1's (untrained) network
-  student.open_targets(round2, exp.data, exp.search, ds,
-                       network_id=results['rounds'][1]['network'])
+    stores.open_complete(round2, stores.StoreId(exp.data, exp.search, ds))  # round 1's network
+  stores.open_complete(round2, stores.StoreId(exp.data, exp.search, ds,
+                                              network_id=results['rounds'][1]['network']))
 
 
 def test_the_kl_term_trains_only_the_head_of_a_warm_started_round(looped):

@@ -10,6 +10,7 @@ import pytest
 
 from decouple_jax import config as cfglib
 from decouple_jax import data
+from decouple_jax import memory
 from decouple_jax import models
 from decouple_jax.learn import optim, sgd, student, trainer
 from decouple_jax.search import store as store_lib
@@ -209,3 +210,57 @@ def test_student_refuses_targets_of_another_config(tiny_mnist, tmp_path):
   with pytest.raises(store_lib.StoreError, match='config_hash'):
     student.train_student(data_cfg, cfglib.SearchConfig(model=TINY_MODEL), cfg,
                           tmp_path / 'run', tmp_path / 'store', ds=tiny_mnist, mesh=ONE)
+
+
+def _one_step(train_cfg):
+  """The parameters before and the state after one SGD step of TINY_MODEL on 64 random
+  CIFAR-shaped images, and the loss. Random pixels: MNIST's batch-constant channels would
+  turn any rounding into ~1/sqrt(bn_eps) gradients, whatever the dtype."""
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (64, 32, 32, 3), np.uint8)
+  labels = rng.integers(0, 10, 64).astype(np.int32)
+  mean, std = np.full(3, 0.5, np.float32), np.full(3, 0.25, np.float32)
+  model = models.build(TINY_MODEL, 10, 3)
+  variables = models.init_model(model, jax.random.key(0),
+                                np.asarray(data.normalize(images, mean, std)))
+  tx = optim.optimizer(train_cfg.optim, 10)
+  step = trainer.make_step_fn(sgd.cross_entropy_loss_fn(model, 10), tx, train_cfg, mean, std,
+                              ONE)
+  state = trainer.TrainState(jnp.zeros((), jnp.int32), variables['params'],
+                             variables['batch_stats'], tx.init(variables['params']))
+  state = jax.tree.map(jnp.copy, state)  # the step donates its state
+  state, metrics = step(state, jnp.asarray(images), jnp.asarray(labels), (), np.arange(64),
+                        jax.random.key(0))
+  return variables['params'], state, float(metrics['loss'])
+
+
+def test_a_bfloat16_step_matches_a_float32_step():
+  f32 = dataclasses.replace(TINY_TRAIN, compute_dtype='float32')
+  assert trainer.compute_dtype(dataclasses.replace(f32, compute_dtype='auto')) == jnp.float32
+  before, want, want_loss = _one_step(f32)
+  _, got, loss = _one_step(dataclasses.replace(f32, compute_dtype='bfloat16'))
+  # What is kept stays float32: parameters, optimiser state and BatchNorm statistics.
+  assert {x.dtype for x in jax.tree.leaves((got.params, got.opt_state, got.batch_stats))
+          if jnp.issubdtype(x.dtype, jnp.floating)} == {jnp.dtype(jnp.float32)}
+  # bfloat16 rounds every activation to 8 significant bits (2^-9 = 0.2% relative): the loss
+  # agrees to 0.2%. The step's update of the parameters (its own effect, not the weights it
+  # starts from) agrees to 10% of its size: at initialisation on random labels a gradient is
+  # a small difference of large sums, which turns the activations' 0.2% into ~5% (measured);
+  # a lost gradient or a wrong cast would be off by 100%.
+  assert loss == pytest.approx(want_loss, rel=2e-3)
+  update, error = (np.concatenate([(np.asarray(b) - np.asarray(a)).ravel() for a, b in
+                                   zip(jax.tree.leaves(x), jax.tree.leaves(y))])
+                   for x, y in ((before, want.params), (want.params, got.params)))
+  assert np.linalg.norm(update) > 1e-3  # the step moved the weights
+  assert np.linalg.norm(error) <= 0.1 * np.linalg.norm(update)
+
+
+def test_a_training_step_that_does_not_fit_is_refused_with_the_numbers(tiny_mnist, tmp_path):
+  model, variables = models.init_for_dataset(TINY_MODEL, tiny_mnist, 0)
+  with pytest.raises(memory.DoesNotFit, match=(
+      r'the training step \(batch 64 = 64 per device on 1 devices, the training split and '
+      r'device-resident targets included\) needs [\d.]+ [kMG]B per device, the device has '
+      r'1.0 kB usable: lower optim.batch_size')):
+    trainer.fit(model, variables, sgd.cross_entropy_loss_fn(model, 10),
+                trainer.TrainData.from_dataset(tiny_mnist), TINY_TRAIN, tmp_path,
+                config={'run': 'h'}, mesh=ONE, memory_bytes=1000)

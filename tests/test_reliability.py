@@ -24,7 +24,7 @@ import tqdm
 import decouple_jax
 from decouple_jax import analysis, config as cfglib, data, locks, models, reproduce, runlog
 from decouple_jax.learn import sgd, student, trainer
-from decouple_jax.search import driver, evolve
+from decouple_jax.search import driver, evolve, stores
 from decouple_jax.search import operators as ops
 from decouple_jax.search.store import StoreError, TargetStore
 
@@ -79,7 +79,7 @@ def other(mnist_dir, tmp_path_factory):
 
 def _store(directory, data_cfg, ds, poison_chunk=None):
   """A complete store of made-up finite targets (no search: only its identity matters)."""
-  st = driver.open_store(directory, data_cfg, SEARCH, ds)
+  st = stores.create_or_open(directory, stores.StoreId(data_cfg, SEARCH, ds))
   rng = np.random.default_rng(0)
   for c in st.missing_chunks():
     start, stop = st.chunk_range(c)
@@ -143,10 +143,10 @@ def test_fingerprint_follows_content_not_place(real, moved, other):
 def test_store_of_another_data_set_is_refused(real, moved, other, tmp_path):
   targets = _store(tmp_path / 'targets', *other)
   with pytest.raises(StoreError) as e:
-    student.open_targets(targets, real[0], SEARCH, real[1])
+    stores.open_complete(targets, stores.StoreId(real[0], SEARCH, real[1]))
   assert 'config.data.fingerprint: expected' in str(e.value)
   ours = _store(tmp_path / 'ours', *real)
-  assert student.open_targets(ours, moved[0], SEARCH, moved[1]).is_complete()
+  assert stores.open_complete(ours, stores.StoreId(moved[0], SEARCH, moved[1])).is_complete()
 
 
 def test_moved_verified_data_keeps_finished_runs(sgd_run, moved, tmp_path):

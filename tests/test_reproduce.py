@@ -15,8 +15,8 @@ from decouple_jax import config as cfglib
 from decouple_jax import data
 from decouple_jax import report
 from decouple_jax.analysis import plots
-from decouple_jax.learn import student
 from decouple_jax.search import store as store_lib
+from decouple_jax.search import stores
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -121,7 +121,8 @@ def test_reproduce_reuses_finished_runs_and_adds_the_rest(pipeline, mnist_dir):
   exp = cfglib.from_dict(cfglib.ExperimentConfig, first['config'])
   ds = data.load_dataset(dataclasses.replace(exp.data, dir=str(mnist_dir)))
   with pytest.raises(store_lib.StoreError, match='index_hash'):
-    student.open_targets(w / 'search' / 'targets_holdout', exp.data, exp.search, ds)
+    stores.open_complete(stores.store_dir(w / 'search', 'holdout'),
+                         stores.StoreId(exp.data, exp.search, ds))
 
 
 @pytest.mark.slow

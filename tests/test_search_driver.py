@@ -8,8 +8,10 @@ import pytest
 
 from decouple_jax import config as cfglib
 from decouple_jax import data
+from decouple_jax import memory
+from decouple_jax import models
 from decouple_jax import runlog
-from decouple_jax.search import driver, sharding
+from decouple_jax.search import driver, sharding, stores
 from decouple_jax.search.store import StoreError, TargetStore
 
 SEARCH = cfglib.SearchConfig(
@@ -67,8 +69,9 @@ def test_store_of_another_search_config_is_refused(setup, tmp_path):
 
 def test_batch_size_does_not_change_the_store_hash(setup):
   data_cfg, ds, _ = setup
-  h = lambda search_cfg, data_cfg=data_cfg: driver.targets_hash(data_cfg, search_cfg, ds)
+  h = lambda search_cfg, data_cfg=data_cfg: stores.StoreId(data_cfg, search_cfg, ds).hash()
   assert h(SEARCH) == h(dataclasses.replace(SEARCH, batch_images=3))
+  assert h(SEARCH) == h(dataclasses.replace(SEARCH, batch_images='auto'))
   # The search runs forward only: how the conv's gradient is formed cannot change a target.
   for impl in ('xla', 'matmul'):
     assert h(SEARCH) == h(dataclasses.replace(SEARCH, model=dataclasses.replace(
@@ -82,6 +85,26 @@ def test_store_of_another_engine_version_is_refused(setup, tmp_path, monkeypatch
   data_cfg, ds, mesh = setup
   small = dataclasses.replace(SEARCH, chunk_size=96)
   driver.run_search(data_cfg, small, tmp_path, ds=ds, mesh=mesh)
-  monkeypatch.setattr(driver, 'ENGINE_VERSION', driver.ENGINE_VERSION + 1)
+  monkeypatch.setattr(stores, 'ENGINE_VERSION', stores.ENGINE_VERSION + 1)
   with pytest.raises(StoreError, match='config_hash'):
     driver.run_search(data_cfg, small, tmp_path, ds=ds, mesh=mesh)
+
+
+def test_auto_batch_fills_a_pretend_memory_and_a_setting_that_cannot_fit_is_refused(setup,
+                                                                                    tmp_path):
+  data_cfg, ds, mesh = setup
+  model, variables = models.init_for_dataset(SEARCH.model, ds, SEARCH.seed)
+  fn = sharding.make_search_fn(model, variables, SEARCH, mesh)
+  need = lambda b: memory.program_bytes(fn.compile(b, ds.image_shape))
+  auto = dataclasses.replace(SEARCH, batch_images='auto')
+  budget = need(3)
+  chosen = sharding.images_per_call(fn, auto, ds.image_shape, 32, memory_bytes=budget)
+  assert need(chosen) <= budget < need(chosen + 1)
+  # A chunk of 2 images never needs more than 2 at once, however large the memory.
+  assert sharding.images_per_call(fn, auto, ds.image_shape, 2, memory_bytes=2**40) == 2
+  with pytest.raises(memory.DoesNotFit, match=r'search.batch_images=8 needs [\d.]+ [kMG]B per '
+                     r'device, the device has [\d.]+ [kMG]B usable: lower it'):
+    sharding.images_per_call(fn, SEARCH, ds.image_shape, 32, memory_bytes=budget)
+  with pytest.raises(memory.DoesNotFit, match=r'one image per device needs [\d.]+ [kMG]B, the '
+                     r'device has [\d.]+ [kMG]B usable'):
+    driver.run_search(data_cfg, auto, tmp_path, ds=ds, mesh=mesh, memory_bytes=need(1) - 1)

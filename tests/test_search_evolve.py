@@ -165,9 +165,10 @@ def searched(problem):
   assert len(jax.devices()) == 8, 'tests/conftest.py emulates 8 CPU devices'
   fn8 = search.make_search_fn(model, variables, CFG)
   fn1 = search.make_search_fn(model, variables, CFG, mesh=search.make_mesh(jax.devices()[:1]))
-  run = lambda fn, sl: jax.tree.map(np.asarray, fn(images[sl], labels[sl], indices[sl]))
-  return dict(fn8=fn8, r8=run(fn8, slice(0, 4)), r8_one=run(fn8, slice(2, 3)),
-              r1=run(fn1, slice(0, 4)))
+  run = lambda fn, batch, sl: search.search_in_batches(fn, batch, images[sl], labels[sl],
+                                                       indices[sl])
+  return dict(fn8=fn8, r8=run(fn8, 8, slice(0, 4)), r8_one=run(fn8, 8, slice(2, 3)),
+              r1=run(fn1, 4, slice(0, 4)))
 
 
 def _assert_same(a, b):
@@ -202,13 +203,18 @@ def _compile_events(call):
 def test_second_call_does_not_recompile(problem, searched):
   _, _, images, labels, indices = problem
   fn = searched['fn8']
-  assert not _compile_events(lambda: fn(images, labels, indices))  # no trace either
-  # Positive control: 9 images pad to 16 on 8 devices, a shape not compiled yet. Its compile
-  # must be seen, or the check above would pass with a listener that hears nothing.
+  # 9 images in calls of 8: two calls, the second padded, both of the shape compiled already.
   nine = np.arange(9) % len(images)
-  seen = _compile_events(lambda: fn(images[nine], labels[nine], indices[nine]))
+  assert not _compile_events(lambda: search.search_in_batches(
+      fn, 8, images[nine], labels[nine], indices[nine]))  # no trace either
+  # Positive control: a batch of 16, a shape not compiled yet. Its compile must be seen, or
+  # the check above would pass with a listener that hears nothing.
+  sixteen = np.arange(16) % len(images)
+  seen = _compile_events(lambda: fn(images[sixteen], labels[sixteen], indices[sixteen]))
   assert {'/jax/core/compile/jaxpr_trace_duration',
           '/jax/core/compile/backend_compile_duration'} <= set(seen)
+  with pytest.raises(ValueError, match='multiple of 8'):
+    fn(images[:4], labels[:4], indices[:4])
 
 
 def test_result_shapes_and_losses_are_consistent(problem, searched):

@@ -16,6 +16,7 @@ from decouple_jax import locks
 from decouple_jax.analysis import plots
 from decouple_jax.analysis import scaling
 from decouple_jax.analysis import trajectories
+from decouple_jax.search import driver
 
 # Paper figures: scaling Fig. 2, diversity Fig. 3, accuracy Fig. 4, trajectories Figs. 5-7.
 ANALYSES = ('scaling', 'diversity', 'accuracy', 'trajectories')
@@ -80,8 +81,8 @@ def run_analysis(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, whic
         searches=workdir / 'searches', ds=train_ds)
     plots.plot_accuracy(out['accuracy'], workdir / 'accuracy.png', about)
   if 'trajectories' in todo:
-    stores = [scaling.cached_search(train_exp.data, train_exp.search, train_ds,
-                                    workdir / 'searches', split)
+    stores = [driver.cached_search(train_exp.data, train_exp.search, train_ds,
+                                   workdir / 'searches', split)
               for split in ('train', 'holdout')]
     runs = trajectories.run_trajectories(train_exp, workdir / 'trajectories', train_ds, *stores)
     plots.plot_target_distance(runs, workdir / 'target_distance.png', about)

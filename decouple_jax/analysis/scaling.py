@@ -85,22 +85,17 @@ class _Searcher:
     'curves': 4 arrays (n, G_l)} of ``cfg`` (searched once per config)."""
     if cfg not in self._done:
       search_fn = sharding.make_search_fn(self.model, self.variables, cfg, self.mesh)
-      n, size = len(self.images), self.mesh.size
-      batch = min(cfg.batch_images * size, -(-n // size) * size)
-      parts = []
+      n = len(self.images)
+      batch = sharding.images_per_call(search_fn, cfg, self.images.shape[1:], n)
       gens = '/'.join(str(l.generations) for l in cfg.layers)
       bar = runlog.progress(total=n, unit='img', desc=f'search (population {cfg.population}, '
                             f'generations {gens}, seed {cfg.seed})')
-      for s in range(0, n, batch):
-        # Every call gets the same batch size (the last one padded) so nothing recompiles.
-        pos = np.minimum(np.arange(s, s + batch), n - 1)
-        result = search_fn(self.images[pos], self.labels[pos], self.index[pos])
-        parts.append(jax.tree.map(lambda a, k=min(batch, n - s): np.asarray(a)[:k], result))
-        bar.update(min(batch, n - s))
+      result = sharding.search_in_batches(search_fn, batch, self.images, self.labels,
+                                          self.index,
+                                          on_batch=lambda part: bar.update(len(part.init_loss)))
       bar.close()
-      joined = jax.tree.map(lambda *a: np.concatenate(a), *parts)
-      self._done[cfg] = {'targets': joined.targets, 'best_loss': joined.best_loss,
-                         'init_loss': joined.init_loss, 'curves': joined.curves}
+      self._done[cfg] = {'targets': result.targets, 'best_loss': result.best_loss,
+                         'init_loss': result.init_loss, 'curves': result.curves}
     return self._done[cfg]
 
 
@@ -228,19 +223,6 @@ def search_diversity(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfi
   return out
 
 
-def cached_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
-                  ds: datalib.Dataset, root: str | pathlib.Path, split: str = 'train'
-                  ) -> pathlib.Path:
-  """The target store of ``split`` under these configs, in ``root/<targets hash>/``: searched
-  on first use, resumed if unfinished, reused once finished (so analyses sharing a setting
-  search it once)."""
-  directory = driver.store_dir(pathlib.Path(root) / driver.targets_hash(data_cfg, search_cfg, ds),
-                               split)
-  if not (directory / 'summary.json').exists():
-    driver.run_search(data_cfg, search_cfg, directory, ds=ds, split=split)
-  return directory
-
-
 def accuracy_vs_compute(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
                         populations: Sequence[int], generations: Sequence[float],
                         searches: str | pathlib.Path, ds: datalib.Dataset | None = None
@@ -249,7 +231,8 @@ def accuracy_vs_compute(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Pat
 
   Every setting searches the whole training split and trains ``exp.student`` on the result,
   so each costs a full search plus a student run: scale the data down (``data.train_limit``)
-  for a quick look. Resumable: the searches are kept by :func:`cached_search` in
+  for a quick look. Resumable: the searches are kept by
+  :func:`decouple_jax.search.driver.cached_search` in
   ``searches``, the students in ``workdir/<config hash>/``, and a finished student is read,
   not retrained.
 
@@ -273,7 +256,7 @@ def accuracy_vs_compute(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Pat
     run = workdir / cfglib.hash_dict(student.run_config(exp.data, ds, search_cfg, exp.student))
     results = run / 'student' / 'results.json'
     if not results.exists():
-      targets = cached_search(exp.data, search_cfg, ds, searches)
+      targets = driver.cached_search(exp.data, search_cfg, ds, searches)
       student.train_student(exp.data, search_cfg, exp.student, run / 'student', targets, ds=ds)
     return runlog.read_json(results)['test_accuracy']
 

@@ -30,7 +30,7 @@ class Prefetcher:
   """Reads batches of per-image data ahead of the consumer and puts them on the device.
 
   Iterating yields, in the order of ``batches``, ``(positions, arrays)``: positions the (B,)
-  NumPy positions of the batch, arrays ``read(positions)`` each put on the device. A background
+  NumPy positions of the batch, arrays ``read(positions)`` each put on the devices. A background
   thread reads and transfers up to ``depth`` batches ahead. An exception in the thread (from
   ``batches`` or from ``read``) is raised by the consumer's next ``next()``. Use it as a
   context manager, or call :meth:`close`, so that the thread stops when the consumer stops
@@ -40,15 +40,17 @@ class Prefetcher:
     read: ``read(positions (B,) integers) -> tuple of (B, ...) host arrays``, called in the
       thread; e.g. a target store's ``read`` (see :mod:`decouple_jax.learn.student`).
     batches: iterable of (B,) integer position arrays; consumed in the background thread.
-    sharding: where to put each array (``jax.device_put`` semantics; None: default device).
+    put: ``put(host array) -> jax.Array``, how each array goes to the devices (default
+      ``jax.device_put`` on the default device; e.g. assembling a batch sharded over several
+      processes from each one's rows).
     depth: batches read ahead.
   """
 
   def __init__(self, read: Callable[[np.ndarray], tuple[np.ndarray, ...]],
                batches: Iterable[np.ndarray], *,
-               sharding: jax.sharding.Sharding | jax.Device | None = None, depth: int = 2):
+               put: Callable[[np.ndarray], jax.Array] = jax.device_put, depth: int = 2):
     self._read = read
-    self._sharding = sharding
+    self._place = put
     self._queue: queue.Queue = queue.Queue(maxsize=depth)
     self._stop = threading.Event()
     self._finished = False
@@ -60,7 +62,7 @@ class Prefetcher:
     try:
       for positions in batches:
         positions = np.asarray(positions)
-        arrays = tuple(jax.device_put(a, self._sharding) for a in self._read(positions))
+        arrays = tuple(self._place(a) for a in self._read(positions))
         if not self._put((positions, arrays)):
           return
     except BaseException as e:  # all of them: otherwise the consumer would wait forever

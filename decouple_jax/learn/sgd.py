@@ -18,13 +18,15 @@ from decouple_jax.learn import trainer
 
 def cross_entropy_loss_fn(model, num_classes: int, label_smoothing: float = 0.0
                           ) -> trainer.LossFn:
-  """Batch-mean cross-entropy of the logits tap, with batch-statistics BatchNorm."""
+  """Batch-mean cross-entropy of the logits tap (in float32 whatever the compute dtype), with
+  batch-statistics BatchNorm."""
   def loss_fn(params, batch_stats, batch: trainer.Batch):
     taps, updates = model.apply({'params': params, 'batch_stats': batch_stats}, batch.images,
                                 use_running_average=False, mutable=['batch_stats'])
+    logits = taps[-1].astype(jnp.float32)
     targets = optax.smooth_labels(jax.nn.one_hot(batch.labels, num_classes), label_smoothing)
-    loss = optax.softmax_cross_entropy(taps[-1], targets).mean()
-    acc = jnp.mean(jnp.argmax(taps[-1], -1) == batch.labels)
+    loss = optax.softmax_cross_entropy(logits, targets).mean()
+    acc = jnp.mean(jnp.argmax(logits, -1) == batch.labels)
     return loss, (updates['batch_stats'], {'train_accuracy': acc})
   return loss_fn
 

@@ -22,11 +22,12 @@ import jax.numpy as jnp
 
 from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
+from decouple_jax import distributed
 from decouple_jax import models
 from decouple_jax import runlog
 from decouple_jax.learn import diagnostics
 from decouple_jax.learn import trainer
-from decouple_jax.search import driver
+from decouple_jax.search import stores
 from decouple_jax.search.store import TargetStore, device_targets
 
 
@@ -46,9 +47,10 @@ def squared_error(pred: jax.Array, target: jax.Array, reduction: str) -> jax.Arr
 
 
 def kl_to_searched(target_logits: jax.Array, logits: jax.Array) -> jax.Array:
-  """Batch-mean KL(softmax(target_logits) || softmax(logits)); (B, K) inputs, nats."""
+  """Batch-mean KL(softmax(target_logits) || softmax(logits)); (B, K) inputs, nats, computed in
+  float32."""
   log_p = jax.nn.log_softmax(target_logits.astype(jnp.float32))
-  log_q = jax.nn.log_softmax(logits)
+  log_q = jax.nn.log_softmax(logits.astype(jnp.float32))
   return jnp.mean(jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1))
 
 
@@ -85,27 +87,12 @@ def check_compatible(model: models.AirbenchNet, store: TargetStore,
         'student.model.widths to search.model.widths')
 
 
-def open_targets(directory: str | pathlib.Path, data_cfg: cfglib.DataConfig,
-                 search_cfg: cfglib.SearchConfig, ds: datalib.Dataset,
-                 split: str = 'train', network_id: str = driver.UNTRAINED) -> TargetStore:
-  """The complete target store of ``ds``'s ``split``, searched in network ``network_id``
-  (:func:`decouple_jax.search.driver.network_hash`), refusing another config's, network's or
-  split's."""
-  store = TargetStore.open(directory, expect=driver.expected_store_fields(
-      data_cfg, search_cfg, ds, split, network_id))
-  if not store.is_complete():
-    raise cfglib.ConfigError(
-        f'the target store {directory} is incomplete ({len(store.missing_chunks())} chunks '
-        'missing): finish it with launch/search.py (it resumes) before training the student')
-  return store
-
-
 def run_config(data_cfg: cfglib.DataConfig, ds: datalib.Dataset,
                search_cfg: cfglib.SearchConfig, student_cfg: cfglib.StudentConfig,
-               network_id: str = driver.UNTRAINED, start: str = 'fresh') -> dict:
+               network_id: str = stores.UNTRAINED, start: str = 'fresh') -> dict:
   """What identifies a student run (see :func:`decouple_jax.learn.trainer.run_config`), with
   the network its targets were searched in and what it started from ('fresh', or the
-  :func:`~decouple_jax.search.driver.network_hash` of its initial variables)."""
+  :func:`~decouple_jax.search.stores.network_hash` of its initial variables)."""
   return {**trainer.run_config(data_cfg, ds, search=search_cfg, student=student_cfg),
           'network': network_id, 'start': start}
 
@@ -115,7 +102,7 @@ def train_student(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
                   targets: str | pathlib.Path, *,
                   holdout_targets: str | pathlib.Path | None = None,
                   ds: datalib.Dataset | None = None, mesh=None, epoch_callback=None,
-                  network_id: str = driver.UNTRAINED, init_variables=None) -> dict:
+                  network_id: str = stores.UNTRAINED, init_variables=None) -> dict:
   """Trains the student on the searched targets in ``targets``; resumable from ``workdir``.
 
   Args:
@@ -140,10 +127,11 @@ def train_student(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
     selected student.
   """
   ds = ds if ds is not None else datalib.load_dataset(data_cfg)
-  store = open_targets(targets, data_cfg, search_cfg, ds, network_id=network_id)
+  store_id = lambda split: stores.StoreId(data_cfg, search_cfg, ds, split, network_id)
+  store = stores.open_complete(targets, store_id('train'))
   # Opened before training, so a wrong path fails now rather than after the last epoch.
-  holdout_store = (open_targets(holdout_targets, data_cfg, search_cfg, ds, 'holdout',
-                                network_id) if holdout_targets is not None else None)
+  holdout_store = (stores.open_complete(holdout_targets, store_id('holdout'))
+                   if holdout_targets is not None else None)
   model, variables = models.init_for_dataset(student_cfg.model, ds, student_cfg.train.seed,
                                              detach_head=True)
   start = 'fresh'
@@ -151,7 +139,7 @@ def train_student(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
     if jax.tree.structure(init_variables) != jax.tree.structure(variables):
       raise cfglib.ConfigError('init_variables do not fit student.model: a warm start needs '
                                'a network of the same configuration')
-    variables, start = init_variables, driver.network_hash(init_variables)
+    variables, start = init_variables, stores.network_hash(init_variables)
   check_compatible(model, store, ds.image_shape)
   on_device = device_targets(store, int(student_cfg.device_targets_gb * 2**30))
   # Streamed targets keep the store dtype, as device_targets does, so both paths feed the
@@ -165,6 +153,7 @@ def train_student(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
       name=f'student {student_cfg.variant}', mesh=mesh, epoch_callback=epoch_callback)
   results['diagnostics'] = diagnostics.student_diagnostics(
       model, results['variables'], ds, store, holdout_store, student_cfg)
-  runlog.write_json(pathlib.Path(workdir) / 'results.json',
-                    {k: v for k, v in results.items() if k != 'variables'})
+  if distributed.is_main():
+    runlog.write_json(pathlib.Path(workdir) / 'results.json',
+                      {k: v for k, v in results.items() if k != 'variables'})
   return results

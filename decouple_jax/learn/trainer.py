@@ -11,6 +11,15 @@ A run in ``workdir`` is resumable: an Orbax checkpoint every ``checkpoint_every`
 the train state, the best-so-far (hold-out selected) weights and the history; restarting the
 same command continues from it and, because every epoch's randomness derives from
 (seed, epoch), ends with the same result as an uninterrupted run.
+
+Precision: the forward and backward pass run in ``train.compute_dtype`` (bfloat16 on GPU/TPU by
+default); parameters, optimiser state, BatchNorm statistics, losses and evaluation stay float32.
+
+More than one process (``jax.distributed``): the mesh spans every process's devices and one
+step updates one replicated state. Every process holds the training split on its devices and
+gathers its own devices' rows of each batch there; streamed side data is read by each process
+for its own rows only. The main process writes the log and the results, Orbax the checkpoints
+(it coordinates the processes); every process returns the same results.
 """
 
 from __future__ import annotations
@@ -30,7 +39,9 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from decouple_jax import config as cfglib
+from decouple_jax import distributed
 from decouple_jax import locks
+from decouple_jax import memory
 from decouple_jax import runlog
 from decouple_jax.config import TrainConfig
 from decouple_jax import data as datalib
@@ -102,10 +113,28 @@ def default_mesh() -> jax.sharding.Mesh:
 
 
 def _batch_mesh(mesh: jax.sharding.Mesh, batch_size: int) -> jax.sharding.Mesh:
+  if batch_size % mesh.size == 0:
+    return mesh
+  if jax.process_count() > 1:
+    raise TrainError(f'batch_size {batch_size} does not split over the {mesh.size} devices of '
+                     f'{jax.process_count()} processes: make optim.batch_size a multiple of '
+                     f'{mesh.size}')
   # A batch that does not split evenly runs on one device rather than failing.
-  if batch_size % mesh.size:
-    return mesh_1d('batch', mesh.devices.flat[:1])
-  return mesh
+  return mesh_1d('batch', mesh.devices.flat[:1])
+
+
+def compute_dtype(cfg: TrainConfig) -> jnp.dtype:
+  """The dtype ``cfg.compute_dtype`` names on this backend ('auto': bfloat16 on GPU and TPU,
+  float32 on CPU)."""
+  name = cfg.compute_dtype
+  if name == 'auto':
+    name = 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
+  return jnp.dtype(name)
+
+
+def _cast(tree, dtype):
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                      tree)
 
 
 def make_step_fn(loss_fn: LossFn, tx: optax.GradientTransformation, cfg: TrainConfig,
@@ -116,13 +145,19 @@ def make_step_fn(loss_fn: LossFn, tx: optax.GradientTransformation, cfg: TrainCo
   Gathers the batch at positions ``idx`` from the device-resident uint8 split, augments,
   normalises, shards it over the mesh's 'batch' axis and applies one update. ``extras`` are
   whole per-image arrays gathered at ``idx`` too, or, with ``gather_extras=False``, the
-  batch's extras already (streamed from disk).
+  batch's extras already (streamed from disk). ``loss_fn`` sees the parameters and images in
+  :func:`compute_dtype`; the gradient reaches the float32 parameters through the cast.
 
   The epoch loop stays in Python: XLA:CPU runs convolutions inside a ``lax.scan`` (a while
   loop) far slower than the same step dispatched on its own (BENCHMARKS.md), and a per-step
   dispatch costs nothing noticeable on accelerators.
   """
   batch_sharding = NamedSharding(mesh, P('batch'))
+  dtype = compute_dtype(cfg)
+
+  def cast_loss(params, batch_stats, batch):
+    return loss_fn(_cast(params, dtype), batch_stats, batch._replace(
+        images=batch.images.astype(dtype)))
 
   def step(state: TrainState, images, labels, extras, idx, key):
     x = images[idx]
@@ -130,7 +165,7 @@ def make_step_fn(loss_fn: LossFn, tx: optax.GradientTransformation, cfg: TrainCo
       x = datalib.augment(key, x, pad=cfg.crop_pad, flip=cfg.flip)
     x = jax.lax.with_sharding_constraint(datalib.normalize(x, mean, std), batch_sharding)
     batch = Batch(x, labels[idx], tuple(e[idx] for e in extras) if gather_extras else extras)
-    (loss, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    (loss, (batch_stats, metrics)), grads = jax.value_and_grad(cast_loss, has_aux=True)(
         state.params, state.batch_stats, batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -139,12 +174,12 @@ def make_step_fn(loss_fn: LossFn, tx: optax.GradientTransformation, cfg: TrainCo
   return jax.jit(step, donate_argnums=0)
 
 
-def epoch_batches(key: jax.Array, n: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
-  """An epoch's batches: positions (steps, B) of a permutation of n (remainder dropped), and
-  one augmentation key per step."""
+def epoch_batches(key: jax.Array, n: int, batch_size: int) -> tuple[np.ndarray, jax.Array]:
+  """An epoch's batches: positions (steps, B) of a permutation of n (remainder dropped), on
+  the host, and one augmentation key per step."""
   steps = n // batch_size
   perm_key, aug_key = jax.random.split(key)
-  perm = jax.random.permutation(perm_key, n)[:steps * batch_size]
+  perm = np.asarray(jax.random.permutation(perm_key, n))[:steps * batch_size]
   return perm.reshape(steps, batch_size), jax.random.split(aug_key, steps)
 
 
@@ -172,11 +207,27 @@ def evaluate(predict_fn, variables, images: np.ndarray, labels: np.ndarray,
   return correct / len(images)
 
 
+def identity(part) -> dict:
+  """A config dataclass as a JSON-ready dict that identifies the runs it makes.
+
+  A training part's ``train.compute_dtype`` is recorded as the dtype it resolves to here (a
+  run on another backend is another run), and left out when that is float32, the only dtype
+  before it was a setting, so runs made before keep their identity.
+  """
+  d = cfglib.to_dict(part)
+  if isinstance(part, (cfglib.SGDConfig, cfglib.StudentConfig)):
+    dtype = compute_dtype(part.train).name
+    del d['train']['compute_dtype']
+    if dtype != 'float32':
+      d['train']['compute_dtype'] = dtype
+  return d
+
+
 def run_config(data_cfg: cfglib.DataConfig, ds: datalib.Dataset, **parts) -> dict:
   """What identifies a training run: the data by content (:func:`decouple_jax.data.identity`,
-  so moving the files keeps the run) and the named config dataclasses, as JSON-ready dicts."""
+  so moving the files keeps the run) and the named config dataclasses (:func:`identity`)."""
   return {'data': datalib.identity(data_cfg, ds),
-          **{name: cfglib.to_dict(part) for name, part in parts.items()}}
+          **{name: identity(part) for name, part in parts.items()}}
 
 
 def _check_same_run(workdir: pathlib.Path, found: dict, config: dict, config_hash: str) -> None:
@@ -213,7 +264,8 @@ def _checkpointer(workdir: pathlib.Path) -> ocp.CheckpointManager:
 def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConfig,
         workdir: str | pathlib.Path, *, config: dict, name: str = 'train',
         mesh: jax.sharding.Mesh | None = None,
-        epoch_callback: Callable[[int, dict], dict] | None = None) -> dict:
+        epoch_callback: Callable[[int, dict], dict] | None = None,
+        memory_bytes: int | None = None, deadline: float | None = None) -> dict:
   """Trains ``variables`` of ``model`` with ``loss_fn``; resumes from ``workdir``.
 
   Args:
@@ -227,15 +279,23 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
       in every checkpoint and in ``results.json``. A workdir holding a checkpoint of another
       config is refused, naming the settings that differ.
     name: what the progress bar calls the run (e.g. 'sgd convs2').
-    mesh: data-parallel mesh (axis 'batch'); default: every device.
+    mesh: data-parallel mesh (axis 'batch'); default: every device of every process.
     epoch_callback: ``(epoch, {'model': ..., 'variables': ...}) -> dict`` of extra metrics
       logged per epoch.
+    memory_bytes: usable memory per device (default
+      :func:`decouple_jax.memory.device_memory`); a step that needs more is refused before it
+      runs, with the numbers.
+    deadline: a ``time.monotonic()`` time to finish by: the run ends after the epoch whose
+      duration says the next one would end after it, evaluated and checkpointed as a last
+      epoch (``results['epochs_run']`` says how many ran; the schedule stays that of
+      ``optim.epochs``, so a later run without the deadline resumes it).
 
   Returns:
     The results dict also written to ``workdir/results.json``: test accuracy of the
     hold-out-selected weights (without a hold-out split, of the last epoch's: ``selected_by``
     says which), best hold-out accuracy (None without one) and its epoch, final-epoch
-    accuracies, wall time, images/s and the config.
+    accuracies, wall time, images/s and the config; and ``variables``, the selected weights
+    as host arrays.
   """
   workdir = pathlib.Path(workdir)
   opt = cfg.optim
@@ -247,17 +307,21 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
   tx = optim.optimizer(opt, steps * opt.epochs)
   mesh = _batch_mesh(mesh or default_mesh(), opt.batch_size)
   replicated = NamedSharding(mesh, P())
-  # Never alias the caller's arrays: the step donates (and so deletes) the state it is given.
-  put = lambda tree: jax.device_put(jax.tree.map(jnp.copy, tree), replicated)
+  # Host copies of the state: the step donates (and so deletes) the state it is given, which
+  # must never be the caller's arrays, and a host array can be placed on any process's
+  # devices. The data is never donated, so it is placed as it is.
+  place = lambda tree: jax.device_put(tree, replicated)
+  put = lambda tree: place(jax.tree.map(np.array, tree))
 
-  state = TrainState(jnp.zeros((), jnp.int32), variables['params'],
-                     variables.get('batch_stats', {}), tx.init(variables['params']))
+  state = put(TrainState(jnp.zeros((), jnp.int32), variables['params'],
+                         variables.get('batch_stats', {}), tx.init(variables['params'])))
   config_hash = cfglib.hash_dict(config)
   meta = {'epoch': 0, 'best_accuracy': -1.0, 'best_epoch': 0, 'train_seconds': 0.0,
           'config_hash': config_hash, 'config': config}
-  best = {'params': state.params, 'batch_stats': state.batch_stats}
-  # One writer per workdir; closing the manager on any exit (also a NaN stop) finishes
-  # pending saves cleanly.
+  best = put({'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})})
+  main = distributed.is_main()
+  # One writer per workdir (the processes of one run share it); closing the manager on any
+  # exit (also a NaN stop) finishes pending saves cleanly.
   with locks.hold(workdir), _checkpointer(workdir) as ckpt:
     log = runlog.JsonLines(workdir / 'metrics.jsonl')
     if ckpt.latest_step() is not None:
@@ -270,17 +334,19 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
       state, best, meta = restored.state, restored.best, restored.meta
     # The log holds exactly the epochs of the checkpoint resumed from: none for a new run, or
     # one killed before its first checkpoint, whose epochs are redone.
-    log.keep(lambda r: r.get('epoch', 0) <= meta['epoch'])
-    state = put(state)
+    if main:
+      log.keep(lambda r: r.get('epoch', 0) <= meta['epoch'])
 
-    images, labels = put(jnp.asarray(data.images)), put(jnp.asarray(data.labels))
-    extras = tuple(put(jnp.asarray(e)) for e in data.extras)
+    images, labels = place(data.images), place(data.labels)
+    extras = tuple(place(e) for e in data.extras)
     step_fn = make_step_fn(loss_fn, tx, cfg, data.mean, data.std, mesh,
                            gather_extras=data.stream is None)
+    batch_sharding = NamedSharding(mesh, P('batch'))
     predict = make_predict_fn(model, cfg.bn_batch_stats, data.mean, data.std)
     base_key = jax.random.key(cfg.seed)
     first = meta['epoch'] + 1
-    bar = runlog.progress(total=opt.epochs, initial=first - 1, desc=name, unit='epoch')
+    bar = runlog.progress(total=opt.epochs, initial=first - 1, desc=name, unit='epoch',
+                          **({} if main else {'disable': True}))
     for epoch in range(first, opt.epochs + 1):
       t0 = time.perf_counter()
       positions, keys = epoch_batches(jax.random.fold_in(base_key, epoch), n, opt.batch_size)
@@ -289,10 +355,17 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
         if data.stream is None:
           batches = ((idx, extras) for idx in positions)
         else:
-          prefetch = stack.enter_context(datalib.Prefetcher(data.stream, np.asarray(positions)))
-          batches = ((jnp.asarray(pos), ex) for pos, ex in prefetch)
+          # Each process reads the rows its own devices hold.
+          rows = distributed.local_rows(batch_sharding, opt.batch_size)
+          prefetch = stack.enter_context(datalib.Prefetcher(
+              lambda pos: data.stream(pos[rows]), positions,
+              put=lambda a: jax.make_array_from_process_local_data(batch_sharding, a)))
+          batches = iter(prefetch)
         for (idx, batch_extras), key in zip(batches, keys):
-          state, metrics = step_fn(state, images, labels, batch_extras, idx, key)
+          args = (state, images, labels, batch_extras, idx, key)
+          if not sums and epoch == first:
+            _check_memory(step_fn, args, opt.batch_size, mesh.size, memory_bytes)
+          state, metrics = step_fn(*args)
           if not sums and epoch == first:
             bar.start_clock()  # the ETA leaves out the first step's compilation
           sums = jax.tree.map(jnp.add, sums, metrics) if sums else metrics
@@ -303,11 +376,13 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
             'lower optim.lr or set optim.clip_norm (see its docstring). The last '
             f'good checkpoint in {workdir} is kept.')
       meta['train_seconds'] += time.perf_counter() - t0
+      last = epoch == opt.epochs or (deadline is not None and
+                                     time.monotonic() + time.perf_counter() - t0 > deadline)
       record = {'epoch': epoch, **metrics}
       current = {'params': state.params, 'batch_stats': state.batch_stats}
       if not len(data.holdout_images):
-        selected = epoch == opt.epochs  # nothing to select on: the last epoch is the model
-      elif epoch % cfg.eval_every == 0 or epoch == opt.epochs:
+        selected = last  # nothing to select on: the last epoch is the model
+      elif epoch % cfg.eval_every == 0 or last:
         acc = evaluate(predict, current, data.holdout_images, data.holdout_labels, cfg.eval_batch)
         record['holdout_accuracy'] = acc
         selected = acc > meta['best_accuracy']
@@ -320,14 +395,17 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
         best = jax.tree.map(jnp.copy, current)
       if epoch_callback is not None:
         record.update(epoch_callback(epoch, {'model': model, 'variables': current}))
-      log.write(record)
+      if main:
+        log.write(record)
       meta['epoch'] = epoch
-      if epoch % cfg.checkpoint_every == 0 or epoch == opt.epochs:
+      if epoch % cfg.checkpoint_every == 0 or last:
         ckpt.save(epoch, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), best=ocp.args.StandardSave(best),
             meta=ocp.args.JsonSave(meta)))
       bar.set_postfix({k: f'{v:.4g}' for k, v in record.items() if k != 'epoch'})
       bar.update(1)
+      if last:
+        break
     bar.close()
     final = {'params': state.params, 'batch_stats': state.batch_stats}
     results = {
@@ -339,12 +417,29 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
         'selected_by': 'holdout_accuracy' if len(data.holdout_images) else 'last_epoch',
         'best_epoch': meta['best_epoch'],
         'epochs': opt.epochs,
+        'epochs_run': meta['epoch'],
         'train_seconds': meta['train_seconds'],
-        'train_images_per_s': steps * opt.batch_size * opt.epochs / max(meta['train_seconds'],
-                                                                           1e-9),
+        'train_images_per_s': steps * opt.batch_size * meta['epoch'] / max(
+            meta['train_seconds'], 1e-9),
         'devices': mesh.size,
+        'processes': jax.process_count(),
+        'compute_dtype': compute_dtype(cfg).name,
         'config_hash': config_hash,
         'config': config,
     }
-    runlog.write_json(workdir / 'results.json', results)
-  return {**results, 'variables': best}
+    if main:
+      runlog.write_json(workdir / 'results.json', results)
+  return {**results, 'variables': jax.device_get(best)}
+
+
+def _check_memory(step_fn, args: tuple, batch_size: int, devices: int,
+                  memory_bytes: int | None) -> None:
+  """Refuses a training step that does not fit the device, before it runs (the compile is
+  the one the step then uses)."""
+  need = memory.program_bytes(step_fn.lower(*args).compile())
+  budget = memory_bytes if memory_bytes is not None else memory.device_memory()
+  memory.check_fits(
+      need, budget, f'the training step (batch {batch_size} = {batch_size // devices} per '
+      f'device on {devices} devices, the training split and device-resident targets included)',
+      'lower optim.batch_size, train on more devices, set train.compute_dtype=bfloat16, or '
+      'lower student.device_targets_gb to stream the targets from disk')

@@ -7,6 +7,7 @@ Fitness is a LOSS everywhere: cross-entropy against the label, lower is better, 
 from decouple_jax.search import fast
 from decouple_jax.search import gradient
 from decouple_jax.search import operators
+from decouple_jax.search import stores
 from decouple_jax.search.evolve import Draws
 from decouple_jax.search.evolve import Operators
 from decouple_jax.search.evolve import Population
@@ -18,7 +19,9 @@ from decouple_jax.search.evolve import generation_step_with_draws
 from decouple_jax.search.evolve import search_batch
 from decouple_jax.search.evolve import search_image
 from decouple_jax.search.sharding import make_mesh
+from decouple_jax.search.sharding import images_per_call
 from decouple_jax.search.sharding import make_search_fn
+from decouple_jax.search.sharding import search_in_batches
 from decouple_jax.search.driver import run_search
 from decouple_jax.search.driver import search_summary
 from decouple_jax.search.store import StoreError

@@ -1,22 +1,29 @@
 """The batched search over devices: image axis sharded, weights replicated, no collectives.
 
-A 1-D mesh (axis ``'images'``) splits the batch across devices; every device runs
+A 1-D mesh (axis ``'images'``) splits each batch across devices; every device runs
 :func:`decouple_jax.search.evolve.search_batch` on its own images under ``jax.shard_map``.
 Images never interact, so there is no communication, and because each image's randomness
 comes from its dataset index, an image gets the same draws on any number of devices and in any
 batch. Its result is the same up to float rounding: XLA's CPU reductions sum in an order that
 depends on the batch shape, which moves values by about an ulp.
+
+:func:`search_in_batches` is the one loop that searches any number of images: calls of one
+fixed batch shape, the last one padded, so nothing recompiles. :func:`images_per_call` sizes
+that batch, from the device's memory when ``search.batch_images`` is 'auto'.
 """
 
 from __future__ import annotations
 
 import functools
+import math
+import time
 from typing import Callable, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from decouple_jax import memory
 from decouple_jax.config import SearchConfig
 from decouple_jax.mesh import mesh_1d
 from decouple_jax.models import airbench
@@ -26,15 +33,69 @@ AXIS = 'images'
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-  """A 1-D mesh with axis 'images' over ``devices`` (default: all devices)."""
-  return mesh_1d(AXIS, devices)
+  """A 1-D mesh with axis 'images' over this process's devices among ``devices`` (default:
+  all of them): the processes of a multi-process search each search their own chunks."""
+  devices = jax.local_devices() if devices is None else devices
+  return mesh_1d(AXIS, [d for d in devices if d.process_index == jax.process_index()])
+
+
+class SearchFn:
+  """The jitted search of a batch of images, sharded over a mesh's 'images' axis.
+
+  ``fn(images_norm (B, H, W, C) float32, labels (B,) int32, indices (B,) int32) ->
+  SearchResult`` with leading axis B, a multiple of the mesh's devices; a second call with the
+  same B does not recompile. :func:`search_in_batches` searches any number of images with it.
+  Build it with :func:`make_search_fn`.
+  """
+
+  def __init__(self, model: airbench.AirbenchNet, variables, search_cfg: SearchConfig,
+               mesh: jax.sharding.Mesh, ops: evolve.Operators):
+    skip = airbench.identity_convs(variables) if search_cfg.skip_identity_convs else frozenset()
+    # XLA's conv: the search only runs forward, whose values every conv_impl shares.
+    model = model.clone(identity_convs=skip, conv_impl='xla')
+    search = functools.partial(evolve.search_batch, model, cfg=search_cfg, ops=ops)
+    self.mesh = mesh
+    self._run = jax.jit(jax.shard_map(
+        lambda v, x, y, i: search(v, images=x, labels=y, indices=i), mesh=mesh,
+        in_specs=(P(), P(AXIS), P(AXIS), P(AXIS)), out_specs=P(AXIS)))
+    self._variables = jax.device_put(variables, NamedSharding(mesh, P()))
+    self._sharded = NamedSharding(mesh, P(AXIS))
+    self._compiled: dict[tuple, jax.stages.Compiled] = {}
+
+  def _check(self, b: int) -> None:
+    if b % self.mesh.size:
+      raise ValueError(f'a batch of {b} images does not split over {self.mesh.size} devices: '
+                       f'give a multiple of {self.mesh.size}, or use search_in_batches, which '
+                       'pads')
+
+  def __call__(self, images, labels, indices) -> evolve.SearchResult:
+    self._check(len(images))
+    inputs = [np.asarray(a, dtype) for a, dtype in
+              ((images, np.float32), (labels, np.int32), (indices, np.int32))]
+    return self._run(self._variables, *jax.device_put(inputs, self._sharded))
+
+  def compile(self, batch: int, image_shape: tuple[int, ...]) -> jax.stages.Compiled:
+    """The program for ``batch`` images of ``image_shape`` (H, W, C), compiled once; a call
+    with that batch then runs it without compiling again."""
+    self._check(batch)
+    key = (batch, tuple(image_shape))
+    if key not in self._compiled:
+      spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=self._sharded)
+      self._compiled[key] = self._run.lower(
+          self._variables, spec((batch, *image_shape), np.float32), spec((batch,), np.int32),
+          spec((batch,), np.int32)).compile()
+    return self._compiled[key]
+
+  @property
+  def weight_bytes(self) -> int:
+    """Bytes of the replicated network on each device."""
+    return sum(x.nbytes for x in jax.tree.leaves(self._variables))
 
 
 def make_search_fn(model: airbench.AirbenchNet, variables, search_cfg: SearchConfig,
                    mesh: jax.sharding.Mesh | None = None, *,
-                   ops: evolve.Operators = evolve.Operators(),
-                   ) -> Callable[[jax.Array, jax.Array, jax.Array], evolve.SearchResult]:
-  """The jitted, sharded search of a batch of images.
+                   ops: evolve.Operators = evolve.Operators()) -> SearchFn:
+  """The jitted, sharded search of a batch of images (:class:`SearchFn`).
 
   Identity convolutions are found once here, on these concrete ``variables``, and skipped by
   the model's own forward (:attr:`~decouple_jax.models.AirbenchNet.identity_convs`).
@@ -44,35 +105,81 @@ def make_search_fn(model: airbench.AirbenchNet, variables, search_cfg: SearchCon
       the family (a trained student, say), whose taps are then what is searched.
     variables: its {'params', 'batch_stats'} (replicated on every device).
     search_cfg: the search configuration.
-    mesh: a 1-D mesh with axis 'images' (default: all devices, :func:`make_mesh`).
+    mesh: a 1-D mesh with axis 'images' (default: this process's devices, :func:`make_mesh`).
     ops: the search's operators (:class:`decouple_jax.search.evolve.Operators`); swap any of
       them to search with your own.
+  """
+  return SearchFn(model, variables, search_cfg, mesh if mesh is not None else make_mesh(), ops)
+
+
+def images_per_call(search_fn: SearchFn, search_cfg: SearchConfig,
+                    image_shape: tuple[int, ...], n_images: int,
+                    memory_bytes: int | None = None) -> int:
+  """Images per call of ``search_fn``: ``search_cfg.batch_images`` per device times the
+  devices, compiled for that batch.
+
+  With ``batch_images='auto'``, as many per device as the compiled program fits in the
+  device's memory (:func:`decouple_jax.memory.largest_batch`); a number is checked against
+  it instead. Either way no more than ``n_images`` (the most a caller searches at once, e.g.
+  a store chunk) need.
+
+  Args:
+    search_fn: the search.
+    search_cfg: its config.
+    image_shape: (H, W, C) of the images.
+    n_images: how many images a caller searches at most in one go.
+    memory_bytes: usable bytes per device (default :func:`decouple_jax.memory.device_memory`);
+      give a pretend size to see what a smaller device would do.
+
+  Raises:
+    decouple_jax.memory.DoesNotFit: the setting (or one image per device) does not fit, with
+      the numbers.
+  """
+  devices = search_fn.mesh.size
+  budget = memory_bytes if memory_bytes is not None else memory.device_memory(
+      search_fn.mesh.devices.flat[0])
+  bytes_at = lambda b: memory.program_bytes(search_fn.compile(b * devices, image_shape))
+  upper = math.ceil(n_images / devices)
+  if search_cfg.batch_images == 'auto':
+    per_device = memory.largest_batch(bytes_at, search_fn.weight_bytes, budget, upper,
+                                      what='image')
+  else:
+    per_device = min(search_cfg.batch_images, upper)
+    memory.check_fits(bytes_at(per_device), budget, f'search.batch_images={per_device}',
+                      "lower it, or set it to 'auto' to fit the device")
+  return per_device * devices
+
+
+def search_in_batches(search_fn: Callable[..., evolve.SearchResult], batch: int,
+                      images: np.ndarray, labels: np.ndarray, indices: np.ndarray, *,
+                      on_batch: Callable[[evolve.SearchResult], None] | None = None,
+                      deadline: float | None = None) -> evolve.SearchResult:
+  """Searches N images in calls of ``batch`` images each, the last padded by repeating its
+  last image (whose extra results are dropped), so every call has one shape.
+
+  Args:
+    search_fn: e.g. a :class:`SearchFn`.
+    batch: images per call (:func:`images_per_call`).
+    images: (N, H, W, C) normalised images; labels (N,); indices (N,) dataset indices.
+    on_batch: called with each batch's results (host arrays) as they come, e.g. to show
+      progress.
+    deadline: a ``time.monotonic()`` time to finish by: no call starts that the last one's
+      duration says would end after it (the first call always runs).
 
   Returns:
-    ``fn(images_norm (B, H, W, C) float32, labels (B,) int32, indices (B,) int32) ->
-    SearchResult`` with leading axis B. Any B works: the batch is padded to a multiple of the
-    device count and the padding stripped. Calls whose B pads
-    to the same size (in particular a second call with the same B) do not recompile.
+    The :class:`~decouple_jax.search.evolve.SearchResult` of the N images (of the first ones,
+    in calls of ``batch``, if the deadline stopped it), as NumPy arrays.
   """
-  mesh = mesh if mesh is not None else make_mesh()
-  skip = airbench.identity_convs(variables) if search_cfg.skip_identity_convs else frozenset()
-  # XLA's conv: the search only runs forward, whose values every conv_impl shares.
-  model = model.clone(identity_convs=skip, conv_impl='xla')
-  search = functools.partial(evolve.search_batch, model, cfg=search_cfg, ops=ops)
-  run = jax.jit(jax.shard_map(
-      lambda v, x, y, i: search(v, images=x, labels=y, indices=i), mesh=mesh,
-      in_specs=(P(), P(AXIS), P(AXIS), P(AXIS)), out_specs=P(AXIS)))
-  variables = jax.device_put(variables, NamedSharding(mesh, P()))
-  sharded = NamedSharding(mesh, P(AXIS))
-
-  def search_fn(images, labels, indices):
-    b = len(images)
-    # Padding (repeating the last image; its extra results are dropped) happens outside the
-    # jit, so every B that pads to the same size shares one compile.
-    padded = -(-b // mesh.size) * mesh.size
-    inputs = [np.pad(np.asarray(a, dtype), [(0, padded - b)] + [(0, 0)] * (np.ndim(a) - 1),
-                     'edge')
-              for a, dtype in ((images, np.float32), (labels, np.int32), (indices, np.int32))]
-    result = run(variables, *jax.device_put(inputs, sharded))
-    return jax.tree.map(lambda a: a[:b], result)
-  return search_fn
+  n = len(images)
+  parts = []
+  for start in range(0, n, batch):
+    if parts and deadline is not None and time.monotonic() + seconds > deadline:
+      break
+    t0 = time.monotonic()
+    pos = np.minimum(np.arange(start, start + batch), n - 1)
+    result = search_fn(images[pos], labels[pos], indices[pos])
+    parts.append(jax.tree.map(lambda a, k=min(batch, n - start): np.asarray(a)[:k], result))
+    seconds = time.monotonic() - t0
+    if on_batch is not None:
+      on_batch(parts[-1])
+  return jax.tree.map(lambda *a: np.concatenate(a), *parts)

@@ -294,7 +294,7 @@ class TargetStore:
 
   @classmethod
   def create_or_open(cls, directory: str | os.PathLike, spec: StoreSpec,
-                     indices: np.ndarray, *, cooperate: bool = False) -> TargetStore:
+                     indices: np.ndarray, *, cooperate: bool | None = None) -> TargetStore:
     """A writable store for ``spec``: a new one, or the existing one to resume.
 
     The store holds its directory's writer lock (:mod:`decouple_jax.locks`) until it is
@@ -306,7 +306,8 @@ class TargetStore:
       indices: (N,) integer dataset indices of the images at positions 0..N-1;
         ``spec.index_hash`` must be :func:`indices_hash` of them.
       cooperate: share the directory with other cooperating writers of this spec (e.g. the
-        processes of one multi-process search); see :mod:`decouple_jax.locks`.
+        processes of one multi-process search, the default when there are several); see
+        :mod:`decouple_jax.locks`.
 
     Raises:
       StoreError: the directory holds a store with another spec (the message lists each
@@ -378,6 +379,15 @@ class TargetStore:
       raise StoreError(f'chunk {c} is out of range: the store has chunks 0..{self.num_chunks - 1}')
     start = c * self.spec.chunk_size
     return start, min(start + self.spec.chunk_size, self.spec.num_images)
+
+  def refresh(self) -> None:
+    """Re-reads which chunks are complete, e.g. once the other processes of a multi-process
+    search have committed theirs."""
+    spec, complete = _read_meta(self.directory)
+    if spec != self.spec:
+      raise StoreError(f'{self.directory / _META} changed under this store (another run '
+                       f'recreated it); give each run its own directory')
+    self._done[complete] = True
 
   def missing_chunks(self) -> list[int]:
     """Ids of the chunks not yet written, ascending."""
