@@ -87,9 +87,9 @@ def straightforward_step_fn(model, variables, cfg):
   return step
 
 
-def probe_devices(n_images: int, repeats: int) -> None:
+def probe_devices(n_images: int, repeats: int, blur_target: str) -> None:
   """(Subprocess with 8 emulated devices.) Whole-search throughput, 8 devices vs 1."""
-  cfg = dataclasses.replace(config.SearchConfig(), layers=tuple(
+  cfg = dataclasses.replace(config.SearchConfig(blur_target=blur_target), layers=tuple(
       dataclasses.replace(s, generations=g) for s, g in zip(config.PAPER_SCHEDULE, (3, 1, 1, 1))))
   model, variables, images, labels, _ = setup(n_images, cfg)
   indices = np.arange(n_images, dtype=np.int32)
@@ -105,19 +105,24 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--images', type=int, default=2, help='images per batch')
   parser.add_argument('--repeats', type=int, default=3, help='timed calls (best is kept)')
+  parser.add_argument('--blur_target', default=config.SearchConfig.blur_target,
+                      choices=config.BLUR_TARGETS,
+                      help="what the blur smooths ('candidate' to compare with engines older "
+                      "than the field)")
   parser.add_argument('--probe_devices', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.probe_devices:
-    probe_devices(8, args.repeats)
+    probe_devices(8, args.repeats, args.blur_target)
     return
 
-  cfg = config.SearchConfig()
+  cfg = config.SearchConfig(blur_target=args.blur_target)
   b = args.images
   print(f'# search_throughput  {datetime.datetime.now().isoformat(timespec="seconds")}  '
         f'jax {jax.__version__}  {platform.processor() or platform.machine()}  '
         f'{os.cpu_count()} CPUs  devices {jax.devices()}')
   print(f'# paper CIFAR-10 shapes, population {cfg.population} = {cfg.top_k} + '
-        f'{cfg.n_explore} + {cfg.n_refine}, {b} images per batch, best of {args.repeats}')
+        f'{cfg.n_explore} + {cfg.n_refine}, blur_target {cfg.blur_target!r}, {b} images per batch, '
+        f'best of {args.repeats}')
   model, variables, images, labels, taps = setup(b, cfg)
   keys = jax.random.split(jax.random.key(2), b)
   loss = jax.vmap(ops.fitness)(taps[-1], labels)
@@ -158,7 +163,8 @@ def main():
   env = dict(os.environ, XLA_FLAGS=(os.environ.get('XLA_FLAGS', '') +
                                     ' --xla_force_host_platform_device_count=8').strip())
   out = subprocess.run([sys.executable, __file__, '--probe_devices',
-                        f'--repeats={max(1, args.repeats - 1)}'],
+                        f'--repeats={max(1, args.repeats - 1)}',
+                        f'--blur_target={args.blur_target}'],
                        env=env, capture_output=True, text=True, check=True).stdout
   n8, t8, t1 = next(line.split()[1:] for line in out.splitlines() if line.startswith('DEVICES'))
   print(f'\n## 8 emulated devices vs 1 (whole search, generations 3/1/1/1, 8 images)')
