@@ -57,9 +57,9 @@ BEGIN, END = '<!-- gap_study:begin -->', '<!-- gap_study:end -->'
 STUDY_BASE = {'search.blur_target': 'candidate', 'gens': (16, 16, 16, 60),
               'student.mse_coef': 1.0}
 
-# name -> (what it tests, overrides applied on top of STUDY_BASE). Overrides are dotted ConfigDict paths, plus four
-# shorthands: 'gens', 'alpha' and 'blur' (generations, alpha and blur passes of the 4 search
-# layers) and 'width' (search and student block width).
+# name -> (what it tests, overrides applied on top of STUDY_BASE). Overrides are dotted
+# ConfigDict paths, plus four shorthands: 'gens', 'alpha' and 'blur' (generations, alpha and
+# blur passes of the 4 search layers) and 'width' (search and student block width).
 ARMS = {
     'candidate': ('blur the whole child (appendix order)', {'search.blur_target': 'candidate'}),
     'noise': ('blur only the mutation noise (section 3.1)', {'search.blur_target': 'noise'}),
@@ -258,7 +258,8 @@ def main(argv=None) -> None:
       runlog.write_json(ref_path, {**reference_row(exp, ds, workdir), 'load': _load()})
     arm_hash = cfglib.config_hash(exp.data, exp.search, exp.student)
     if path.exists() and runlog.read_json(path).get('config_hash', arm_hash) != arm_hash:
-      # The arm's definition (or STUDY_BASE) changed since its row was measured.
+      # The arm's definition (or STUDY_BASE) changed since its row was measured. Rows from
+      # before rows carried a hash were measured on STUDY_BASE's reading and are kept.
       print(f'{name}: its row was measured with another config; measuring it again', flush=True)
       path.unlink()
     if not path.exists():

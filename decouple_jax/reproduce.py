@@ -145,7 +145,8 @@ def _random_feature_floor(runner: _Runner, exp: cfglib.ExperimentConfig,
     model, variables = models.init_for_dataset(exp.search.model, ds, exp.search.seed)
     result = {'test_accuracy': diagnostics.random_feature_floor(
         model, variables, ds, batch_size=exp.student.train.eval_batch)}
-    runlog.write_json(path, result)
+    if distributed.is_main():
+      runlog.write_json(path, result)
     return result
   return runner('random_feature_floor', lambda: runlog.read_json(path) if path.exists() else None,
                 run)
