@@ -16,7 +16,8 @@ Everything is **scaled down** (the paper searches 60k images at width 256).
 Resumable: a finished arm's row is kept in ``WORKDIR/rows/<arm>.json`` and not rerun; an
 unfinished search or student resumes from its own files. Every finished row is also written
 into the study section of ``--benchmarks_md`` (between its markers), with the date and the
-machine's load, so a session that stops mid-study loses nothing.
+machine's load, so a session that stops mid-study loses nothing; lines already recorded there
+for arms this workdir lacks are kept, so a study resumed on a fresh machine adds to the table.
 
   .venv/bin/python benchmarks/gap_study.py --workdir=runs/gap_study                # every arm
   .venv/bin/python benchmarks/gap_study.py --workdir=runs/gap_study --arms=noise,gradient
@@ -193,32 +194,54 @@ def _f(values, digits=2) -> str:
   return ' / '.join(f'{v:.{digits}f}' for v in values)
 
 
-def format_table(rows: dict, refs: dict) -> str:
-  """The study's Markdown table (accuracies in %), arms in the order of :data:`ARMS`."""
-  lines = ['| arm | what | search s | mean best CE 0/1/2/logits | R^2 blocks 0/1/2 | probe | '
-           'head | hold-out | test | load |', '|---|---|---|---|---|---|---|---|---|---|']
+def format_table(rows: dict, refs: dict, recorded: str = '') -> str:
+  """The study's Markdown table (accuracies in %), arms in the order of :data:`ARMS`.
+
+  ``rows`` (arm name -> row) and ``refs`` (width -> reference row) are the rows this workdir
+  holds. ``recorded`` is the study section as last written: its line for an arm or width that
+  ``rows``/``refs`` lack is kept as it stands, so a study resumed on a fresh machine (whose
+  workdir has none of the earlier rows) adds its rows to the table instead of replacing it.
+  An arm's name stands for its definition: an arm whose overrides change gets a new name.
+  """
+  arm_lines = {m[1]: m[0] for m in re.finditer(r'^\| `([^`]+)` \|.*$', recorded, re.M)}
+  ref_lines = {int(m[1]): m[0] for m in re.finditer(r'^\| (\d+) \|.*$', recorded, re.M)}
   for name, row in rows.items():
-    lines.append(
+    arm_lines[name] = (
         f'| `{name}` | {row["what"]} | {row["search_seconds"]:.0f} | '
         f'{_f(row["mean_best_loss"])} | {_f(row["r2_train"])} | '
         f'{100 * row["linear_probe"]:.1f} | {100 * row["head"]:.1f} | '
         f'{100 * row["holdout_accuracy"]:.2f} | {100 * row["test_accuracy"]:.2f} | '
         f'{row["load"]} |')
+  for width, ref in refs.items():
+    ref_lines[width] = (
+        f'| {width} | {100 * ref["random_feature_floor"]:.1f} | '
+        f'{100 * ref["sgd_holdout_accuracy"]:.2f} | {100 * ref["sgd_test_accuracy"]:.2f} |')
+  lines = ['| arm | what | search s | mean best CE 0/1/2/logits | R^2 blocks 0/1/2 | probe | '
+           'head | hold-out | test | load |', '|---|---|---|---|---|---|---|---|---|---|']
+  lines += [arm_lines[name] for name in ARMS if name in arm_lines]
   lines += ['', '| width | random-feature floor (untrained block-2 probe) | SGD, student\'s network: '
             'hold-out | test |', '|---|---|---|---|']
-  for width, ref in sorted(refs.items()):
-    lines.append(f'| {width} | {100 * ref["random_feature_floor"]:.1f} | '
-                 f'{100 * ref["sgd_holdout_accuracy"]:.2f} | {100 * ref["sgd_test_accuracy"]:.2f} |')
+  lines += [ref_lines[width] for width in sorted(ref_lines)]
   return '\n'.join(lines)
 
 
-def write_section(path: pathlib.Path, body: str) -> None:
-  """Replaces the text between the study's markers in ``path`` with ``body``."""
+def _split(path: pathlib.Path) -> list[str]:
+  """``path``'s text as [before the study section, the section, after it]."""
   text = path.read_text()
   if BEGIN not in text or END not in text:
     raise SystemExit(f'{path} has no {BEGIN} ... {END} section to write the study into')
   head, rest = text.split(BEGIN, 1)
-  _, tail = rest.split(END, 1)
+  return [head, *rest.split(END, 1)]
+
+
+def read_section(path: pathlib.Path) -> str:
+  """The text between the study's markers in ``path``."""
+  return _split(path)[1]
+
+
+def write_section(path: pathlib.Path, body: str) -> None:
+  """Replaces the text between the study's markers in ``path`` with ``body``."""
+  head, _, tail = _split(path)
   path.write_text(f'{head}{BEGIN}\n{body}\n{END}{tail}')
 
 
@@ -274,16 +297,17 @@ def main(argv=None) -> None:
             if (rows_dir / f'{n}.json').exists()}
     refs = {int(re.search(r'\d+', p.stem).group()): runlog.read_json(p)
             for p in rows_dir.glob('reference_width*.json')}
-    table = format_table(rows, refs)
+    md = pathlib.Path(args.benchmarks_md) if args.benchmarks_md else None
+    table = format_table(rows, refs, read_section(md) if md else '')
     print(f'\n{table}\n', flush=True)
-    if args.benchmarks_md:
+    if md:
       header = (f'Command: `.venv/bin/python benchmarks/gap_study.py --workdir={args.workdir}`; '
                 f'{args.train_images} training / {args.holdout} hold-out MNIST images, full test '
                 f'set; machine {platform.node()} ({os.cpu_count()} cores), jax {jax.__version__}; '
                 f'last row {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. '
                 '**Scaled down** (`mnist:cpu` otherwise). "load" is the 1/5/15-minute load '
                 'average when the arm finished (2 cores: ~1 is idle for a one-job run).')
-      write_section(pathlib.Path(args.benchmarks_md), f'{header}\n\n{table}')
+      write_section(md, f'{header}\n\n{table}')
 
 
 if __name__ == '__main__':

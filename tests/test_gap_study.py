@@ -1,0 +1,58 @@
+"""benchmarks/gap_study.py's record in BENCHMARKS.md: a study resumed on a fresh machine, whose
+workdir has none of the earlier rows, adds its rows to the recorded table and loses none."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def gap_study():
+  spec = importlib.util.spec_from_file_location('gap_study', REPO / 'benchmarks' / 'gap_study.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _row(what, holdout):
+  return {'what': what, 'search_seconds': 10.0, 'mean_best_loss': [2.0, 1.0, 0.5, 0.0],
+          'r2_train': [0.8, 0.5, 0.6], 'linear_probe': 0.9, 'head': 0.91,
+          'holdout_accuracy': holdout, 'test_accuracy': holdout - 0.01, 'load': '1.0/1.0/1.0'}
+
+
+def test_a_resumed_study_keeps_the_recorded_rows_and_replaces_only_its_own(gap_study, tmp_path):
+  ref = {'random_feature_floor': 0.864, 'sgd_holdout_accuracy': 0.982, 'sgd_test_accuracy': 0.975}
+  first = gap_study.format_table({'noise': _row('first', 0.897), 'candidate': _row('c', 0.858)},
+                                 {16: ref})
+  md = tmp_path / 'BENCHMARKS.md'
+  md.write_text(f'# B\n\n{gap_study.BEGIN}\nold header\n{gap_study.END}\n\nreading\n')
+  gap_study.write_section(md, f'header\n\n{first}')
+
+  # A fresh workdir: one new arm at a new width, and `noise` measured again.
+  later = gap_study.format_table(
+      {'noise_g4_100_w64': _row('wide', 0.95), 'noise': _row('again', 0.90)},
+      {64: dict(ref, random_feature_floor=0.93)}, gap_study.read_section(md))
+  gap_study.write_section(md, f'header 2\n\n{later}')
+  text = md.read_text()
+
+  assert text.startswith('# B\n\n') and text.endswith(f'{gap_study.END}\n\nreading\n')
+  section = gap_study.read_section(md)
+  arms = [line.split('`')[1] for line in section.splitlines() if line.startswith('| `')]
+  assert arms == ['candidate', 'noise', 'noise_g4_100_w64']  # the order of ARMS
+  assert '| `noise` | again |' in section and 'first' not in section
+  assert '| `candidate` | c |' in section and '85.80' in section
+  widths = [line.split('|')[1].strip() for line in section.splitlines()
+            if line.startswith('| ') and line.split('|')[1].strip().isdigit()]
+  assert widths == ['16', '64']
+  assert '| 64 | 93.0 |' in section and '| 16 | 86.4 |' in section
+  assert section.count('| arm |') == 1 and section.count('| width |') == 1
+
+
+def test_a_file_without_the_study_markers_is_refused(gap_study, tmp_path):
+  md = tmp_path / 'BENCHMARKS.md'
+  md.write_text('# no study here\n')
+  with pytest.raises(SystemExit, match='no <!-- gap_study:begin -->'):
+    gap_study.read_section(md)
