@@ -39,11 +39,13 @@ import sys
 import time
 
 import jax
+import numpy as np
 
 from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
 from decouple_jax import models
 from decouple_jax import runlog
+from decouple_jax.analysis import plots
 from decouple_jax.learn import diagnostics
 from decouple_jax.learn import sgd
 from decouple_jax.learn import student
@@ -78,6 +80,10 @@ ARMS = {
                                                   'gens': (4, 200, 200, 60)}),
     'noise_g4_50': ('noise, blocks 1-2 at 50', {'search.blur_target': 'noise',
                                                 'gens': (4, 50, 50, 60)}),
+    'noise_g4_25': ('noise, blocks 1-2 at 25', {'search.blur_target': 'noise',
+                                                'gens': (4, 25, 25, 60)}),
+    'noise_g4_400': ('noise, blocks 1-2 at 400', {'search.blur_target': 'noise',
+                                                  'gens': (4, 400, 400, 60)}),
     'noise_g4_100_p48': ('noise_g4_100, population 48 = 8 + 20 + 20',
                          {'search.blur_target': 'noise', 'gens': (4, 100, 100, 60),
                           'search.population': 48, 'search.top_k': 8,
@@ -123,6 +129,9 @@ ARMS = {
                            {'search.blur_target': 'noise', 'gens': (4, 100, 100, 60),
                             'blur': (5, 2, 2, 0)}),
 }
+
+# The gap against search compute: these arms differ only in blocks 1-2's generations (16x).
+COMPUTE_CURVE = ('noise_g4_25', 'noise_g4_50', 'noise_g4_100', 'noise_g4_200', 'noise_g4_400')
 
 
 def load_base(train_images: int, holdout: int) -> dict:
@@ -190,6 +199,60 @@ def reference_row(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, workdir: pa
           'sgd_test_accuracy': results['test_accuracy']}
 
 
+def compute_curve(rows: dict, refs: dict) -> dict | None:
+  """The hold-out gap to SGD of the :data:`COMPUTE_CURVE` arms this workdir holds, and the
+  power law gap = coef * G**slope fitted by least squares in log-log (from 3 points).
+
+  Returns None below 2 points. Otherwise the numbers of
+  :func:`decouple_jax.analysis.plots.plot_gap_vs_compute`; the fit also says at which G, and
+  after how many search seconds (linear in G, fitted likewise), the gap would fall to 1 and to
+  0.5 points (accuracies in %).
+  """
+  names = [n for n in COMPUTE_CURVE if n in rows]
+  if len(names) < 2 or 16 not in refs:
+    return None
+  g = np.array([rows[n]['overrides']['gens'][1] for n in names], float)
+  seconds = np.array([rows[n]['search_seconds'] for n in names])
+  holdout = np.array([100 * rows[n]['holdout_accuracy'] for n in names])
+  sgd = 100 * refs[16]['sgd_holdout_accuracy']
+  gap = sgd - holdout
+  fit = None
+  if len(names) >= 3 and (gap > 0).all():
+    slope, log_coef = np.polyfit(np.log(g), np.log(gap), 1)
+    per_g, offset = np.polyfit(g, seconds, 1)
+    fit = {'coef': float(np.exp(log_coef)), 'slope': float(slope)}
+    for points in (1.0, 0.5):
+      at = (float(np.exp((np.log(points) - log_coef) / slope)) if slope < 0 else None)
+      fit[f'generations_for_{points}_point'] = at
+      fit[f'search_seconds_for_{points}_point'] = (None if at is None else
+                                                   float(per_g * at + offset))
+  return {'arms': names, 'generations': g.tolist(), 'search_seconds': seconds.tolist(),
+          'holdout_accuracy': holdout.tolist(),
+          'test_accuracy': [100 * rows[n]['test_accuracy'] for n in names],
+          'sgd_holdout_accuracy': sgd, 'fit': fit}
+
+
+def describe_curve(curve: dict) -> str:
+  """One paragraph of the study section: the fitted trend of :func:`compute_curve`."""
+  points = ', '.join(f'G {g:.0f}: {gap:.2f}' for g, gap in
+                     zip(curve['generations'],
+                         curve['sgd_holdout_accuracy'] - np.array(curve['holdout_accuracy'])))
+  text = (f'Gap against search compute (arms {", ".join(curve["arms"])}; width 16; G = '
+          f'generations at each of blocks 1-2; hold-out points below SGD\'s '
+          f'{curve["sgd_holdout_accuracy"]:.2f}%): {points}.')
+  fit = curve['fit']
+  if fit is None:
+    return text + ' Too few points with a positive gap for a fit.'
+  text += f' Least-squares fit in log-log: gap = {fit["coef"]:.3g} * G^{fit["slope"]:.3f}'
+  for points in (1.0, 0.5):
+    at = fit[f'generations_for_{points}_point']
+    text += ('; the gap does not shrink with G' if at is None else
+             f'; {points} point at G ~ {at:,.0f} '
+             f'(~{fit[f"search_seconds_for_{points}_point"]:,.0f} s of search for these images, '
+             'extrapolated)')
+  return text + '. Figure: `results/gap_vs_compute.png`.'
+
+
 def _f(values, digits=2) -> str:
   return ' / '.join(f'{v:.{digits}f}' for v in values)
 
@@ -219,8 +282,8 @@ def format_table(rows: dict, refs: dict, recorded: str = '') -> str:
   lines = ['| arm | what | search s | mean best CE 0/1/2/logits | R^2 blocks 0/1/2 | probe | '
            'head | hold-out | test | load |', '|---|---|---|---|---|---|---|---|---|---|']
   lines += [arm_lines[name] for name in ARMS if name in arm_lines]
-  lines += ['', '| width | random-feature floor (untrained block-2 probe) | SGD, student\'s network: '
-            'hold-out | test |', '|---|---|---|---|']
+  lines += ['', '| width | random-feature floor (untrained block-2 probe) | '
+            'SGD, student\'s network: hold-out | test |', '|---|---|---|---|']
   lines += [ref_lines[width] for width in sorted(ref_lines)]
   return '\n'.join(lines)
 
@@ -257,6 +320,8 @@ def main(argv=None) -> None:
   parser.add_argument('--holdout', type=int, default=1000)
   parser.add_argument('--benchmarks_md', default=str(REPO / 'BENCHMARKS.md'),
                       help="where finished rows are recorded ('' to skip)")
+  parser.add_argument('--figure', default=str(REPO / 'results' / 'gap_vs_compute.png'),
+                      help="the gap-against-compute figure ('' to skip)")
   parser.add_argument('--list', action='store_true', help='print the arms and exit')
   args = parser.parse_args(argv)
   if args.list:
@@ -299,6 +364,15 @@ def main(argv=None) -> None:
             for p in rows_dir.glob('reference_width*.json')}
     md = pathlib.Path(args.benchmarks_md) if args.benchmarks_md else None
     table = format_table(rows, refs, read_section(md) if md else '')
+    curve = compute_curve(rows, refs)
+    recorded = re.search(r'^Gap against search compute.*$', read_section(md) if md else '', re.M)
+    if curve is None and recorded:  # measured in an earlier workdir: kept, like its rows
+      table += f'\n\n{recorded[0]}'
+    elif curve is not None:
+      table += f'\n\n{describe_curve(curve)}'
+      if args.figure:
+        plots.plot_gap_vs_compute(curve, args.figure, plots.describe(
+            'MNIST, 5,000 training images', 'mnist:cpu (gap study)', 'scaled down'))
     print(f'\n{table}\n', flush=True)
     if md:
       header = (f'Command: `.venv/bin/python benchmarks/gap_study.py --workdir={args.workdir}`; '

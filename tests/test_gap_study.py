@@ -56,3 +56,31 @@ def test_a_file_without_the_study_markers_is_refused(gap_study, tmp_path):
   md.write_text('# no study here\n')
   with pytest.raises(SystemExit, match='no <!-- gap_study:begin -->'):
     gap_study.read_section(md)
+
+
+def test_the_compute_curve_recovers_a_power_law_and_is_plotted(gap_study, tmp_path):
+  from decouple_jax import runlog
+  from decouple_jax.analysis import plots
+  sgd = 0.98
+  rows = {}
+  for name in gap_study.COMPUTE_CURVE[:4]:
+    g = gap_study.ARMS[name][1]['gens'][1]
+    rows[name] = dict(_row(name, sgd - 0.2 * g ** -0.5), search_seconds=2.0 * g + 5,
+                      overrides=gap_study.ARMS[name][1])
+  curve = gap_study.compute_curve(rows, {16: {'sgd_holdout_accuracy': sgd}})
+  fit = curve['fit']
+  assert curve['arms'] == list(gap_study.COMPUTE_CURVE[:4])
+  assert fit['slope'] == pytest.approx(-0.5) and fit['coef'] == pytest.approx(20.0)
+  # gap = 20 / sqrt(G) reaches 1 point at G = 400 and 0.5 at 1600; seconds = 2 G + 5.
+  assert fit['generations_for_1.0_point'] == pytest.approx(400)
+  assert fit['search_seconds_for_0.5_point'] == pytest.approx(3205)
+  assert '1.0 point at G ~ 400' in gap_study.describe_curve(curve)
+
+  about = plots.describe('m', 'c', 'scaled down')
+  png = plots.plot_gap_vs_compute(curve, tmp_path / 'gap.png', about)
+  assert png.stat().st_size > 0
+  assert runlog.read_json(png.with_suffix('.json'))['fit']['slope'] == pytest.approx(-0.5)
+  # Too few points for a fit, or none at all.
+  two = dict(list(rows.items())[:2])
+  assert gap_study.compute_curve(two, {16: {'sgd_holdout_accuracy': sgd}})['fit'] is None
+  assert gap_study.compute_curve({}, {16: {'sgd_holdout_accuracy': sgd}}) is None
