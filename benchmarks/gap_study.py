@@ -386,7 +386,8 @@ def main(argv=None) -> None:
                 f'set; machine {platform.node()} ({os.cpu_count()} cores), jax {jax.__version__}; '
                 f'last row {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. '
                 '**Scaled down** (`mnist:cpu` otherwise). "load" is the 1/5/15-minute load '
-                'average when the arm finished (2 cores: ~1 is idle for a one-job run).')
+                'average when the arm finished (2 cores: about 2 is the study alone, as its '
+                'search keeps both busy; more means other jobs shared them).')
       write_section(md, f'{header}\n\n{table}')
 
 
