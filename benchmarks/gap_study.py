@@ -55,10 +55,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 BEGIN, END = '<!-- gap_study:begin -->', '<!-- gap_study:end -->'
 
 # The reading every arm starts from: ``mnist:cpu`` as it was before the study (blur the whole
-# child, 16 generations per block, the paper's MSE weight), whatever the config says today, so
-# that an arm's row means the same in every session.
+# child, 16 generations per block, the paper's MNIST alpha, the paper's MSE weight), whatever
+# the config says today, so that an arm's row means the same in every session.
 STUDY_BASE = {'search.blur_target': 'candidate', 'gens': (16, 16, 16, 60),
-              'student.mse_coef': 1.0}
+              'alpha': (0.1, 0.1, 0.1, 0.1), 'student.mse_coef': 1.0}
 
 # name -> (what it tests, overrides applied on top of STUDY_BASE). Overrides are dotted
 # ConfigDict paths, plus four shorthands: 'gens', 'alpha' and 'blur' (generations, alpha and
