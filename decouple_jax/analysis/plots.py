@@ -297,6 +297,7 @@ def plot_gap_vs_compute(curve: dict, path: str | pathlib.Path, about: dict) -> p
   ax.axhline(1.0, color='gray', ls=':', label='1 point')
   ax.set_xscale('log', base=2)
   ax.set_yscale('log')
+  ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1, 2, 5)))
   for axis in (ax.xaxis, ax.yaxis):
     axis.set_major_formatter(ticker.ScalarFormatter())
   ax.yaxis.set_minor_formatter(ticker.NullFormatter())
