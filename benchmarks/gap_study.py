@@ -390,7 +390,7 @@ def main(argv=None) -> None:
       header = (f'Command: `.venv/bin/python benchmarks/gap_study.py --workdir={args.workdir}`; '
                 f'{args.train_images} training / {args.holdout} hold-out MNIST images, full test '
                 f'set; machine {platform.node()} ({os.cpu_count()} cores), jax {jax.__version__}; '
-                f'last row {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. '
+                f'table written {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. '
                 '**Scaled down** (`mnist:cpu` otherwise). "load" is the 1/5/15-minute load '
                 'average when the arm finished (2 cores: about 2 is the study alone, as its '
                 'search keeps both busy; more means other jobs shared them).')
