@@ -1,5 +1,5 @@
-"""The paper's figures (docs/method.md section 7): one function per figure, each writing a PNG
-and the JSON of its numbers side by side.
+"""The paper's figures (docs/method.md section 7), and the gap study's: one function per
+figure, each writing a PNG and the JSON of its numbers side by side.
 
 Every title names the data set, the config and its scale, so a scaled-down figure is never
 mistaken for the paper's.
