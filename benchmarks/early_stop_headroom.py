@@ -23,13 +23,11 @@ import platform
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from gap_study import ARMS, arm_config, load_base
 from decouple_jax import data as datalib
-from decouple_jax import models
-from decouple_jax.search import evolve
+from decouple_jax.analysis import scaling
 
 
 def generations_used(curve: np.ndarray, threshold: float) -> np.ndarray:
@@ -56,19 +54,15 @@ def main(argv=None) -> None:
   thresholds = [float(t) for t in args.thresholds.split(',')]
   exp = arm_config(load_base(5000, 1000), ARMS[args.arm][1])
   ds = datalib.load_dataset(exp.data)
-  model, variables = models.init_for_dataset(exp.search.model, ds, exp.search.seed)
-  search = jax.jit(lambda im, lb, ix: evolve.search_batch(model, variables, exp.search, im, lb,
-                                                          ix))
   n = args.images
-  result = search(jnp.asarray(ds.train_images[:n]), jnp.asarray(ds.train_labels[:n]),
-                  jnp.arange(n))
+  curves = scaling.Searcher(exp.search, ds, n, mesh=None)(exp.search)['curves']
   print(f'arm {args.arm}, {n} MNIST training images, batches of {args.batch}; machine '
         f'{platform.node()} ({os.cpu_count()} cores), jax {jax.__version__}, '
         f'{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n')
   print('| layer | G | final best loss: mean / median | threshold | images reaching it | '
         'mean gens per image | gens per batch |')
   print('|---|---|---|---|---|---|---|')
-  for layer, curve in enumerate(result.curves):
+  for layer, curve in enumerate(curves):
     curve = np.asarray(curve)
     g = curve.shape[1]
     for t in thresholds:

@@ -69,7 +69,7 @@ def _first_images(ds: datalib.Dataset, n_images: int
   return images, ds.train_labels[:n_images], ds.train_index[:n_images]
 
 
-class _Searcher:
+class Searcher:
   """Searches the first ``n_images`` training images with one fixed network under any
   search config (same network shape and seed of its weights as ``base``)."""
 
@@ -132,7 +132,7 @@ def search_scaling(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
     loss after every generation of every layer.
   """
   ds = ds if ds is not None else datalib.load_dataset(data_cfg)
-  searcher = _Searcher(search_cfg, ds, n_images, mesh)
+  searcher = Searcher(search_cfg, ds, n_images, mesh)
   by_population = [scale_population(search_cfg, p) for p in populations]
   by_generations = [scale_generations(search_cfg, m) for m in generations]
 
@@ -204,7 +204,7 @@ def search_diversity(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfi
   if n_runs < 1:
     raise cfglib.ConfigError(f'n_runs={n_runs} must be at least 1')
   ds = ds if ds is not None else datalib.load_dataset(data_cfg)
-  searcher = _Searcher(search_cfg, ds, n_images, mesh)
+  searcher = Searcher(search_cfg, ds, n_images, mesh)
   seeds = [search_cfg.seed + r for r in range(n_runs)]
   results = [searcher(dataclasses.replace(search_cfg, seed=s)) for s in seeds]
   out = {'layers': list(LAYER_NAMES), 'n_images': n_images, 'threshold': threshold,
