@@ -375,9 +375,10 @@ def main(argv=None) -> None:
     refs = {int(re.search(r'\d+', p.stem).group()): runlog.read_json(p)
             for p in rows_dir.glob('reference_width*.json')}
     md = pathlib.Path(args.benchmarks_md) if args.benchmarks_md else None
-    table = format_table(rows, refs, read_section(md) if md else '')
+    section = read_section(md) if md else ''
+    table = format_table(rows, refs, section)
     curve = compute_curve(rows, refs)
-    recorded = re.search(r'^Gap against search compute.*$', read_section(md) if md else '', re.M)
+    recorded = re.search(r'^Gap against search compute.*$', section, re.M)
     if curve is None and recorded:  # measured in an earlier workdir: kept, like its rows
       table += f'\n\n{recorded[0]}'
     elif curve is not None:
