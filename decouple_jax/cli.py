@@ -28,7 +28,6 @@ from decouple_jax.search.store import StoreError
 # Errors whose message already says what is wrong and how to fix it.
 KNOWN_ERRORS = (ConfigError, DataError, StoreError, TrainError, RecordError,
                 locks.DirectoryBusy)
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'configs'
 _HELP = ('-h', '-?', '--help', '--helpshort', '--helpfull')
 
 _DISTRIBUTED = flags.DEFINE_bool(
@@ -49,7 +48,7 @@ def _load_config_file(path: pathlib.Path):
   return module
 
 
-def variants_help(configs: pathlib.Path = CONFIGS) -> str:
+def variants_help(configs: pathlib.Path) -> str:
   """The config files in ``configs`` and their variants, one line each."""
   lines = ['', "configs (--config=FILE:VARIANT; each file's docstring describes them):"]
   for path in sorted(configs.glob('*.py')):
@@ -69,16 +68,17 @@ def _flag_value(argv: list[str], name: str) -> str | None:
   return value
 
 
-def _check_config_flags(argv: list[str]) -> None:
-  """Exits with one line if ``--config`` names no file or an unknown variant, or an override
-  ``--config.a.b=...`` names no field; config_flags would bury these in a traceback."""
+def _check_config_flags(argv: list[str], configs: pathlib.Path) -> None:
+  """Exits with one line if ``--config`` names no file (listing those in ``configs``) or an
+  unknown variant, or an override ``--config.a.b=...`` names no field; config_flags would bury
+  these in a traceback."""
   value = _flag_value(argv, 'config')
   if value is None:
     return
   file, _, variant = value.partition(':')
   path = pathlib.Path(file)
   if not path.is_file():
-    known = ', '.join(str(p.relative_to(CONFIGS.parent)) for p in sorted(CONFIGS.glob('*.py')))
+    known = ', '.join(str(p.relative_to(configs.parent)) for p in sorted(configs.glob('*.py')))
     sys.exit(f'error: --config={value}: no such file {file}; the configs are {known} (--help '
              'lists their variants)')
   module = _load_config_file(path)
@@ -100,12 +100,15 @@ def _check_config_flags(argv: list[str]) -> None:
 
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flags parser, with ``--help`` that exits 0 and one-line flag errors."""
+  # The launch scripts and configs/ sit side by side in the repository, while the package may
+  # be installed anywhere (a wheel in site-packages), so configs/ is found from the script.
+  configs = pathlib.Path(argv[0]).resolve().parents[1] / 'configs'
   if any(arg in _HELP for arg in argv[1:]):
     app.usage(shorthelp='--helpfull' not in argv, writeto_stdout=True)
     if 'config' in flags.FLAGS:
-      print(variants_help())
+      print(variants_help(configs))
     sys.exit(0)
-  _check_config_flags(argv[1:])
+  _check_config_flags(argv[1:], configs)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
