@@ -228,7 +228,7 @@ def test_tfds_missing_is_a_clear_error(monkeypatch):
 
 def test_unknown_source_refused_with_the_registered_ones():
   with pytest.raises(ConfigError, match=r"^data.source='web' is not one of "
-                                        r"\('files', 'tfds'\)$"):
+                                        r"\('files', 'folder', 'tfds'\)$"):
     data.load_dataset(DataConfig(source='web'))
 
 
@@ -241,6 +241,7 @@ def test_name_a_source_does_not_read_refused_with_those_it_does():
 
 @pytest.mark.parametrize('name, source, obtain', [
     ('mnist', 'files', 'Run `make data`'), ('cifar10', 'files', 'Download the original archive'),
+    ('cifar10', 'folder', 'Point data.dir at a directory holding train/'),
 ])
 def test_missing_directory_says_how_to_obtain_the_files(tmp_path, name, source, obtain):
   with pytest.raises(data.DataError, match=f'nowhere: no such directory. {obtain}'):

@@ -11,6 +11,7 @@ import numpy as np
 from decouple_jax.config import DataConfig
 # Importing the source modules registers the built-in sources.
 from decouple_jax.data import cifar  # pylint: disable=unused-import
+from decouple_jax.data import folder  # pylint: disable=unused-import
 from decouple_jax.data import mnist  # pylint: disable=unused-import
 from decouple_jax.data import sources
 from decouple_jax.data import splits
