@@ -12,9 +12,10 @@ class order, then every class's second, ...), so a prefix, which is what ``data.
 and ``data.test_limit`` keep, holds the classes in proportion. A folder sorted by class (such as
 the JPEG copy of CIFAR-10) would otherwise give a prefix of airplanes only.
 
-Cache: decoding is the slow part (about 10 s for CIFAR-10's 60,000 JPEGs on one core), reading
-and hashing every file's bytes the cheap one (about 1.6 s; statting them alone costs 1.2 s, so
-keying by modification times would save little and trust more). The decoded arrays are kept in
+Cache: decoding is the slow part (about 6 s for CIFAR-10's 60,000 JPEGs on this project's
+2-core machine; a thread pool was no faster), reading and hashing every file's bytes the cheap
+one (about 1.3 s; statting them alone cost 1.2 s, so keying by modification times would save
+little and trust more). The decoded arrays are kept in
 ``<cache dir>/folders/<content hash>.npz`` (the cache dir of
 :func:`decouple_jax.data.fetch.default_cache_dir`, ``~/.cache/decouple_jax``), where the hash
 covers the class order and every file's relative path and bytes: a changed, added or removed
