@@ -127,7 +127,7 @@ def _read(path: pathlib.Path) -> bytes:
 
 def _decode(blob: bytes, path: pathlib.Path) -> tuple[np.ndarray, str]:
   """(pixels (H, W) or (H, W, 3) uint8, Pillow mode) of one image file's bytes."""
-  # Only this source needs Pillow (a dependency of matplotlib).
+  # Imported on first use, so that importing the data package does not load Pillow.
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(io.BytesIO(blob)) as image:
