@@ -5,6 +5,12 @@ archive) in ``data/cifar10`` (or pass ``--config.data.dir=...``); see docs/data.
 
   python launch/reproduce.py --config=configs/cifar10.py:paper --workdir=runs/cifar10
 
+Or read CIFAR-10 from an image folder, ``DIR/{train,test}/<class>/*.png|jpg`` with CIFAR-10's
+class names (decoded once, then cached; ``data.verify`` does not apply to a folder):
+
+  python launch/reproduce.py --config=configs/cifar10.py:cpu --config.data.source=folder \
+      --config.data.dir=DIR --workdir=runs/cifar10_folder
+
 - ``paper``: the paper's Table 1 settings (width 256, search population 240 = 20 + 100 + 120,
   generations 300/100/100/10, student 6 convs per block, batch 2000, 90 epochs, lr 4.0 in
   airbench units). GPU/TPU scale: the search alone is ~66,000 candidate evaluations per image.

@@ -22,8 +22,6 @@ class ConfigError(ValueError):
 
 
 # The choices of every enumerated field; the code that acts on a field uses the same constant.
-DATA_NAMES = ('mnist', 'cifar10', 'cifar100')
-DATA_SOURCES = ('files', 'tfds')
 CIFAR100_LABELS = ('fine', 'coarse')
 CONVS_PER_BLOCK = (2, 4, 6)
 HEADS = ('flatten', 'maxpool')
@@ -82,11 +80,16 @@ class DataConfig:
   """Which data set, where its files are, and how the training set is split.
 
   Attributes:
-    name: 'mnist', 'cifar10' or 'cifar100'. Any directory of MNIST-format IDX files loads as
-      'mnist' (fashion-MNIST, KMNIST, ...).
-    dir: directory holding the original files (IDX .gz for MNIST, the CIFAR archive).
-    source: 'files' (default: read the original files from ``dir``) or 'tfds'
-      (tensorflow-datasets, needs the ``tfds`` extra and either internet or prepared data).
+    name: the data set: 'mnist', 'cifar10' or 'cifar100', or with ``source='folder'`` any
+      label of your own (classes then in sorted folder order). Any directory of MNIST-format
+      IDX files loads as 'mnist' (fashion-MNIST, KMNIST, ...).
+    dir: directory holding the files: the four IDX .gz files for MNIST, the CIFAR archive, or
+      an image folder's train/ and test/.
+    source: how the files are read: 'files' (default: the original files), 'folder' (an image
+      folder, train/<class>/*.png|jpg and test/<class>/...) or 'tfds' (tensorflow-datasets,
+      needs the ``tfds`` extra and either internet or prepared data). The choices, and which
+      names each source reads, are those registered in :mod:`decouple_jax.data.sources`;
+      ``load_dataset`` refuses others with the list.
     holdout: number of training images held out for model selection (paper: 4000).
     split_seed: seed of the deterministic hold-out permutation.
     cifar100_labels: 'fine' (default) or 'coarse'.
@@ -94,7 +97,8 @@ class DataConfig:
       (after the hold-out is removed); for scaled-down runs. 0 keeps all.
     test_limit: if > 0, evaluate on the first ``test_limit`` test images only.
     verify: check the sha256 of the original files against the published values. Turn off
-      only for files you made yourself (tests, MNIST-format data sets of your own).
+      only for files you made yourself (tests, MNIST-format data sets of your own). Ignored by
+      'folder' and 'tfds', which have no published files to check.
   """
   name: str = 'mnist'
   dir: str = 'data/mnist'
@@ -107,8 +111,6 @@ class DataConfig:
   verify: bool = True
 
   def __post_init__(self):
-    _check_choice('name', self.name, DATA_NAMES)
-    _check_choice('source', self.source, DATA_SOURCES)
     _check_choice('cifar100_labels', self.cifar100_labels, CIFAR100_LABELS)
     _check_counts(self, 0, 'holdout', 'train_limit', 'test_limit')
 

@@ -12,6 +12,7 @@ from absl import flags
 
 from decouple_jax import cli
 from decouple_jax import data
+from decouple_jax.data import fetch
 
 _DEST = flags.DEFINE_string('dest', 'data/mnist', 'Directory for the four MNIST .gz files.')
 _CIFAR_SAMPLES = flags.DEFINE_string(
@@ -27,7 +28,7 @@ def main(argv):
   mnist = data.fetch_mnist(_DEST.value, cache_dir=_CACHE_DIR.value)
   print(f'MNIST: 4 sha256-verified original files in {mnist}')
   if _CIFAR_SAMPLES.value:
-    samples = data.fetch_cifar_samples(_CIFAR_SAMPLES.value, cache_dir=_CACHE_DIR.value)
+    samples = fetch.fetch_cifar_samples(_CIFAR_SAMPLES.value, cache_dir=_CACHE_DIR.value)
     print(f'CIFAR samples: first 20 CIFAR-10 and 20 CIFAR-100 test images in {samples}')
 
 

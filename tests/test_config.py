@@ -57,8 +57,6 @@ def test_every_shipped_variant_builds():
 
 
 @pytest.mark.parametrize('where, field, value, choices', [
-    ('data', 'name', 'imagenet', 'DATA_NAMES'),
-    ('data', 'source', 'web', 'DATA_SOURCES'),
     ('data', 'cifar100_labels', 'medium', 'CIFAR100_LABELS'),
     ('sgd.model', 'head', 'flaten', 'HEADS'),
     ('student.model', 'tap', 'pre', 'TAPS'),

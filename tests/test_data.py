@@ -20,10 +20,13 @@ import numpy as np
 import pytest
 
 from decouple_jax import data
+from decouple_jax.config import ConfigError
 from decouple_jax.config import DataConfig
 from decouple_jax.data import checksums
 from decouple_jax.data import cifar
+from decouple_jax.data import fetch
 from decouple_jax.data import idx
+from decouple_jax.data import sources
 
 from cifar_archives import write_cifar_archive
 
@@ -220,6 +223,77 @@ def test_tfds_missing_is_a_clear_error(monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------
+# The source registry.
+
+
+def test_unknown_source_refused_with_the_registered_ones():
+  with pytest.raises(ConfigError, match=r"^data.source='web' is not one of "
+                                        r"\('files', 'folder', 'tfds'\)$"):
+    data.load_dataset(DataConfig(source='web'))
+
+
+def test_name_a_source_does_not_read_refused_with_those_it_does():
+  with pytest.raises(ConfigError, match=r"^data.name='imagenet' is not one of \('cifar10', "
+                                        r"'cifar100', 'mnist'\), the data sets "
+                                        r"data.source='files' reads$"):
+    data.load_dataset(DataConfig(name='imagenet'))
+
+
+@pytest.mark.parametrize('name, source, obtain', [
+    ('mnist', 'files', 'Run `make data`'), ('cifar10', 'files', 'Download the original archive'),
+    ('cifar10', 'folder', 'Point data.dir at a directory holding train/'),
+])
+def test_missing_directory_says_how_to_obtain_the_files(tmp_path, name, source, obtain):
+  with pytest.raises(data.DataError, match=f'nowhere: no such directory. {obtain}'):
+    data.load_dataset(DataConfig(name=name, source=source, dir=str(tmp_path / 'nowhere')))
+
+
+def test_a_registered_source_loads_like_the_built_in_ones(monkeypatch):
+  monkeypatch.setattr(sources, '_REGISTRY', {k: dict(v) for k, v in sources._REGISTRY.items()})
+  x, y = _random_cifar(10, 5, seed=8)
+  arrays = (x[:7], y[:7], x[7:], y[7:])
+
+  @data.register_source('memory', ('toy',), num_classes=lambda cfg: 5, obtain=None)
+  def load_toy(cfg):
+    del cfg
+    return arrays
+
+  ds = data.load_dataset(DataConfig(name='toy', source='memory', holdout=2, split_seed=1))
+  assert ds.num_classes == 5 and ds.fingerprint == data.fingerprint(arrays)
+  train_idx, holdout_idx = data.split_holdout(7, 2, 1)
+  np.testing.assert_array_equal(ds.train_images, x[:7][train_idx])
+  np.testing.assert_array_equal(ds.holdout_labels, y[:7][holdout_idx])
+  np.testing.assert_array_equal(ds.test_images, x[7:])
+
+
+# Fingerprints of data loaded before sources were a registry: stores and runs are tied to them.
+PINNED_FINGERPRINTS = {('cifar10', 'python', 'fine'): '4394539e04e4087f',
+                       ('cifar10', 'binary', 'fine'): '4394539e04e4087f',
+                       ('cifar100', 'python', 'fine'): '168cfe68d7c330f3',
+                       ('cifar100', 'binary', 'coarse'): '7e0d852b4f46b98d'}
+
+
+def test_real_mnist_fingerprint_unchanged(mnist_full):
+  assert mnist_full.fingerprint == 'ceda791d3e53beaf'
+
+
+@pytest.mark.parametrize('kind, fmt, labels', sorted(PINNED_FINGERPRINTS))
+def test_cifar_archive_fingerprints_unchanged(tmp_path, kind, fmt, labels):
+  rng = np.random.default_rng(0)
+  n = 10 if kind == 'cifar10' else 100
+  x, y = rng.integers(0, 256, (23, 32, 32, 3), dtype=np.uint8), rng.integers(0, n, 23)
+  tx, ty = rng.integers(0, 256, (7, 32, 32, 3), dtype=np.uint8), rng.integers(0, n, 7)
+  coarse = {}
+  if kind == 'cifar100':
+    coarse = dict(coarse_labels=(y * 7) % 20, test_coarse_labels=(ty * 3) % 20)
+  write_cifar_archive(tmp_path, x, y, test_images=tx, test_labels=ty, kind=kind, format=fmt,
+                      **coarse)
+  ds = data.load_dataset(DataConfig(name=kind, dir=str(tmp_path), holdout=4,
+                                    cifar100_labels=labels, verify=False))
+  assert ds.fingerprint == PINNED_FINGERPRINTS[(kind, fmt, labels)]
+
+
+# ----------------------------------------------------------------------------------------------
 # CIFAR archives.
 
 EXPECTED_MEMBERS = {
@@ -357,7 +431,7 @@ def test_truncated_cifar_archive_refused(tmp_path):
 @pytest.mark.parametrize('fmt', ['python', 'binary'])
 @pytest.mark.parametrize('kind', ['cifar10', 'cifar100'])
 def test_real_cifar_samples_round_trip(tmp_path, kind, fmt):
-  images, labels = data.read_cifar_samples(_require('cifar_samples'), kind)
+  images, labels = fetch.read_cifar_samples(_require('cifar_samples'), kind)
   assert images.shape == (20, 32, 32, 3) and images.dtype == np.uint8
   expected = CIFAR10_SAMPLE_LABELS if kind == 'cifar10' else CIFAR100_SAMPLE_LABELS
   assert labels.tolist() == expected
@@ -487,13 +561,13 @@ def test_fetch_cifar_samples_from_wheel(monkeypatch, tmp_path):
         Image.fromarray(x[i]).save(png, format='PNG')
         z.writestr(f'foolbox/data/{kind}_{i:02d}_{i % 7}.png', png.getvalue())
     z.writestr('foolbox/data/mnist_00_7.png', b'skipped')
-  dest = data.fetch_cifar_samples(tmp_path / 'samples', cache_dir=cache)
+  dest = fetch.fetch_cifar_samples(tmp_path / 'samples', cache_dir=cache)
   assert len(list(dest.iterdir())) == 40
-  images, labels = data.read_cifar_samples(dest, 'cifar100')
+  images, labels = fetch.read_cifar_samples(dest, 'cifar100')
   np.testing.assert_array_equal(images, x)
   assert labels.tolist() == [i % 7 for i in range(20)]
   wheel.unlink()
-  assert data.fetch_cifar_samples(dest, cache_dir=cache) == dest  # Already complete: no wheel.
+  assert fetch.fetch_cifar_samples(dest, cache_dir=cache) == dest  # Already complete: no wheel.
 
 
 # ----------------------------------------------------------------------------------------------

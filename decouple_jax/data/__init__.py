@@ -1,6 +1,7 @@
-"""Data sets from local original files: loading, splitting, fetching, augmentation.
+"""Data sets from local files: sources, loading, splitting, fetching, augmentation.
 
-docs/data.md says where each data set comes from, how it is checked and what its files hold.
+docs/data.md says where each data set comes from, how it is checked and what its files hold;
+:mod:`decouple_jax.data.sources` how a new source registers.
 """
 
 from decouple_jax.data.augment import augment
@@ -16,22 +17,26 @@ from decouple_jax.data.datasets import fingerprint
 from decouple_jax.data.datasets import identity
 from decouple_jax.data.datasets import load_dataset
 from decouple_jax.data.errors import DataError
-from decouple_jax.data.fetch import fetch_cifar_samples
 from decouple_jax.data.fetch import fetch_mnist
-from decouple_jax.data.fetch import read_cifar_samples
 from decouple_jax.data.prefetch import Prefetcher
+from decouple_jax.data.sources import Arrays
+from decouple_jax.data.sources import Source
+from decouple_jax.data.sources import get_source
+from decouple_jax.data.sources import register_source
 from decouple_jax.data.splits import split_holdout
 
 __all__ = [
+    'Arrays',
     'DataError',
     'Dataset',
     'Prefetcher',
+    'Source',
     'augment',
     'crop_with_offsets',
-    'fetch_cifar_samples',
     'fetch_mnist',
     'fingerprint',
     'flip_with_mask',
+    'get_source',
     'identity',
     'load_dataset',
     'normalize',
@@ -39,6 +44,6 @@ __all__ = [
     'random_flip',
     'random_offsets',
     'read_cifar_archive',
-    'read_cifar_samples',
+    'register_source',
     'split_holdout',
 ]

@@ -1,4 +1,4 @@
-"""CIFAR-10/100 from the original archives, read in place.
+"""Source ``files`` for ``cifar10`` and ``cifar100``: the original archives, read in place.
 
 Four original archives exist (https://www.cs.toronto.edu/~kriz/cifar.html):
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import os
+import pathlib
 import pickle
 import tarfile
 import zlib
@@ -30,7 +31,11 @@ from typing import Any
 import numpy as np
 
 from decouple_jax.config import CIFAR100_LABELS
+from decouple_jax.config import DataConfig
+from decouple_jax.data import checksums
+from decouple_jax.data import sources
 from decouple_jax.data.errors import DataError
+from decouple_jax.data.errors import missing_files
 
 KINDS = ('cifar10', 'cifar100')
 FORMATS = ('python', 'binary')
@@ -43,6 +48,9 @@ ARCHIVE_NAMES = {
 _PIXELS = 32 * 32 * 3
 _TRAIN_BATCHES = 5  # CIFAR-10 ships its training set as five batches.
 _READ_BYTES = 1 << 20
+_DOWNLOAD = 'https://www.cs.toronto.edu/~kriz/cifar.html'
+_OBTAIN = (f'Download the original archive from {_DOWNLOAD} and put it in that directory '
+           '(data.dir); it is read in place, not extracted.')
 
 
 def member_names(kind: str, fmt: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -207,16 +215,16 @@ def _to_nhwc(rows: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
 
 
-def _labels(values: Any, what: str, num_classes: int) -> np.ndarray:
-  """Integer labels in ``0..num_classes - 1`` as (N,) int32."""
+def _labels(values: Any, what: str, classes: int) -> np.ndarray:
+  """Integer labels in ``0..classes - 1`` as (N,) int32."""
   labels = np.asarray(values)
   if labels.size == 0:
     # An empty list has no integer dtype of its own.
     labels = labels.astype(np.int64)
   if labels.ndim != 1 or labels.dtype.kind not in 'iu':
     raise DataError(f'{what}: labels are not a list of integers.')
-  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-    raise DataError(f'{what}: labels outside 0..{num_classes - 1} '
+  if labels.size and (labels.min() < 0 or labels.max() >= classes):
+    raise DataError(f'{what}: labels outside 0..{classes - 1} '
                     f'(found {labels.min()}..{labels.max()}).')
   return labels.astype(np.int32)
 
@@ -233,7 +241,7 @@ def _parse_python(blob: bytes, what: str, kind: str,
   if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
           and data.shape[1] == _PIXELS):
     raise DataError(f'{what}: b"data" is not a (N, 3072) uint8 array.')
-  y = _labels(batch[key], what, _num_classes(kind, labels))
+  y = _labels(batch[key], what, num_classes(kind, labels))
   if len(y) != len(data):
     raise DataError(f'{what}: {len(data)} images but {len(y)} labels.')
   return _to_nhwc(data), y
@@ -249,11 +257,12 @@ def _parse_binary(blob: bytes, what: str, kind: str,
   records = np.frombuffer(blob, dtype=np.uint8).reshape(-1, record)
   # CIFAR-100 records start with the coarse label, then the fine one.
   column = 1 if kind == 'cifar100' and labels == 'fine' else 0
-  y = _labels(records[:, column], what, _num_classes(kind, labels))
+  y = _labels(records[:, column], what, num_classes(kind, labels))
   return _to_nhwc(records[:, label_bytes:]), y
 
 
-def _num_classes(kind: str, labels: str) -> int:
+def num_classes(kind: str, labels: str) -> int:
+  """10 for CIFAR-10; 100 for CIFAR-100's fine labels, 20 for its coarse ones."""
   if kind == 'cifar10':
     return 10
   return 100 if labels == 'fine' else 20
@@ -312,3 +321,25 @@ def read_cifar_archive(
   raise DataError(f'{path}: not an original {kind} archive: it lacks the members {expected}. '
                   f'Use the unmodified {ARCHIVE_NAMES[(kind, "python")]} or '
                   f'{ARCHIVE_NAMES[(kind, "binary")]}.')
+
+
+@sources.register_source('files', KINDS,
+                         num_classes=lambda cfg: num_classes(cfg.name, cfg.cifar100_labels),
+                         obtain=_OBTAIN)
+def load_cifar_files(cfg: DataConfig) -> sources.Arrays:
+  """Reads (and with ``cfg.verify`` checks) the ``cfg.name`` archive in ``cfg.dir``: the python
+  one when both formats are there. Returns what :func:`read_cifar_archive` returns.
+
+  Raises:
+    DataError: no archive, or one that is corrupt or (with ``cfg.verify``) not the original.
+  """
+  directory = pathlib.Path(cfg.dir)
+  candidates = [ARCHIVE_NAMES[(cfg.name, fmt)] for fmt in FORMATS]
+  found = [name for name in candidates if (directory / name).is_file()]
+  if not found:
+    raise missing_files(directory, [' or '.join(candidates)], _OBTAIN)
+  path = directory / found[0]
+  if cfg.verify:
+    checksums.verify_file(path, fix=f'Download it again from {_DOWNLOAD}; for an archive '
+                                    'you made yourself pass verify=False.')
+  return read_cifar_archive(path, cfg.name, labels=cfg.cifar100_labels)

@@ -9,19 +9,14 @@ import pathlib
 import numpy as np
 
 from decouple_jax.config import DataConfig
-from decouple_jax.data import checksums
-from decouple_jax.data import cifar
-from decouple_jax.data import idx
+# Importing the source modules registers the built-in sources.
+from decouple_jax.data import cifar  # pylint: disable=unused-import
+from decouple_jax.data import folder  # pylint: disable=unused-import
+from decouple_jax.data import mnist  # pylint: disable=unused-import
+from decouple_jax.data import sources
 from decouple_jax.data import splits
-from decouple_jax.data import tfds_source
+from decouple_jax.data import tfds_source  # pylint: disable=unused-import
 from decouple_jax.data.errors import DataError
-
-# Keyed by config.DATA_NAMES.
-NUM_CLASSES = {'mnist': 10, 'cifar10': 10, 'cifar100': 100}
-_CIFAR_DOWNLOAD = 'https://www.cs.toronto.edu/~kriz/cifar.html'
-# (train_images (N, H, W, C) uint8, train_labels (N,) int32, test_images, test_labels): a whole
-# data set in its original order, before splitting.
-Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,8 +24,10 @@ class Dataset:
   """A data set in host memory, split into training, hold-out and test parts.
 
   Attributes:
-    name: 'mnist', 'cifar10' or 'cifar100'.
-    num_classes: 10, 100, or 20 for CIFAR-100's coarse labels.
+    name: ``DataConfig.name``: 'mnist', 'cifar10', 'cifar100', or a user's label for an image
+      folder.
+    num_classes: what the source registered for the data set (10 for MNIST and CIFAR-10, 100,
+      or 20 for CIFAR-100's coarse labels; the number of class folders of an image folder).
     train_images: (N, H, W, C) uint8: the training split, hold-out removed, ``train_limit``
       applied.
     train_labels: (N,) int32.
@@ -83,7 +80,7 @@ def _channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return np.array(means, np.float32), np.array(stds, np.float32)
 
 
-def fingerprint(arrays: Arrays) -> str:
+def fingerprint(arrays: sources.Arrays) -> str:
   """16 hex digits of the sha256 of a whole data set's arrays (dtype, shape and bytes of each).
 
   Hashing the loaded arrays rather than the files gives one identity to the same data however
@@ -112,74 +109,26 @@ def identity(cfg: DataConfig, ds: Dataset) -> dict:
           'fingerprint': ds.fingerprint}
 
 
-def _missing_error(directory: pathlib.Path, missing: list[str], how: str) -> DataError:
-  return DataError(f'{directory}: missing {", ".join(missing)}. {how}')
-
-
-def _load_mnist_files(cfg: DataConfig) -> Arrays:
-  directory = pathlib.Path(cfg.dir)
-  names = checksums.MNIST_FILES
-  missing = [name for name in names if not (directory / name).is_file()]
-  if missing:
-    raise _missing_error(directory, missing,
-                         'Run `make data` (or `python launch/fetch_data.py '
-                         f'--dest={directory}`) to fetch MNIST, or put MNIST-format files under '
-                         'these names there.')
-  if cfg.verify:
-    for name in names:
-      checksums.verify_file(
-          directory / name,
-          fix='Delete it and run `make data`; for MNIST-format files of another data set '
-              '(fashion-MNIST, ...) pass verify=False.')
-  arrays = []
-  for images_file, labels_file in (names[:2], names[2:]):
-    images = idx.read_idx_gz(directory / images_file, ndim=3)
-    labels = idx.read_idx_gz(directory / labels_file, ndim=1)
-    if len(images) != len(labels):
-      raise DataError(f'{directory}: {images_file} has {len(images)} images but {labels_file} '
-                      f'has {len(labels)} labels; the files do not belong together.')
-    if labels.size and labels.max() >= 10:
-      raise DataError(f'{directory / labels_file}: label {labels.max()} outside 0..9.')
-    arrays += [images[..., None], labels.astype(np.int32)]
-  return tuple(arrays)
-
-
-def _load_cifar_files(cfg: DataConfig) -> Arrays:
-  directory = pathlib.Path(cfg.dir)
-  candidates = [cifar.ARCHIVE_NAMES[(cfg.name, fmt)] for fmt in cifar.FORMATS]
-  found = [name for name in candidates if (directory / name).is_file()]
-  if not found:
-    raise _missing_error(directory, [' or '.join(candidates)],
-                         f'Download the original archive from {_CIFAR_DOWNLOAD} and put it in '
-                         'that directory (DataConfig.dir); it is read in place, not extracted.')
-  path = directory / found[0]  # The python archive when both are present.
-  if cfg.verify:
-    checksums.verify_file(path, fix=f'Download it again from {_CIFAR_DOWNLOAD}; for an archive '
-                                    'you made yourself pass verify=False.')
-  return cifar.read_cifar_archive(path, cfg.name, labels=cfg.cifar100_labels)
-
-
 def load_dataset(cfg: DataConfig) -> Dataset:
   """Loads, checks and splits the data set ``cfg`` describes.
 
   The hold-out split is :func:`split_holdout` of the original training set; ``train_limit``
   then keeps the first training images (in original order) and ``test_limit`` the first test
-  images. A limit larger than the split keeps the whole split. With ``source='tfds'``,
-  ``cfg.dir`` and ``cfg.verify`` do not apply (see :mod:`decouple_jax.data.tfds_source`).
+  images. A limit larger than the split keeps the whole split. The loader is the one
+  registered for ``(cfg.source, cfg.name)`` (:mod:`decouple_jax.data.sources`); not every
+  source reads ``cfg.dir`` or checks ``cfg.verify`` (docs/data.md).
 
-  Unknown names, sources, label sets and negative limits are refused by :class:`DataConfig`
-  itself.
+  Unknown label sets and negative limits are refused by :class:`DataConfig` itself.
 
   Raises:
+    ConfigError: a source that is not registered, or that does not read ``cfg.name``.
     DataError: missing, corrupt or (with ``cfg.verify``) non-original files; a hold-out not
       smaller than the training set.
   """
-  if cfg.source == 'tfds':
-    arrays = tfds_source.load_tfds(cfg.name, cifar100_labels=cfg.cifar100_labels)
-  elif cfg.name == 'mnist':
-    arrays = _load_mnist_files(cfg)
-  else:
-    arrays = _load_cifar_files(cfg)
+  source = sources.get_source(cfg)
+  if source.obtain and not pathlib.Path(cfg.dir).is_dir():
+    raise DataError(f'{cfg.dir}: no such directory. {source.obtain}')
+  arrays = source.load(cfg)
   train_x, train_y, test_x, test_y = arrays
   content = fingerprint(arrays)
 
@@ -190,10 +139,9 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     test_x, test_y = test_x[:cfg.test_limit], test_y[:cfg.test_limit]
   train_images = train_x[train_index]
   mean, std = _channel_stats(train_images)
-  coarse = cfg.name == 'cifar100' and cfg.cifar100_labels == 'coarse'
   return Dataset(
       name=cfg.name,
-      num_classes=20 if coarse else NUM_CLASSES[cfg.name],
+      num_classes=source.num_classes(cfg),
       train_images=train_images,
       train_labels=train_y[train_index],
       train_index=train_index,
