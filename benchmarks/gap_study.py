@@ -181,6 +181,15 @@ CIFAR10_ARMS = {
               {'search.init_noise': 0.0}),
     'init001_anchor1': ('init001 + anchor1', {'search.init_noise': 0.01,
                                               'search.anchor_weight': 1.0}),
+    # The student on init001's targets: its KL head spikes at the peak learning rate.
+    'init001_lr2': ('init001, student lr 2 (decoupled units)',
+                    {'search.init_noise': 0.01, 'student.train.optim.lr': 2.0}),
+    'init001_lr1': ('init001, student lr 1 (decoupled units)',
+                    {'search.init_noise': 0.01, 'student.train.optim.lr': 1.0}),
+    'init001_ep24': ('init001, student 24 epochs',
+                     {'search.init_noise': 0.01, 'student.train.optim.epochs': 24}),
+    'init001_a01': ('init001, alpha 0.1 at blocks 1-2',
+                    {'search.init_noise': 0.01, 'alpha': (0.3, 0.1, 0.1, 0.1)}),
 }
 
 
