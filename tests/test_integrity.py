@@ -86,3 +86,122 @@ def test_no_good_checkpoint_left_stops_with_one_line(uninterrupted, real, tmp_pa
   assert '\n' not in message
   assert f'every checkpoint in {run / "checkpoints"} is damaged (epoch 4: ' in message
   assert f'delete {run / "checkpoints"} to train from the start' in message
+
+
+# ----------------------------------------------------------------------------------------------
+# OS errors and Ctrl-C at the launch scripts' edge: one line each.
+
+# Runs a launch script after executing a patch (Python source) in its process, without
+# progress bars (they would share stderr's lines with the messages under test).
+_PATCHED = '''
+import runpy, sys
+from decouple_jax import runlog
+progress = runlog.progress
+runlog.progress = lambda *args, **kwargs: progress(*args, **dict(kwargs, disable=True))
+exec(sys.argv[1])
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+'''
+SMOKE = ('--config=configs/mnist.py:smoke', '--config.data.dir={mnist_dir}')
+
+
+def _launch(script, *args, patch='', mnist_dir=None):
+  """Runs ``launch/script`` (after ``patch``); returns (exit status, stdout, stderr)."""
+  env = dict(os.environ, PYTHONPATH=str(LIB), JAX_PLATFORMS='cpu')
+  args = [a.format(mnist_dir=mnist_dir) for a in args]
+  proc = subprocess.run([sys.executable, '-c', _PATCHED, patch, f'launch/{script}', *args],
+                        cwd=LIB, env=env, text=True, capture_output=True, timeout=300)
+  return proc.returncode, proc.stdout, proc.stderr.strip()
+
+
+def _assert_one_line(err, *parts):
+  assert len(err.splitlines()) == 1, err
+  for part in parts:
+    assert part in err, err
+
+
+def test_a_workdir_that_is_a_file_or_not_writable_is_one_line(mnist_dir, tmp_path):
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('')
+  if os.geteuid() == 0:  # root writes anywhere a permission allows; sysfs refuses everyone
+    unwritable = pathlib.Path('/sys/decouple_jax_test')
+  else:
+    unwritable = tmp_path / 'read_only'
+    unwritable.mkdir(mode=0o555)
+  code, _, err = _launch('train_sgd.py', *SMOKE, f'--workdir={a_file}', mnist_dir=mnist_dir)
+  assert code == 1
+  _assert_one_line(err, f'error: {a_file}: File exists; a file is where a directory must be')
+  code, _, err = _launch('train_sgd.py', *SMOKE, f'--workdir={unwritable}/run',
+                         mnist_dir=mnist_dir)
+  assert code == 1
+  _assert_one_line(err, f'error: {unwritable}', 'make it writable or choose another path')
+
+
+# A full disk on the search's first write of target rows.
+_DISK_FULL = '''
+import errno, os
+def pwrite(fd, data, offset):
+  raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+os.pwrite = pwrite
+'''
+# The store's directory deleted before its second chunk is written.
+_TARGETS_DELETED = '''
+import shutil
+from decouple_jax.search.store import TargetStore
+write_chunk, calls = TargetStore.write_chunk, []
+def deleting(self, *args, **kwargs):
+  calls.append(1)
+  if len(calls) == 2:
+    shutil.rmtree(self.directory)
+  return write_chunk(self, *args, **kwargs)
+TargetStore.write_chunk = deleting
+'''
+
+
+def test_a_full_disk_or_a_deleted_store_mid_search_is_one_line(mnist_dir, tmp_path):
+  targets = tmp_path / 'run' / 'targets'
+  workdir = f'--workdir={tmp_path / "run"}'
+  code, _, err = _launch('search.py', *SMOKE, workdir, patch=_DISK_FULL, mnist_dir=mnist_dir)
+  assert code == 1
+  _assert_one_line(err, f'error: {targets}/layer0.npy: No space left on device; the disk is '
+                   'full: free space on it')
+  code, _, err = _launch('search.py', *SMOKE, workdir, patch=_TARGETS_DELETED,
+                         mnist_dir=mnist_dir)
+  assert code == 1
+  _assert_one_line(err, f'error: {targets}/', 'No such file or directory; it was deleted')
+  code, out, err = _launch('search.py', *SMOKE, workdir, mnist_dir=mnist_dir)
+  assert code == 0 and 'searched 256 images' in out, err
+
+
+# Ctrl-C right after Orbax's first save has started its first thread.
+_INTERRUPTED_SAVE = '''
+import os, signal, threading
+import orbax.checkpoint as ocp
+save, start = ocp.CheckpointManager.save, threading.Thread.start
+def start_then_interrupt(thread):
+  threading.Thread.start = start
+  start(thread)
+  os.kill(os.getpid(), signal.SIGINT)
+def interrupted_save(self, *args, **kwargs):
+  ocp.CheckpointManager.save = save
+  threading.Thread.start = start_then_interrupt
+  return save(self, *args, **kwargs)
+ocp.CheckpointManager.save = interrupted_save
+'''
+
+
+def test_ctrl_c_during_the_first_checkpoint_save_is_quiet_and_resumes(mnist_dir, tmp_path):
+  every_epoch = ('--config.sgd.train.checkpoint_every=1',)
+  code, _, err = _launch('train_sgd.py', *SMOKE, *every_epoch, f'--workdir={tmp_path / "cut"}',
+                         patch=_INTERRUPTED_SAVE, mnist_dir=mnist_dir)
+  assert code == 130
+  _assert_one_line(err, 'interrupted: run the same command again to resume')
+  code, resumed, err = _launch('train_sgd.py', *SMOKE, *every_epoch,
+                               f'--workdir={tmp_path / "cut"}', mnist_dir=mnist_dir)
+  assert code == 0, err
+  code, full, err = _launch('train_sgd.py', *SMOKE, *every_epoch,
+                            f'--workdir={tmp_path / "full"}', mnist_dir=mnist_dir)
+  assert code == 0, err
+  results = [runlog.read_json(tmp_path / run / 'results.json') for run in ('cut', 'full')]
+  assert results[0]['test_accuracy'] == results[1]['test_accuracy']
+  assert results[0]['final_test_accuracy'] == results[1]['final_test_accuracy']

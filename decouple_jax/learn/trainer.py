@@ -31,6 +31,8 @@ import contextlib
 import dataclasses
 import pathlib
 import shutil
+import signal
+import threading
 import time
 import warnings
 from typing import Any, Callable, NamedTuple
@@ -278,12 +280,30 @@ def _checksums(state: TrainState, best: dict, meta: dict) -> dict:
   return {'meta': cfglib.hash_dict(meta), 'arrays': cfglib.hash_tree((state, best))}
 
 
+@contextlib.contextmanager
+def _deferred_interrupt():
+  """Holds a Ctrl-C (SIGINT) back until the block ends. Orbax interrupted inside ``save``
+  leaves threads behind that fail noisily at exit; deferred, the interrupt comes once the
+  save is under way, which closing the checkpoint manager then finishes."""
+  if threading.current_thread() is not threading.main_thread():
+    yield  # signals are delivered to the main thread only
+    return
+  caught = []
+  previous = signal.signal(signal.SIGINT, lambda *args: caught.append(args))
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+    if caught and callable(previous):
+      previous(*caught[0])
+
 
 def _save(ckpt: ocp.CheckpointManager, epoch: int, state: TrainState, best: dict,
           meta: dict) -> None:
-  ckpt.save(epoch, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), best=ocp.args.StandardSave(best),
-      meta=ocp.args.JsonSave({**meta, 'checksums': _checksums(state, best, meta)})))
+  with _deferred_interrupt():
+    ckpt.save(epoch, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), best=ocp.args.StandardSave(best),
+        meta=ocp.args.JsonSave({**meta, 'checksums': _checksums(state, best, meta)})))
 
 
 class _Damaged(Exception):

@@ -176,6 +176,8 @@ def _pwrite(path: pathlib.Path, offset: int, array: np.ndarray) -> None:
       n = os.pwrite(fd, view, offset)
       view, offset = view[n:], offset + n
     os.fsync(fd)
+  except OSError as e:  # an error on a file descriptor names no file (e.g. a full disk)
+    raise OSError(e.errno, e.strerror, str(path)) from e
   finally:
     os.close(fd)
 
