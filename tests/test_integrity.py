@@ -16,8 +16,10 @@ import pytest
 
 from decouple_jax import runlog
 from decouple_jax.learn import sgd, trainer
+from decouple_jax.search import driver
+from decouple_jax.search.store import StoreError, TargetStore
 
-from test_reliability import LIB, ONE, SGD, real  # pylint: disable=unused-import  # fixture
+from test_reliability import LIB, ONE, SEARCH, SGD, real  # pylint: disable=unused-import  # fixture
 
 # Checkpointed every epoch: epochs 3 and 4 are kept.
 EVERY_EPOCH = dataclasses.replace(SGD, train=dataclasses.replace(
@@ -205,3 +207,35 @@ def test_ctrl_c_during_the_first_checkpoint_save_is_quiet_and_resumes(mnist_dir,
   results = [runlog.read_json(tmp_path / run / 'results.json') for run in ('cut', 'full')]
   assert results[0]['test_accuracy'] == results[1]['test_accuracy']
   assert results[0]['final_test_accuracy'] == results[1]['final_test_accuracy']
+
+
+# ----------------------------------------------------------------------------------------------
+# Stores verify what they hold.
+
+_STORE_FILES = ('layer0.npy', 'layer1.npy', 'layer2.npy', 'layer3.npy', 'best_loss.npy',
+                'init_loss.npy')
+
+
+def _nan_into_chunk_1(directory, name):
+  array = np.load(directory / name, mmap_mode='r+')
+  array[SEARCH.chunk_size] = np.nan
+  array.flush()
+
+
+@pytest.mark.parametrize('name', ['layer1.npy', 'best_loss.npy'])
+def test_a_damaged_chunk_is_refused_by_readers_and_searched_again(real, name, tmp_path):
+  data_cfg, ds = real
+  directory = tmp_path / 'targets'
+  driver.run_search(data_cfg, SEARCH, directory, ds=ds)
+  clean = {f: (directory / f).read_bytes() for f in _STORE_FILES}
+  searched = runlog.JsonLines(directory / 'search_log.jsonl').records()
+  _nan_into_chunk_1(directory, name)
+  with pytest.raises(StoreError, match=r'damaged: chunk\(s\) \[1\] do not match'):
+    TargetStore.open(directory).best_loss  # pylint: disable=expression-not-assigned
+  with pytest.warns(UserWarning, match=r'chunk\(s\) \[1\] do not match their checksums .*'
+                                       r'searching them again'):
+    driver.run_search(data_cfg, SEARCH, directory, ds=ds)
+  assert {f: (directory / f).read_bytes() for f in _STORE_FILES} == clean
+  assert runlog.read_json(directory / 'summary.json')['images_this_run'] == SEARCH.chunk_size
+  redone = runlog.JsonLines(directory / 'search_log.jsonl').records()[len(searched):]
+  assert [r['chunk'] for r in redone] == [1]
