@@ -12,6 +12,7 @@ import contextlib
 import errno
 import functools
 import importlib.util
+import logging as pylogging
 import pathlib
 import sys
 import warnings
@@ -150,6 +151,17 @@ def _one_line_warning(message, category, *_args, **_kwargs) -> str:
   return f'warning: {message}\n'
 
 
+class _OneLineLogs(pylogging.Filter):
+  """Log records (Orbax's) in one line each, without tracebacks: a failure a library logs
+  with its traceback (e.g. a full disk in a background save) also reaches the edge, which
+  reports it in one line or, if unknown, re-raises it with its traceback."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    record.msg, record.args = record.getMessage().strip().split('\n', 1)[0], ()
+    record.exc_info = record.exc_text = record.stack_info = None
+    return True
+
+
 def _guarded(main):
   """``main`` holding ``--workdir`` (if the script has one; shared by the processes of a
   ``--distributed`` run), with known library errors and OS errors ending in one line (exit
@@ -158,6 +170,7 @@ def _guarded(main):
   def wrapped(argv):
     # Orbax reports every save at INFO; progress bars already say what is happening.
     logging.set_verbosity(logging.WARNING)
+    logging.get_absl_handler().addFilter(_OneLineLogs())
     warnings.formatwarning = _one_line_warning
     if _DISTRIBUTED.value:
       distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
