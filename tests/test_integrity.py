@@ -4,6 +4,7 @@ One test (or more) per case of issue 18's part B; tiny runs of real MNIST, secon
 """
 
 import dataclasses
+import json
 import os
 import pathlib
 import shutil
@@ -76,6 +77,20 @@ def test_a_damaged_checkpoint_resumes_from_the_one_before(uninterrupted, real, d
   # The checkpoint of epoch 4 written again is good: the next run has nothing to redo.
   again = sgd.train_sgd(real[0], EVERY_EPOCH, run, ds=real[1], mesh=ONE)
   assert again['train_seconds'] == resumed['train_seconds']
+
+
+def test_a_checkpoint_without_checksums_resumes_with_a_warning(uninterrupted, real, tmp_path):
+  run = shutil.copytree(uninterrupted[0], tmp_path / 'run')
+  for step in (3, 4):  # as versions before checksums wrote them
+    path = run / 'checkpoints' / str(step) / 'meta' / 'metadata'
+    meta = json.loads(path.read_text())
+    del meta['checksums']
+    path.write_text(json.dumps(meta))
+  with pytest.warns(UserWarning, match='checkpoints/4 was written by an older version, which '
+                                       'recorded no checksums: resuming from it unverified'):
+    again = sgd.train_sgd(real[0], EVERY_EPOCH, run, ds=real[1], mesh=ONE)
+  assert again['test_accuracy'] == uninterrupted[1]['test_accuracy']
+  assert again['train_seconds'] == uninterrupted[1]['train_seconds']  # nothing retrained
 
 
 def test_no_good_checkpoint_left_stops_with_one_line(uninterrupted, real, tmp_path):
