@@ -254,3 +254,20 @@ def test_a_damaged_chunk_is_refused_by_readers_and_searched_again(real, name, tm
   assert runlog.read_json(directory / 'summary.json')['images_this_run'] == SEARCH.chunk_size
   redone = runlog.JsonLines(directory / 'search_log.jsonl').records()[len(searched):]
   assert [r['chunk'] for r in redone] == [1]
+
+
+def test_search_py_reports_a_damaged_chunk_and_searches_it_again(mnist_dir, tmp_path):
+  workdir = f'--workdir={tmp_path / "run"}'
+  code, _, err = _launch('search.py', *SMOKE, workdir, mnist_dir=mnist_dir)
+  assert code == 0, err
+  targets = tmp_path / 'run' / 'targets'
+  clean = (targets / 'best_loss.npy').read_bytes()
+  best_loss = np.load(targets / 'best_loss.npy', mmap_mode='r+')
+  best_loss[64] = np.nan  # the smoke config's chunks hold 64 images: this is chunk 1
+  best_loss.flush()
+  code, out, err = _launch('search.py', *SMOKE, workdir, mnist_dir=mnist_dir)
+  assert code == 0, err
+  _assert_one_line(err, f'warning: {targets}: chunk(s) [1] do not match their checksums',
+                   'searching them again')
+  assert 'searched 256 images' in out
+  assert (targets / 'best_loss.npy').read_bytes() == clean
