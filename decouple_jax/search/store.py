@@ -33,6 +33,13 @@ so that a damaged chunk (a flipped bit, NaN written into it, a file changed by h
 reported and searched again, never counted as searched; and each chunk on the first read that
 touches it when opened read-only (training), where damage stops the read. Checking costs one
 read of the chunk's rows (crc32 runs at several GB/s, so the disk sets the pace).
+
+Older formats: format 2 (the previous version of this library) recorded no checksums, only the
+ids of the completed chunks. A search opening such a store for writing upgrades it in place
+once: each completed chunk whose values are all finite (the one check format 2 could make) gets
+its crc32, the others are marked unwritten and searched again. Training refuses a format 2
+store until that is done. Format 1 stores did not record the data they were searched on and are
+refused.
 """
 
 from __future__ import annotations
@@ -61,7 +68,8 @@ from decouple_jax import locks
 from decouple_jax.config import STORE_DTYPES, as_json, differences
 
 # 2: the spec records the config its hash covers (format 1 stores recorded only the hash, of
-# settings that did not include the data's content). 3: each completed chunk's crc32.
+# settings that did not include the data's content). 3: each completed chunk's crc32; a writer
+# upgrades a format 2 store in place (TargetStore._upgrade).
 FORMAT_VERSION = 3
 DTYPES = STORE_DTYPES
 
@@ -76,6 +84,17 @@ _KEPT = (_LOCK, locks.LOCK_FILE)  # lock files survive the cleanup of a killed c
 
 class StoreError(Exception):
   """A target store that is missing, corrupt, made for another run, or used wrongly."""
+
+
+class _Format2(StoreError):
+  """A format 2 store: its completed chunks (``complete``, ids) have no checksums yet."""
+
+  def __init__(self, directory: pathlib.Path, spec: StoreSpec, complete: list[int]):
+    super().__init__(f'{directory} has store format 2, which records no checksums of its '
+                     f'chunks; run the search command that made it once more: it resumes, '
+                     f'upgrades the store in place and searches again only the chunks that fail '
+                     f'the check')
+    self.spec, self.complete = spec, complete
 
 
 def indices_hash(indices: np.ndarray) -> str:
@@ -229,22 +248,25 @@ def _read_meta(directory: pathlib.Path) -> tuple[StoreSpec, dict[int, str]]:
     raise StoreError(f'{path} is not target-store metadata (keys '
                      f'{sorted(meta) if isinstance(meta, dict) else type(meta).__name__}); delete '
                      f'{directory} and re-run the search')
-  if meta['format_version'] != FORMAT_VERSION:
-    why = {1: ': a format 1 store does not record the data it was searched on, so it cannot be '
-              'checked against this data',
-           2: ': a format 2 store records no checksums of its chunks, so what it holds cannot '
-              'be verified'}.get(meta['format_version'], '')
-    raise StoreError(f'{directory} has store format {meta["format_version"]!r}, this code reads '
-                     f'format {FORMAT_VERSION}{why}; re-run the search into a new directory')
+  version = meta['format_version']
+  if version not in (2, FORMAT_VERSION):
+    why = (': a format 1 store does not record the data it was searched on, so it cannot be '
+           'checked against this data' if version == 1 else '')
+    raise StoreError(f'{directory} has store format {version!r}, this code reads format '
+                     f'{FORMAT_VERSION}{why}; re-run the search into a new directory')
   spec = _spec_from_json(meta['spec'], path)
   complete = meta['complete']
-  if (not isinstance(complete, dict) or
-      not all(k.isdigit() and int(k) < spec.num_chunks and isinstance(v, str)
-              for k, v in complete.items())):
-    raise StoreError(f'{path}: the completed chunks {complete!r} do not map chunk ids in '
-                     f'0..{spec.num_chunks - 1} to checksums; the file is corrupt: delete '
-                     f'{directory} and re-run the search')
-  return spec, {int(k): v for k, v in complete.items()}
+  if version == 2:  # readers refuse it with this error's message; a writer upgrades the store
+    if (isinstance(complete, list) and
+        all(isinstance(c, int) and 0 <= c < spec.num_chunks for c in complete)):
+      raise _Format2(directory, spec, complete)
+  elif (isinstance(complete, dict) and
+        all(k.isdigit() and int(k) < spec.num_chunks and isinstance(v, str)
+            for k, v in complete.items())):
+    return spec, {int(k): v for k, v in complete.items()}
+  raise StoreError(f'{path}: the completed chunks {complete!r} are not chunk ids in '
+                   f'0..{spec.num_chunks - 1} as store format {version} records them; the file '
+                   f'is corrupt: delete {directory} and re-run the search')
 
 
 def _write_meta(directory: pathlib.Path, spec: StoreSpec, complete: Mapping[int, str]) -> None:
@@ -332,7 +354,7 @@ class TargetStore:
     The store holds its directory's writer lock (:mod:`decouple_jax.locks`) until it is
     garbage-collected, so a second process searching into it stops at once. Completed chunks
     that do not match their checksums are marked unwritten, with a warning naming them, so
-    that the search redoes them.
+    that the search redoes them. A format 2 store is upgraded in place (:meth:`_upgrade`).
 
     Args:
       directory: where the store lives; created if needed.
@@ -366,13 +388,20 @@ class TargetStore:
     # Under the lock, so two processes started on one directory cannot both create it.
     with _locked(directory):
       if (directory / _META).exists():
-        found, complete = _read_meta(directory)
+        try:
+          found, complete = _read_meta(directory)
+          unchecked = None
+        except _Format2 as old:
+          found, complete, unchecked = old.spec, {}, old.complete
         differences = spec.differences(found)
         if differences:
           raise StoreError(f'{directory} holds targets of another run:\n  ' +
                            '\n  '.join(differences) + '\nUse another directory for this run, '
                            f'or delete {directory} to start over (its searched chunks are lost).')
-        return cls(directory, found, complete, writable=True)
+        store = cls(directory, found, complete, writable=True)
+        if unchecked is not None:
+          store._upgrade(unchecked)
+        return store
       _create(directory, spec, indices)
     return cls(directory, spec, {}, writable=True)
 
@@ -387,8 +416,9 @@ class TargetStore:
         h}``; keys are :class:`StoreSpec` field names.
 
     Raises:
-      StoreError: no store, a corrupt store, an unknown key in ``expect``, or a field that
-        differs from ``expect`` (each one named, expected vs found).
+      StoreError: no store, a corrupt store, a format 2 store (a search resuming it upgrades
+        it), an unknown key in ``expect``, or a field that differs from ``expect`` (each one
+        named, expected vs found).
     """
     directory = pathlib.Path(directory)
     spec, complete = _read_meta(directory)
@@ -468,6 +498,32 @@ class TargetStore:
     warnings.warn(f'{self.directory}: chunk(s) {damaged} do not match their checksums (their '
                   'files changed after the search wrote them); searching them again',
                   stacklevel=3)
+
+  def _upgrade(self, complete: Iterable[int]) -> None:
+    """Rewrites a format 2 store's meta.json as this format (caller holds the metadata lock).
+
+    Of the chunks format 2 listed as ``complete``, those whose values are all finite (all it
+    could check) stay complete with their crc32 from here on; the others are marked
+    unwritten, with a warning, so that the search redoes them.
+    """
+    damaged = []
+    for c in complete:
+      start, stop = self.chunk_range(c)
+      values = [*(m[start:stop].view(self.value_dtype) for m in self._layers),
+                self._best_loss[start:stop], self._init_loss[start:stop]]
+      if all(np.isfinite(v).all() for v in values):
+        self._checksums[c] = _crc32(self._chunk_rows(c))
+      else:
+        damaged.append(c)
+    _write_meta(self.directory, self.spec, self._checksums)
+    # Verified: their checksums were just computed from these very rows.
+    self._done[list(self._checksums)] = self._verified[list(self._checksums)] = True
+    # stacklevel 4: the caller of create_or_open.
+    if damaged:
+      warnings.warn(f'{self.directory}: chunk(s) {damaged} hold NaN or inf values; searching '
+                    'them again', stacklevel=4)
+    warnings.warn(f'{self.directory}: upgraded in place from store format 2 to {FORMAT_VERSION}; '
+                  'crc32 checksums cover its completed chunks from here on', stacklevel=4)
 
   def missing_chunks(self) -> list[int]:
     """Ids of the chunks not yet written, ascending."""
