@@ -1,6 +1,7 @@
-"""What every launch script shares: ``--help`` lists the configs' variants, a bad flag or a
-known library error ends in one clear line, ``--workdir`` is held for the run, and
-``--distributed`` makes the script one process of several (``jax.distributed``).
+"""What every launch script shares: ``--help`` lists the configs' variants, a bad flag, a
+known library error or an OS error (a path not writable, a full disk, a directory deleted
+mid-run) ends in one clear line, as do warnings and Ctrl-C, ``--workdir`` is held for the run,
+and ``--distributed`` makes the script one process of several (``jax.distributed``).
 
 Launch support only: the library never imports this module.
 """
@@ -8,10 +9,13 @@ Launch support only: the library never imports this module.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import importlib.util
+import logging as pylogging
 import pathlib
 import sys
+import warnings
 
 from absl import app
 from absl import flags
@@ -28,6 +32,20 @@ from decouple_jax.search.store import StoreError
 # Errors whose message already says what is wrong and how to fix it.
 KNOWN_ERRORS = (ConfigError, DataError, StoreError, TrainError, RecordError,
                 locks.DirectoryBusy)
+# What to do about an OS error, by errno; every fix ends with running the command again, which
+# resumes (finished work is kept).
+_AGAIN = 'then run the same command again (finished work is kept)'
+_OS_FIXES = {
+    **dict.fromkeys((errno.EACCES, errno.EPERM, errno.EROFS),
+                    f'make it writable or choose another path (e.g. another --workdir), {_AGAIN}'),
+    **dict.fromkeys((errno.EEXIST, errno.ENOTDIR),
+                    'a file is where a directory must be: move it or choose another path (e.g. '
+                    f'another --workdir), {_AGAIN}'),
+    errno.ENOENT: f'it was deleted or unmounted while in use, or never existed: check it, {_AGAIN}',
+    **dict.fromkeys((errno.ENOSPC, errno.EDQUOT),
+                    f'the disk is full: free space on it or use a directory on a bigger disk, '
+                    f'{_AGAIN}'),
+}
 _HELP = ('-h', '-?', '--help', '--helpshort', '--helpfull')
 
 _DISTRIBUTED = flags.DEFINE_bool(
@@ -115,13 +133,48 @@ def _parse_flags(argv: list[str]) -> list[str]:
     sys.exit(f'error: {str(e).strip().splitlines()[0]} (--help lists the flags)')
 
 
+def _os_error(e: BaseException) -> OSError | None:
+  """The OS error that caused ``e`` (``e`` itself, or one it was raised from), if any."""
+  while e is not None and not isinstance(e, OSError):
+    e = e.__cause__ or e.__context__
+  return e
+
+
+def _os_error_line(e: OSError, workdir: str | None) -> str:
+  """One line on an OS error: the path, what the OS said, and the fix."""
+  if e.filename:
+    where = str(e.filename) + (f' -> {e.filename2}' if e.filename2 else '')
+  else:
+    where = f'a file the OS did not name (--workdir {workdir})'
+  fix = _OS_FIXES.get(e.errno, f'fix it, {_AGAIN}')
+  return f'error: {where}: {e.strerror or e}; {fix}'
+
+
+def _one_line_warning(message, category, *_args, **_kwargs) -> str:
+  return f'warning: {message}\n'
+
+
+class _OneLineLogs(pylogging.Filter):
+  """Log records (Orbax's) in one line each, without tracebacks: a failure a library logs
+  with its traceback (e.g. a full disk in a background save) also reaches the edge, which
+  reports it in one line or, if unknown, re-raises it with its traceback."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    record.msg, record.args = record.getMessage().strip().split('\n', 1)[0], ()
+    record.exc_info = record.exc_text = record.stack_info = None
+    return True
+
+
 def _guarded(main):
   """``main`` holding ``--workdir`` (if the script has one; shared by the processes of a
-  ``--distributed`` run), with known library errors ending in one line (exit status 1)."""
+  ``--distributed`` run), with known library errors and OS errors ending in one line (exit
+  status 1), a Ctrl-C in one line (status 130), and warnings in one line each."""
   @functools.wraps(main)
   def wrapped(argv):
     # Orbax reports every save at INFO; progress bars already say what is happening.
     logging.set_verbosity(logging.WARNING)
+    logging.get_absl_handler().addFilter(_OneLineLogs())
+    warnings.formatwarning = _one_line_warning
     if _DISTRIBUTED.value:
       distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     elif (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value) != (None,) * 3:
@@ -132,6 +185,14 @@ def _guarded(main):
         return main(argv)
     except KNOWN_ERRORS as e:
       sys.exit(f'error: {type(e).__name__}: {e}')
+    except KeyboardInterrupt:
+      print('interrupted: run the same command again to resume', file=sys.stderr)
+      sys.exit(130)
+    except Exception as e:  # pylint: disable=broad-except
+      os_error = _os_error(e)
+      if os_error is None:
+        raise
+      sys.exit(_os_error_line(os_error, workdir))
   return wrapped
 
 

@@ -16,6 +16,9 @@ import types
 import typing
 from typing import Any, Mapping
 
+import jax
+import numpy as np
+
 
 class ConfigError(ValueError):
   """A configuration that is inconsistent or names unknown fields."""
@@ -341,6 +344,26 @@ def to_dict(cfg) -> dict[str, Any]:
 def hash_dict(obj: Any) -> str:
   """A short, stable hash of a JSON-ready object."""
   return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def hash_tree(tree: Any) -> str:
+  """16 hex digits identifying a pytree of arrays by every leaf's path, dtype, shape and bytes
+  (e.g. a network's variables, or a checkpointed train state).
+
+  A ``jax.Array`` spread over several processes must be replicated (as a trained state is):
+  it is hashed by this process's copy, so every process gets the same hash.
+  """
+  h = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      if not leaf.is_fully_replicated:
+        raise ValueError(f'hash_tree: {jax.tree_util.keystr(path)} is sharded over processes; '
+                         'only replicated arrays can be hashed by one process')
+      leaf = leaf.addressable_data(0)
+    leaf = np.asarray(leaf)
+    h.update(f'{jax.tree_util.keystr(path)}:{leaf.dtype}:{leaf.shape};'.encode())
+    h.update(np.ascontiguousarray(leaf).tobytes())
+  return h.hexdigest()[:16]
 
 
 def config_hash(*cfgs) -> str:

@@ -110,7 +110,7 @@ def run_round(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, workdir: str | 
   rdir = round_dir(workdir, r)
   search_cfg = round_search_config(exp, r)
   network = None if r == 1 else search_network(exp, ds, previous)
-  network_id = stores.UNTRAINED if network is None else stores.network_hash(network[1])
+  network_id = stores.UNTRAINED if network is None else cfglib.hash_tree(network[1])
   targets = stores.store_dir(rdir)
   meshes = meshes or {}
   driver.run_search(exp.data, search_cfg, targets, ds=ds, network=network,

@@ -289,6 +289,44 @@ def test_damaged_store_refused(tmp_path, damage, match):
       create(tmp_path)
 
 
+def _as_format_2(directory):
+  """Rewrites a store's meta.json as the previous version of this library (format 2) wrote it:
+  the sorted ids of the completed chunks, no checksums."""
+  meta = json.loads((directory / 'meta.json').read_text())
+  meta.update(format_version=2, complete=sorted(int(c) for c in meta['complete']))
+  (directory / 'meta.json').write_text(json.dumps(meta, indent=1, sort_keys=True) + '\n')
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_format_2_store_is_upgraded_by_a_search_and_refused_by_training(tmp_path, dtype):
+  fresh, old = tmp_path / 'fresh', tmp_path / 'old'
+  fill(create(fresh, dtype=dtype))
+  fill(create(old, dtype=dtype))
+  _as_format_2(old)
+  layer = np.load(old / 'layer1.npy', mmap_mode='r+')
+  layer[CHUNK] = np.full(layer.shape[1:], np.nan, VALUE_DTYPE[dtype]).view(layer.dtype)
+  layer.flush()
+  del layer
+  with pytest.raises(StoreError, match=r'has store format 2, .*run the search command that made '
+                                       r'it once more') as refused:
+    TargetStore.open(old)
+  assert '\n' not in str(refused.value)
+  with pytest.warns(UserWarning) as caught:
+    st = create(old, dtype=dtype)
+  assert [str(w.message) for w in caught] == [
+      f'{old}: chunk(s) [1] hold NaN or inf values; searching them again',
+      f'{old}: upgraded in place from store format 2 to 3; crc32 checksums cover its completed '
+      f'chunks from here on']
+  assert st.missing_chunks() == [1]
+  checksums = json.loads((fresh / 'meta.json').read_text())['complete']
+  del checksums['1']
+  assert json.loads((old / 'meta.json').read_text()) == {
+      **json.loads((fresh / 'meta.json').read_text()), 'complete': checksums}
+  assert TargetStore.open(old).missing_chunks() == [1]  # training reads it now
+  fill(st)
+  assert dir_bytes(old) == dir_bytes(fresh)
+
+
 def test_directory_with_other_files_refused(tmp_path):
   (tmp_path / 'notes.txt').write_text('mine')
   with pytest.raises(StoreError, match=r"other files \['notes.txt'\]"):

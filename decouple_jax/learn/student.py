@@ -92,7 +92,7 @@ def run_config(data_cfg: cfglib.DataConfig, ds: datalib.Dataset,
                network_id: str = stores.UNTRAINED, start: str = 'fresh') -> dict:
   """What identifies a student run (see :func:`decouple_jax.learn.trainer.run_config`), with
   the network its targets were searched in and what it started from ('fresh', or the
-  :func:`~decouple_jax.search.stores.network_hash` of its initial variables)."""
+  :func:`~decouple_jax.config.hash_tree` of its initial variables)."""
   return {**trainer.run_config(data_cfg, ds, search=search_cfg, student=student_cfg),
           'network': network_id, 'start': start}
 
@@ -139,7 +139,7 @@ def train_student(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
     if jax.tree.structure(init_variables) != jax.tree.structure(variables):
       raise cfglib.ConfigError('init_variables do not fit student.model: a warm start needs '
                                'a network of the same configuration')
-    variables, start = init_variables, stores.network_hash(init_variables)
+    variables, start = init_variables, cfglib.hash_tree(init_variables)
   check_compatible(model, store, ds.image_shape)
   on_device = device_targets(store, int(student_cfg.device_targets_gb * 2**30))
   # Streamed targets keep the store dtype, as device_targets does, so both paths feed the

@@ -10,7 +10,10 @@ augmented view reuses its image's targets unchanged.
 A run in ``workdir`` is resumable: an Orbax checkpoint every ``checkpoint_every`` epochs holds
 the train state, the best-so-far (hold-out selected) weights and the history; restarting the
 same command continues from it and, because every epoch's randomness derives from
-(seed, epoch), ends with the same result as an uninterrupted run.
+(seed, epoch), ends with the same result as an uninterrupted run. Each checkpoint records
+checksums of its history and of its arrays (:func:`decouple_jax.config.hash_tree`), checked on
+restore; the last :data:`CHECKPOINTS_KEPT` are kept, so a damaged newest one (a flipped bit, a
+truncated file) is set aside, named in a warning, and the run resumes from the one before.
 
 Precision: the forward and backward pass run in ``train.compute_dtype`` (bfloat16 on GPU/TPU by
 default); parameters, optimiser state, BatchNorm statistics, losses and evaluation stay float32.
@@ -27,7 +30,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import pathlib
+import shutil
+import signal
+import threading
 import time
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import flax
@@ -255,10 +262,125 @@ def describe(results: dict) -> str:
   return f"test accuracy {100 * results['test_accuracy']:.2f}% ({selection})"
 
 
+# Two, so that damage to the newest checkpoint costs the epochs since the one before, not all.
+CHECKPOINTS_KEPT = 2
+# Where damaged checkpoints are moved, out of Orbax's sight, for inspection.
+_DAMAGED = 'damaged_checkpoints'
+
+
 def _checkpointer(workdir: pathlib.Path) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       (workdir / 'checkpoints').absolute(),
-      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+      options=ocp.CheckpointManagerOptions(max_to_keep=CHECKPOINTS_KEPT, create=True))
+
+
+def _checksums(state: TrainState, best: dict, meta: dict) -> dict:
+  """What a checkpoint records to be verified on restore: hashes of its history (``meta``,
+  without these checksums) and of its arrays."""
+  return {'meta': cfglib.hash_dict(meta), 'arrays': cfglib.hash_tree((state, best))}
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+  """Holds a Ctrl-C (SIGINT) back until the block ends. Orbax interrupted inside ``save``
+  leaves threads behind that fail noisily at exit; deferred, the interrupt comes once the
+  save is under way, which closing the checkpoint manager then finishes."""
+  if threading.current_thread() is not threading.main_thread():
+    yield  # signals are delivered to the main thread only
+    return
+  caught = []
+  previous = signal.signal(signal.SIGINT, lambda *args: caught.append(args))
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+    if caught and callable(previous):
+      previous(*caught[0])
+
+
+def _save(ckpt: ocp.CheckpointManager, epoch: int, state: TrainState, best: dict,
+          meta: dict) -> None:
+  with _deferred_interrupt():
+    ckpt.save(epoch, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), best=ocp.args.StandardSave(best),
+        meta=ocp.args.JsonSave({**meta, 'checksums': _checksums(state, best, meta)})))
+
+
+class _Damaged(Exception):
+  """A checkpoint that cannot be read or does not match its checksums; says why."""
+
+
+def _first_line(e: BaseException) -> str:
+  line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+  return line if len(line) <= 160 else line[:157] + '...'
+
+
+def _restore(ckpt: ocp.CheckpointManager, step: int, state: TrainState, best: dict,
+             workdir: pathlib.Path, config: dict, config_hash: str) -> tuple:
+  """Checkpoint ``step`` as (state, best, meta), verified against its checksums.
+
+  ``state`` and ``best`` give the structure to restore into. A checkpoint of another run is
+  refused (:class:`TrainError`) before its arrays are read.
+
+  Raises:
+    _Damaged: the checkpoint is unreadable or does not match its checksums.
+  """
+  try:
+    meta = ckpt.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    sums = meta.pop('checksums', None)
+  except Exception as e:  # pylint: disable=broad-except  # any failure to read is damage
+    raise _Damaged(f'meta/metadata is unreadable: {_first_line(e)}') from e
+  if sums is not None and sums['meta'] != cfglib.hash_dict(meta):
+    raise _Damaged('meta/metadata does not match its checksum')
+  _check_same_run(workdir, meta, config, config_hash)
+  try:
+    restored = ckpt.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(state), best=ocp.args.StandardRestore(best)))
+  except Exception as e:  # pylint: disable=broad-except
+    raise _Damaged(f'its arrays are unreadable: {_first_line(e)}') from e
+  if sums is None:
+    warnings.warn(f'{ckpt.directory / str(step)} was written by an older version, which '
+                  'recorded no checksums: resuming from it unverified', stacklevel=3)
+  elif sums['arrays'] != cfglib.hash_tree((restored.state, restored.best)):
+    raise _Damaged('its arrays do not match their checksum')
+  return restored.state, restored.best, meta
+
+
+def _resume(ckpt: ocp.CheckpointManager, state: TrainState, best: dict, workdir: pathlib.Path,
+            config: dict, config_hash: str) -> tuple | None:
+  """The newest good checkpoint as (state, best, meta), or None if there is none yet.
+
+  Damaged checkpoints newer than it are moved to ``workdir/damaged_checkpoints``, each named
+  in a warning, so that the run redoes their epochs.
+
+  Raises:
+    TrainError: every checkpoint is damaged, or they belong to another run.
+  """
+  damaged = []
+  for step in sorted(ckpt.all_steps(), reverse=True):
+    try:
+      found = _restore(ckpt, step, state, best, workdir, config, config_hash)
+    except _Damaged as e:
+      damaged.append((step, str(e)))
+      continue
+    for bad, why in damaged:
+      path, aside = ckpt.directory / str(bad), workdir / _DAMAGED / str(bad)
+      if distributed.is_main():
+        shutil.rmtree(aside, ignore_errors=True)  # an older copy set aside for the same epoch
+        aside.parent.mkdir(exist_ok=True)
+        shutil.move(path, aside)
+      warnings.warn(f'checkpoint {path} is damaged ({why}): moved it to {aside} (delete it '
+                    f'once inspected); resuming from the one of epoch {step}', stacklevel=2)
+    if damaged:
+      distributed.barrier(f'damaged checkpoints {workdir}')
+      ckpt.reload()
+    return found
+  if damaged:
+    raise TrainError(
+        f'every checkpoint in {ckpt.directory} is damaged (' +
+        '; '.join(f'epoch {step}: {why}' for step, why in damaged) +
+        f'): delete {ckpt.directory} to train from the start (its epochs are lost)')
+  return None
 
 
 def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConfig,
@@ -324,14 +446,9 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
   # exit (also a NaN stop) finishes pending saves cleanly.
   with locks.hold(workdir), _checkpointer(workdir) as ckpt:
     log = runlog.JsonLines(workdir / 'metrics.jsonl')
-    if ckpt.latest_step() is not None:
-      step = ckpt.latest_step()
-      found = ckpt.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-      _check_same_run(workdir, found, config, config_hash)
-      restored = ckpt.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(state), best=ocp.args.StandardRestore(best),
-          meta=ocp.args.JsonRestore()))
-      state, best, meta = restored.state, restored.best, restored.meta
+    resumed = _resume(ckpt, state, best, workdir, config, config_hash)
+    if resumed is not None:
+      state, best, meta = resumed
     # The log holds exactly the epochs of the checkpoint resumed from: none for a new run, or
     # one killed before its first checkpoint, whose epochs are redone.
     if main:
@@ -399,9 +516,7 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
         log.write(record)
       meta['epoch'] = epoch
       if epoch % cfg.checkpoint_every == 0 or last:
-        ckpt.save(epoch, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), best=ocp.args.StandardSave(best),
-            meta=ocp.args.JsonSave(meta)))
+        _save(ckpt, epoch, state, best, meta)
       bar.set_postfix({k: f'{v:.4g}' for k, v in record.items() if k != 'epoch'})
       bar.update(1)
       if last:

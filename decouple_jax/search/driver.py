@@ -69,7 +69,7 @@ def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
     network_id = stores.UNTRAINED
   else:
     model, variables = network
-    network_id = stores.network_hash(variables)
+    network_id = cfglib.hash_tree(variables)
   store_id = stores.StoreId(data_cfg, search_cfg, ds, split, network_id, stores.operators_id(ops))
   store = stores.create_or_open(directory, store_id, model)
   # Which chunks are missing and whether the store was summarised, as process 0 sees them:

@@ -8,7 +8,8 @@ through NumPy memmaps, optionally in 16 bits.
 Layout of a store directory (every array file is a plain .npy, readable with
 ``np.load(path, mmap_mode='r')``):
 
-  meta.json      format version, the :class:`StoreSpec`, sorted ids of the completed chunks.
+  meta.json      format version, the :class:`StoreSpec`, the completed chunks: each one's id
+                 and the crc32 of its rows in every file below (but indices.npy).
   meta.lock      lock file that serialises metadata commits of concurrent writers.
   writer.lock    held by the process writing the store (:mod:`decouple_jax.locks`); says who.
   indices.npy    (N,) int64: dataset index of the image at each position 0..N-1.
@@ -25,6 +26,20 @@ chunk counts as done only once meta.json lists it, and :meth:`TargetStore.write_
 chunk's data durable (fsync) before it commits meta.json atomically (temp file + ``os.replace``).
 A kill at any moment therefore leaves every chunk either complete or missing, and a missing
 chunk is simply searched and written again.
+
+Verification: a completed chunk is checked against its crc32 before it is used, once per
+opening of the store: all of them when the store is opened for writing (a search resuming it),
+so that a damaged chunk (a flipped bit, NaN written into it, a file changed by hand) is
+reported and searched again, never counted as searched; and each chunk on the first read that
+touches it when opened read-only (training), where damage stops the read. Checking costs one
+read of the chunk's rows (crc32 runs at several GB/s, so the disk sets the pace).
+
+Older formats: format 2 (the previous version of this library) recorded no checksums, only the
+ids of the completed chunks. A search opening such a store for writing upgrades it in place
+once: each completed chunk whose values are all finite (the one check format 2 could make) gets
+its crc32, the others are marked unwritten and searched again. Training refuses a format 2
+store until that is done. Format 1 stores did not record the data they were searched on and are
+refused.
 """
 
 from __future__ import annotations
@@ -40,7 +55,9 @@ import os
 import pathlib
 import re
 import shutil
+import warnings
 import weakref
+import zlib
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import jax
@@ -51,8 +68,9 @@ from decouple_jax import locks
 from decouple_jax.config import STORE_DTYPES, as_json, differences
 
 # 2: the spec records the config its hash covers (format 1 stores recorded only the hash, of
-# settings that did not include the data's content).
-FORMAT_VERSION = 2
+# settings that did not include the data's content). 3: each completed chunk's crc32; a writer
+# upgrades a format 2 store in place (TargetStore._upgrade).
+FORMAT_VERSION = 3
 DTYPES = STORE_DTYPES
 
 _META = 'meta.json'
@@ -66,6 +84,17 @@ _KEPT = (_LOCK, locks.LOCK_FILE)  # lock files survive the cleanup of a killed c
 
 class StoreError(Exception):
   """A target store that is missing, corrupt, made for another run, or used wrongly."""
+
+
+class _Format2(StoreError):
+  """A format 2 store: its completed chunks (``complete``, ids) have no checksums yet."""
+
+  def __init__(self, directory: pathlib.Path, spec: StoreSpec, complete: list[int]):
+    super().__init__(f'{directory} has store format 2, which records no checksums of its '
+                     f'chunks; run the search command that made it once more: it resumes, '
+                     f'upgrades the store in place and searches again only the chunks that fail '
+                     f'the check')
+    self.spec, self.complete = spec, complete
 
 
 def indices_hash(indices: np.ndarray) -> str:
@@ -176,6 +205,8 @@ def _pwrite(path: pathlib.Path, offset: int, array: np.ndarray) -> None:
       n = os.pwrite(fd, view, offset)
       view, offset = view[n:], offset + n
     os.fsync(fd)
+  except OSError as e:  # an error on a file descriptor names no file (e.g. a full disk)
+    raise OSError(e.errno, e.strerror, str(path)) from e
   finally:
     os.close(fd)
 
@@ -192,7 +223,18 @@ def _locked(directory: pathlib.Path) -> Iterator[None]:
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _read_meta(directory: pathlib.Path) -> tuple[StoreSpec, list[int]]:
+def _crc32(parts: Iterable[np.ndarray]) -> str:
+  """A chunk's checksum: the crc32 of its rows of every file, in layout order (8 hex digits).
+
+  crc32, not sha256: it catches accidental damage as surely and runs several times faster.
+  """
+  crc = 0
+  for part in parts:
+    crc = zlib.crc32(memoryview(np.ascontiguousarray(part)).cast('B'), crc)
+  return f'{crc:08x}'
+
+
+def _read_meta(directory: pathlib.Path) -> tuple[StoreSpec, dict[int, str]]:
   path = directory / _META
   try:
     meta = json.loads(path.read_text())
@@ -206,25 +248,33 @@ def _read_meta(directory: pathlib.Path) -> tuple[StoreSpec, list[int]]:
     raise StoreError(f'{path} is not target-store metadata (keys '
                      f'{sorted(meta) if isinstance(meta, dict) else type(meta).__name__}); delete '
                      f'{directory} and re-run the search')
-  if meta['format_version'] != FORMAT_VERSION:
+  version = meta['format_version']
+  if version not in (2, FORMAT_VERSION):
     why = (': a format 1 store does not record the data it was searched on, so it cannot be '
-           'checked against this data' if meta['format_version'] == 1 else '')
-    raise StoreError(f'{directory} has store format {meta["format_version"]!r}, this code reads '
-                     f'format {FORMAT_VERSION}{why}; re-run the search into a new directory')
+           'checked against this data' if version == 1 else '')
+    raise StoreError(f'{directory} has store format {version!r}, this code reads format '
+                     f'{FORMAT_VERSION}{why}; re-run the search into a new directory')
   spec = _spec_from_json(meta['spec'], path)
   complete = meta['complete']
-  if (not isinstance(complete, list) or
-      not all(isinstance(c, int) and 0 <= c < spec.num_chunks for c in complete)):
-    raise StoreError(f'{path}: completed chunk ids {complete!r} are not a list of chunk ids in '
-                     f'0..{spec.num_chunks - 1}; the file is corrupt: delete {directory} and '
-                     f're-run the search')
-  return spec, complete
+  if version == 2:  # readers refuse it with this error's message; a writer upgrades the store
+    if (isinstance(complete, list) and
+        all(isinstance(c, int) and 0 <= c < spec.num_chunks for c in complete)):
+      raise _Format2(directory, spec, complete)
+  elif (isinstance(complete, dict) and
+        all(k.isdigit() and int(k) < spec.num_chunks and isinstance(v, str)
+            for k, v in complete.items())):
+    return spec, {int(k): v for k, v in complete.items()}
+  raise StoreError(f'{path}: the completed chunks {complete!r} are not chunk ids in '
+                   f'0..{spec.num_chunks - 1} as store format {version} records them; the file '
+                   f'is corrupt: delete {directory} and re-run the search')
 
 
-def _write_meta(directory: pathlib.Path, spec: StoreSpec, complete: Sequence[int]) -> None:
-  """Atomically replaces meta.json: a reader or a kill sees the old file or the new one."""
+def _write_meta(directory: pathlib.Path, spec: StoreSpec, complete: Mapping[int, str]) -> None:
+  """Atomically replaces meta.json: a reader or a kill sees the old file or the new one.
+  ``complete`` maps the completed chunks' ids to their checksums."""
   blob = json.dumps({'format_version': FORMAT_VERSION, 'spec': dataclasses.asdict(spec),
-                     'complete': sorted(complete)}, indent=1, sort_keys=True)
+                     'complete': {str(c): complete[c] for c in sorted(complete)}}, indent=1,
+                    sort_keys=True)
   tmp = directory / _META_TMP
   with open(tmp, 'w') as f:
     f.write(blob + '\n')
@@ -258,14 +308,18 @@ class TargetStore:
     indices: (N,) int64 dataset index of the image at each position.
   """
 
-  def __init__(self, directory: pathlib.Path, spec: StoreSpec, complete: Iterable[int],
+  def __init__(self, directory: pathlib.Path, spec: StoreSpec, complete: Mapping[int, str],
                writable: bool):
-    """Maps the store's files; use :meth:`create_or_open` or :meth:`open` instead."""
+    """Maps the store's files; use :meth:`create_or_open` or :meth:`open` instead.
+    ``complete`` maps the completed chunks' ids to their checksums."""
     self.directory = directory
     self.spec = spec
     self._writable = writable
+    self._checksums = dict(complete)
     self._done = np.zeros(spec.num_chunks, bool)
     self._done[list(complete)] = True
+    # Completed chunks found to match their checksums since this store was opened.
+    self._verified = np.zeros(spec.num_chunks, bool)
     n, num_layers = spec.num_images, len(spec.shapes)
     disk = _disk_dtype(spec.dtype)
     expected = {'indices.npy': ((n,), np.dtype(np.int64)),
@@ -298,7 +352,9 @@ class TargetStore:
     """A writable store for ``spec``: a new one, or the existing one to resume.
 
     The store holds its directory's writer lock (:mod:`decouple_jax.locks`) until it is
-    garbage-collected, so a second process searching into it stops at once.
+    garbage-collected, so a second process searching into it stops at once. Completed chunks
+    that do not match their checksums are marked unwritten, with a warning naming them, so
+    that the search redoes them. A format 2 store is upgraded in place (:meth:`_upgrade`).
 
     Args:
       directory: where the store lives; created if needed.
@@ -319,6 +375,7 @@ class TargetStore:
     key = locks.acquire(directory, cooperate=cooperate)
     try:
       store = cls._create_or_open(directory, spec, indices)
+      store._forget_damaged()
     except BaseException:
       locks.release(key)
       raise
@@ -331,15 +388,22 @@ class TargetStore:
     # Under the lock, so two processes started on one directory cannot both create it.
     with _locked(directory):
       if (directory / _META).exists():
-        found, complete = _read_meta(directory)
+        try:
+          found, complete = _read_meta(directory)
+          unchecked = None
+        except _Format2 as old:
+          found, complete, unchecked = old.spec, {}, old.complete
         differences = spec.differences(found)
         if differences:
           raise StoreError(f'{directory} holds targets of another run:\n  ' +
                            '\n  '.join(differences) + '\nUse another directory for this run, '
                            f'or delete {directory} to start over (its searched chunks are lost).')
-        return cls(directory, found, complete, writable=True)
+        store = cls(directory, found, complete, writable=True)
+        if unchecked is not None:
+          store._upgrade(unchecked)
+        return store
       _create(directory, spec, indices)
-    return cls(directory, spec, (), writable=True)
+    return cls(directory, spec, {}, writable=True)
 
   @classmethod
   def open(cls, directory: str | os.PathLike,
@@ -352,8 +416,9 @@ class TargetStore:
         h}``; keys are :class:`StoreSpec` field names.
 
     Raises:
-      StoreError: no store, a corrupt store, an unknown key in ``expect``, or a field that
-        differs from ``expect`` (each one named, expected vs found).
+      StoreError: no store, a corrupt store, a format 2 store (a search resuming it upgrades
+        it), an unknown key in ``expect``, or a field that differs from ``expect`` (each one
+        named, expected vs found).
     """
     directory = pathlib.Path(directory)
     spec, complete = _read_meta(directory)
@@ -387,7 +452,78 @@ class TargetStore:
     if spec != self.spec:
       raise StoreError(f'{self.directory / _META} changed under this store (another run '
                        f'recreated it); give each run its own directory')
-    self._done[complete] = True
+    self._checksums.update(complete)
+    self._done[list(complete)] = True
+
+  def _chunk_rows(self, c: int) -> list[np.ndarray]:
+    """Chunk ``c``'s rows of every file, in the order its checksum covers them."""
+    start, stop = self.chunk_range(c)
+    return [m[start:stop] for m in (*self._layers, self._best_loss, self._init_loss)]
+
+  def _damaged(self, chunks: Iterable[int]) -> list[int]:
+    """Those of the completed ``chunks`` whose rows do not match their checksums (each chunk
+    is read once per opening; a match is remembered)."""
+    damaged = []
+    for c in chunks:
+      if self._done[c] and not self._verified[c]:
+        if _crc32(self._chunk_rows(c)) == self._checksums[c]:
+          self._verified[c] = True
+        else:
+          damaged.append(c)
+    return damaged
+
+  def _verify(self, chunks: Iterable[int]) -> None:
+    """Refuses to read completed ``chunks`` that do not match their checksums."""
+    damaged = self._damaged(chunks)
+    if damaged:
+      raise StoreError(
+          f'{self.directory} is damaged: chunk(s) {damaged} do not match their checksums (their '
+          'files changed after the search wrote them); run the search that made this store on '
+          'it again (launch/search.py resumes it): it searches only those chunks again')
+
+  def _forget_damaged(self) -> None:
+    """Marks the completed chunks that do not match their checksums unwritten, with a warning,
+    so that the search redoes them."""
+    damaged = self._damaged(np.flatnonzero(self._done).tolist())
+    if not damaged:
+      return
+    with _locked(self.directory):
+      # Re-read under the lock: another writer may have committed chunks since.
+      _, complete = _read_meta(self.directory)
+      for c in damaged:
+        if complete.get(c) == self._checksums[c]:  # not rewritten by another writer since
+          del complete[c]
+      _write_meta(self.directory, self.spec, complete)
+    self._done[damaged] = False
+    warnings.warn(f'{self.directory}: chunk(s) {damaged} do not match their checksums (their '
+                  'files changed after the search wrote them); searching them again',
+                  stacklevel=3)
+
+  def _upgrade(self, complete: Iterable[int]) -> None:
+    """Rewrites a format 2 store's meta.json as this format (caller holds the metadata lock).
+
+    Of the chunks format 2 listed as ``complete``, those whose values are all finite (all it
+    could check) stay complete with their crc32 from here on; the others are marked
+    unwritten, with a warning, so that the search redoes them.
+    """
+    damaged = []
+    for c in complete:
+      start, stop = self.chunk_range(c)
+      values = [*(m[start:stop].view(self.value_dtype) for m in self._layers),
+                self._best_loss[start:stop], self._init_loss[start:stop]]
+      if all(np.isfinite(v).all() for v in values):
+        self._checksums[c] = _crc32(self._chunk_rows(c))
+      else:
+        damaged.append(c)
+    _write_meta(self.directory, self.spec, self._checksums)
+    # Verified: their checksums were just computed from these very rows.
+    self._done[list(self._checksums)] = self._verified[list(self._checksums)] = True
+    # stacklevel 4: the caller of create_or_open.
+    if damaged:
+      warnings.warn(f'{self.directory}: chunk(s) {damaged} hold NaN or inf values; searching '
+                    'them again', stacklevel=4)
+    warnings.warn(f'{self.directory}: upgraded in place from store format 2 to {FORMAT_VERSION}; '
+                  'crc32 checksums cover its completed chunks from here on', stacklevel=4)
 
   def missing_chunks(self) -> list[int]:
     """Ids of the chunks not yet written, ascending."""
@@ -405,11 +541,13 @@ class TargetStore:
   @property
   def best_loss(self) -> np.ndarray:
     """(N, L) float32 best loss after each search layer (nats); NaN in unwritten chunks."""
+    self._verify(range(self.num_chunks))
     return np.array(self._best_loss)
 
   @property
   def init_loss(self) -> np.ndarray:
     """(N,) float32 loss before the search (nats); NaN in unwritten chunks."""
+    self._verify(range(self.num_chunks))
     return np.array(self._init_loss)
 
   def write_chunk(self, c: int, targets: Sequence[np.ndarray], best_loss: np.ndarray,
@@ -447,7 +585,7 @@ class TargetStore:
       self._write_rows(self._layers[l], f'layer{l}.npy', start, array)
     self._write_rows(self._best_loss, 'best_loss.npy', start, best_loss)
     self._write_rows(self._init_loss, 'init_loss.npy', start, init_loss)
-    self._commit(c)
+    self._commit(c, _crc32([*encoded, best_loss, init_loss]))
 
   def _encode(self, c: int, l: int, target: Any, shape: tuple[int, ...]) -> np.ndarray:
     target = np.asarray(target)
@@ -469,17 +607,19 @@ class TargetStore:
   def _write_rows(self, mapped: np.memmap, name: str, start: int, rows: np.ndarray) -> None:
     _pwrite(self.directory / name, mapped.offset + start * rows[0].nbytes, rows)
 
-  def _commit(self, c: int) -> None:
-    """Atomically adds chunk ``c`` to the completed chunks in meta.json."""
+  def _commit(self, c: int, checksum: str) -> None:
+    """Atomically adds chunk ``c``, with its checksum, to the completed chunks in meta.json."""
     with _locked(self.directory):
       # Re-read under the lock: another writer may have committed chunks since.
       found, complete = _read_meta(self.directory)
       if found != self.spec:
         raise StoreError(f'{self.directory / _META} changed under this writer (another run '
                          f'recreated the store); give each run its own directory')
-      complete = sorted(set(complete) | {c})
+      complete[c] = checksum
       _write_meta(self.directory, self.spec, complete)
-    self._done[complete] = True
+    self._checksums.update(complete)
+    self._done[list(complete)] = True
+    self._verified[c] = True
 
   def _check_positions(self, positions: np.ndarray, allow_incomplete: bool) -> np.ndarray:
     positions = np.asarray(positions)
@@ -523,10 +663,14 @@ class TargetStore:
            dtype: Any = np.float32, allow_incomplete: bool = False) -> tuple[np.ndarray, ...]:
     """Targets of arbitrary positions (e.g. a random batch).
 
+    The first read that touches a completed chunk checks the chunk against its checksum (see
+    the module docstring), which reads its rows of every file; later reads touch only the
+    requested layers' rows.
+
     Args:
       positions: (B,) integer store positions, any order, repeats allowed.
       layers: the search layers to read, in the order given (negative counts from the end:
-        -1 is the logits); default all of them. Only these layers' files are touched.
+        -1 is the logits); default all of them.
       dtype: dtype of the result; float32 by default, :attr:`value_dtype` to skip the
         conversion.
       allow_incomplete: read unwritten chunks too (zeros, or a killed writer's leftovers).
@@ -535,15 +679,13 @@ class TargetStore:
       Per requested layer l, a (B, *spec.shapes[l]) array of ``dtype``.
 
     Raises:
-      StoreError: positions or layers out of range, or positions in an unwritten chunk (unless
-        allowed).
+      StoreError: positions or layers out of range, positions in an unwritten chunk (unless
+        allowed), or in a damaged one (one that does not match its checksum).
     """
     positions = self._check_positions(positions, allow_incomplete)
-    values = []
-    for l in self._layer_indices(layers):
-      values.append(self._decode(self._layers[l][positions], dtype, copy=False))
-      self._check_finite(l, values[-1], positions)
-    return tuple(values)
+    self._verify(np.unique(positions // self.spec.chunk_size).tolist())
+    return tuple(self._decode(self._layers[l][positions], dtype, copy=False)
+                 for l in self._layer_indices(layers))
 
   def read_layer(self, layer: int, *, dtype: Any = np.float32,
                  allow_incomplete: bool = False) -> np.ndarray:
@@ -559,31 +701,15 @@ class TargetStore:
 
     Raises:
       StoreError: the layer is out of range, the store is incomplete (unless allowed), or
-        damaged (NaN or inf targets).
+        damaged (a chunk does not match its checksum).
     """
     (layer,) = self._layer_indices([layer])
     if not allow_incomplete and not self.is_complete():
       raise StoreError(f'{self.directory} is incomplete (chunks {self.missing_chunks()} '
                        f'missing); finish the search on this directory, or pass '
                        f'allow_incomplete=True')
-    values = self._decode(self._layers[layer], dtype, copy=True)
-    # Chunk by chunk, so the check's temporaries stay the size of a chunk.
-    for c in range(self.num_chunks):
-      start, stop = self.chunk_range(c)
-      self._check_finite(layer, values[start:stop], np.arange(start, stop))
-    return values
-
-  def _check_finite(self, l: int, values: np.ndarray, positions: np.ndarray) -> None:
-    """Refuses NaN/inf targets of layer ``l`` at ``positions`` (B,): write_chunk never stores
-    them, so they mean a file damaged after the search wrote it."""
-    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-    if bad.any():
-      chunks = np.unique(positions[bad] // self.spec.chunk_size).tolist()
-      raise StoreError(
-          f'{self.directory} is damaged: layer{l}.npy holds NaN or inf targets in chunk(s) '
-          f'{chunks}, which the search never writes (the file changed after it was written). '
-          f'Delete {self.directory} and search again, or remove {chunks} from "complete" in '
-          f'{self.directory / _META} and re-run the search on it to redo only those chunks.')
+    self._verify(range(self.num_chunks))
+    return self._decode(self._layers[layer], dtype, copy=True)
 
   def load_all(self, dtype: Any = np.float32, *,
                allow_incomplete: bool = False) -> tuple[np.ndarray, ...]:

@@ -2,8 +2,8 @@
 
 A store's targets depend on exactly five things, and a store records all five (:class:`StoreId`):
 the data (by content, :func:`decouple_jax.data.identity`), the search settings, the network it
-was searched in (``network_id``: :data:`UNTRAINED`, or :func:`network_hash` of a trained
-network's variables, as the feedback loop searches in its students), the operators
+was searched in (``network_id``: :data:`UNTRAINED`, or :func:`~decouple_jax.config.hash_tree`
+of a trained network's variables, as the feedback loop searches in its students), the operators
 (:func:`operators_id`) and the engine version. Everything else (where the files are, how many
 images run at once, how the convs are computed) leaves the targets unchanged, so a store stays
 reusable across them. A store of another id is refused, naming the settings that differ.
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import pathlib
 
 import jax
@@ -69,18 +68,6 @@ def split_arrays(ds: datalib.Dataset, split: str) -> tuple[np.ndarray, np.ndarra
   return tuple(getattr(ds, f'{split}_{part}') for part in ('images', 'labels', 'index'))
 
 
-def network_hash(variables) -> str:
-  """16 hex digits identifying a network's weights and statistics (every leaf's path, dtype,
-  shape and bytes), so targets searched in one trained network are never mixed with
-  another's."""
-  h = hashlib.sha256()
-  for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
-    leaf = np.asarray(leaf)
-    h.update(f'{jax.tree_util.keystr(path)}:{leaf.dtype}:{leaf.shape};'.encode())
-    h.update(np.ascontiguousarray(leaf).tobytes())
-  return h.hexdigest()[:16]
-
-
 def _qualified_name(fn) -> str:
   if isinstance(fn, functools.partial):
     return f'{_qualified_name(fn.func)}(*{fn.args!r}, **{fn.keywords!r})'
@@ -105,7 +92,9 @@ class StoreId:
     search_cfg: the search's.
     ds: the data set as loaded with ``data_cfg`` (its content is part of the id).
     split: 'train' (the students' targets) or 'holdout' (searched for diagnostics only).
-    network_id: :data:`UNTRAINED` or the :func:`network_hash` of the network searched in.
+    network_id: :data:`UNTRAINED` or the :func:`~decouple_jax.config.hash_tree` of the
+      variables of the network searched in (targets of one trained network are never mixed
+      with another's).
     operators: :func:`operators_id` of the search's operators.
   """
   data_cfg: cfglib.DataConfig
