@@ -87,3 +87,28 @@ def test_the_compute_curve_recovers_a_power_law_and_is_plotted(gap_study, tmp_pa
   two = dict(list(rows.items())[:2])
   assert gap_study.compute_curve(study, two, {16: {'sgd_holdout_accuracy': sgd}})['fit'] is None
   assert gap_study.compute_curve(study, {}, {16: {'sgd_holdout_accuracy': sgd}}) is None
+
+
+def test_a_study_that_searches_its_holdout_reports_what_generalises(gap_study):
+  study = gap_study.STUDIES['cifar10']
+  assert study.search_holdout and set(study.arms) >= {'base', 'init001'}
+  row = dict(_row('x', 0.40), r2_holdout=[0.73, 0.28, 0.23],
+             targets={'cos_to_activation': [0.97, 0.7, 0.63], 'target_probe': [0.5, 0.8, 0.9],
+                      'activation_probe': [0.48, 0.45, 0.368], 'images': [2000, 500]})
+  table = gap_study.format_table(study, {'init001': row}, {})
+  header, rule, line = table.splitlines()[:3]
+  assert header.count('|') == rule.count('|') == line.count('|')
+  assert '| 0.73 / 0.28 / 0.23 | 0.97 / 0.70 / 0.63 | 90.0 / 36.8 |' in line
+  # The MNIST study's table has none of those columns.
+  mnist = gap_study.format_table(gap_study.STUDIES['mnist'], {'noise': _row('n', 0.9)}, {})
+  assert 'hold-out 0/1/2' not in mnist.splitlines()[0]
+
+
+def test_every_arm_builds_a_valid_config(gap_study):
+  """An arm whose overrides name no field or an invalid value fails here, not an hour into a
+  study."""
+  for study in gap_study.STUDIES.values():
+    base = gap_study.load_base(study, 100, 10)
+    for name, (_, overrides) in study.arms.items():
+      exp = gap_study.arm_config(study, base, overrides)
+      assert exp.data.train_limit == 100, name
