@@ -138,8 +138,10 @@ class ModelConfig:
       conv and its gradient), 'matmul' (for XLA:CPU: wide convs over L2-sized batch chunks,
       matmul-shaped kernel gradient; faster than 'xla' there, see BENCHMARKS.md) or 'auto'
       (default: 'matmul' on CPU, 'xla' on GPU/TPU, whose conv kernels are tuned).
-      Forward values are bitwise the same and the parameters identical, so search and
-      checkpoints are unaffected; gradients agree to float32 rounding.
+      The parameters are identical, so checkpoints are unaffected, and the search always
+      computes with 'xla', so targets are too. Values and gradients agree to float32
+      rounding, not bitwise: XLA:CPU may block a chunk of the batch otherwise than the whole
+      (bitwise equal on one AMD EPYC, 3.1e-6 apart on another).
   """
   widths: tuple[int, ...] = (256, 256, 256)
   convs_per_block: int = 2
