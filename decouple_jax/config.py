@@ -193,8 +193,9 @@ class OptimConfig:
     label_smoothing: cross-entropy label smoothing for the SGD baseline (paper: none).
     clip_norm: if > 0, clip the batch-mean gradient to this global norm (paper: none). A
       channel that is constant over a batch (MNIST's blank background survives max-pooling
-      into block 2) makes BatchNorm's gradient ~1/sqrt(eps) large; clipping tames the first
-      steps until the channel varies.
+      into block 2) passes the gradient through each BatchNorm with gain ~1/sqrt(bn_eps),
+      past float32's range with 6 convs per block; clipping tames the first steps until the
+      channel varies, and works on a scaled gradient (``learn.optim.unscale_and_clip``).
   """
   lr: float = 4.0
   momentum: float = 0.85

@@ -159,13 +159,18 @@ def make_step_fn(loss_fn: LossFn, tx: optax.GradientTransformation, cfg: TrainCo
     return loss_fn(_cast(params, dtype), batch_stats, batch._replace(
         images=batch.images.astype(dtype)))
 
+  def scaled_loss(params, batch_stats, batch):
+    # tx (optim.optimizer) divides the scale out: see optim.unscale_and_clip.
+    loss, (batch_stats, metrics) = cast_loss(params, batch_stats, batch)
+    return loss * optim.GRAD_SCALE, (loss, batch_stats, metrics)
+
   def step(state: TrainState, images, labels, extras, idx, key):
     x = images[idx]
     if cfg.augment:
       x = datalib.augment(key, x, pad=cfg.crop_pad, flip=cfg.flip)
     x = jax.lax.with_sharding_constraint(datalib.normalize(x, mean, std), batch_sharding)
     batch = Batch(x, labels[idx], tuple(e[idx] for e in extras) if gather_extras else extras)
-    (loss, (batch_stats, metrics)), grads = jax.value_and_grad(cast_loss, has_aux=True)(
+    (_, (loss, batch_stats, metrics)), grads = jax.value_and_grad(scaled_loss, has_aux=True)(
         state.params, state.batch_stats, batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
