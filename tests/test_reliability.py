@@ -401,7 +401,11 @@ def test_launch_scripts_help_and_one_line_errors(mnist_dir, tmp_path):
         "config.sgd has no field 'nope'": run('train_sgd.py', *smoke, '--config.sgd.nope=3'),
         # Refused when the config is built, before the (missing) data would be read.
         "head='flaten' is not one of ('flatten', 'maxpool')": run(
-            'train_sgd.py', *smoke, '--config.sgd.model.head=flaten', '--config.data.dir=/no'),
+            'train_sgd.py', smoke[0], f'--workdir={tmp_path / "refused" / "w"}',
+            '--config.sgd.model.head=flaten', '--config.data.dir=/no'),
+        # An empty variant, as an unset shell variable gives.
+        'no variant after the colon; configs/mnist.py has paper, cpu, demo, smoke': run(
+            'train_sgd.py', '--config=configs/mnist.py:', f'--workdir={tmp_path / "w"}'),
         f'is in use by pid {os.getpid()}': run('search.py', smoke[0], f'--workdir={busy}',
                                                f'--config.data.dir={mnist_dir}'),
     }
@@ -416,3 +420,5 @@ def test_launch_scripts_help_and_one_line_errors(mnist_dir, tmp_path):
     code, out, err = outputs[expected]
     assert code == 1 and expected in err, err
     assert len(err.strip().splitlines()) == 1, err
+  # A run refused before any work leaves no workdir (nor the parents it made) behind.
+  assert not (tmp_path / 'refused').exists()
