@@ -93,7 +93,7 @@ def _check_config_flags(argv: list[str], configs: pathlib.Path) -> None:
   value = _flag_value(argv, 'config')
   if value is None:
     return
-  file, _, variant = value.partition(':')
+  file, colon, variant = value.partition(':')
   path = pathlib.Path(file)
   if not path.is_file():
     known = ', '.join(str(p.relative_to(configs.parent)) for p in sorted(configs.glob('*.py')))
@@ -101,9 +101,10 @@ def _check_config_flags(argv: list[str], configs: pathlib.Path) -> None:
              'lists their variants)')
   module = _load_config_file(path)
   variants = getattr(module, 'VARIANTS', None)
-  if variant and variants is not None and variant not in variants:
-    sys.exit(f'error: --config={value}: unknown variant {variant!r}; {file} has '
-             f'{", ".join(variants)}')
+  if (variant or colon) and variants is not None and variant not in variants:
+    # An empty variant (an unset shell variable) would reach get_config('') in config_flags.
+    what = f'unknown variant {variant!r}' if variant else 'no variant after the colon'
+    sys.exit(f'error: --config={value}: {what}; {file} has {", ".join(variants)}')
   config = module.get_config(*([variant] if variant else []))
   for arg in argv:
     if not arg.startswith('--config.'):
@@ -181,7 +182,7 @@ def _guarded(main):
       sys.exit('error: --coordinator, --num_processes and --process_id need --distributed')
     workdir = flags.FLAGS['workdir'].value if 'workdir' in flags.FLAGS else None
     try:
-      with locks.hold(workdir) if workdir else contextlib.nullcontext():
+      with _holding(pathlib.Path(workdir)) if workdir else contextlib.nullcontext():
         return main(argv)
     except KNOWN_ERRORS as e:
       sys.exit(f'error: {type(e).__name__}: {e}')
@@ -194,6 +195,23 @@ def _guarded(main):
         raise
       sys.exit(_os_error_line(os_error, workdir))
   return wrapped
+
+
+@contextlib.contextmanager
+def _holding(workdir: pathlib.Path):
+  """Holds ``workdir``; if this run made it and fails before writing anything into it (e.g.
+  a refused config), it removes it again, with the parents it made."""
+  made = [d for d in (workdir, *workdir.parents) if not d.exists()]
+  with locks.hold(workdir):
+    try:
+      yield
+    except BaseException:
+      if made and [p.name for p in workdir.iterdir()] == [locks.LOCK_FILE]:
+        (workdir / locks.LOCK_FILE).unlink()
+        with contextlib.suppress(OSError):  # another writer may have taken it meanwhile
+          for d in made:
+            d.rmdir()
+      raise
 
 
 def run(main) -> None:

@@ -143,8 +143,10 @@ class ModelConfig:
       conv and its gradient), 'matmul' (for XLA:CPU: wide convs over L2-sized batch chunks,
       matmul-shaped kernel gradient; faster than 'xla' there, see BENCHMARKS.md) or 'auto'
       (default: 'matmul' on CPU, 'xla' on GPU/TPU, whose conv kernels are tuned).
-      Forward values are bitwise the same and the parameters identical, so search and
-      checkpoints are unaffected; gradients agree to float32 rounding.
+      The parameters are identical, so checkpoints are unaffected, and the search always
+      computes with 'xla', so targets are too. Values and gradients agree to float32
+      rounding, not bitwise: XLA:CPU may block a chunk of the batch otherwise than the whole
+      (bitwise equal on one AMD EPYC, 3.1e-6 apart on another).
   """
   widths: tuple[int, ...] = (256, 256, 256)
   convs_per_block: int = 2
@@ -196,8 +198,9 @@ class OptimConfig:
     label_smoothing: cross-entropy label smoothing for the SGD baseline (paper: none).
     clip_norm: if > 0, clip the batch-mean gradient to this global norm (paper: none). A
       channel that is constant over a batch (MNIST's blank background survives max-pooling
-      into block 2) makes BatchNorm's gradient ~1/sqrt(eps) large; clipping tames the first
-      steps until the channel varies.
+      into block 2) passes the gradient through each BatchNorm with gain ~1/sqrt(bn_eps),
+      past float32's range with 6 convs per block; clipping tames the first steps until the
+      channel varies, and works on a scaled gradient (``learn.optim.unscale_and_clip``).
   """
   lr: float = 4.0
   momentum: float = 0.85

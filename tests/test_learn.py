@@ -55,6 +55,33 @@ def test_optimizer_never_moves_whitening_filters():
   assert np.all(np.asarray(updates['whiten']['bias']) != 0)
 
 
+def test_clipping_steps_a_6_conv_mnist_network_whose_gradient_overflows_float32(tiny_mnist):
+  # At the paper's bn_eps 1e-12, a channel constant over an MNIST batch takes the gradient
+  # through block 2's six BatchNorms with gain 1e6 each: its norm (~1e43) is past float32's
+  # 3.4e38, which gave NaN at any lr; clipping needs only its direction.
+  model_cfg = dataclasses.replace(TINY_MODEL, convs_per_block=6)
+  assert model_cfg.bn_eps == 1e-12
+  model, variables = models.init_for_dataset(model_cfg, tiny_mnist, 0)
+  tx = optim.optimizer(TINY_TRAIN.optim, 10)
+  step = trainer.make_step_fn(sgd.cross_entropy_loss_fn(model, 10), tx, TINY_TRAIN,
+                              tiny_mnist.mean, tiny_mnist.std, ONE)
+  state = jax.tree.map(jnp.copy, trainer.TrainState(  # the step donates its state
+      jnp.zeros((), jnp.int32), variables['params'], variables['batch_stats'],
+      tx.init(variables['params'])))
+  state, metrics = step(state, jnp.asarray(tiny_mnist.train_images),
+                        jnp.asarray(tiny_mnist.train_labels), (), np.arange(64),
+                        jax.random.key(0))
+  assert np.isfinite(float(metrics['loss']))
+  moved = {jax.tree_util.keystr(path): float(np.abs(np.asarray(b) - np.asarray(a)).max())
+           for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(variables['params'])[0],
+                                   jax.tree.leaves(state.params))}
+  assert all(np.isfinite(list(moved.values()))), moved
+  # The step moved the network (plain clip_by_global_norm squared the gradient to inf in
+  # float32 and stepped by zero), by no more than a clipped step can.
+  bound = (1 + TINY_TRAIN.optim.momentum) * optim.plain_lr(TINY_TRAIN.optim) * 2.0
+  assert 0 < max(moved.values()) <= bound, moved
+
+
 class _Stop(Exception):
   pass
 

@@ -77,8 +77,9 @@ def other(mnist_dir, tmp_path_factory):
   return cfg, data.load_dataset(cfg)
 
 
-def _store(directory, data_cfg, ds, poison_chunk=None):
-  """A complete store of made-up finite targets (no search: only its identity matters)."""
+def _store(directory, data_cfg, ds, poison_chunk=None, poison=np.nan):
+  """A complete store of made-up finite targets (no search: only its identity matters), with
+  ``poison`` at block 1 of the first image of ``poison_chunk``."""
   st = stores.create_or_open(directory, stores.StoreId(data_cfg, SEARCH, ds))
   rng = np.random.default_rng(0)
   for c in st.missing_chunks():
@@ -88,7 +89,7 @@ def _store(directory, data_cfg, ds, poison_chunk=None):
                    np.ones((n, 4), np.float32), np.ones(n, np.float32))
   if poison_chunk is not None:  # damage a finished chunk, as a disk or a stray write would
     layer = np.load(pathlib.Path(directory) / 'layer1.npy', mmap_mode='r+')
-    layer[poison_chunk * SEARCH.chunk_size] = np.nan
+    layer[poison_chunk * SEARCH.chunk_size] = poison
     layer.flush()
   return directory
 
@@ -286,6 +287,42 @@ def test_nan_in_a_finished_store_is_reported_as_damage(real, tmp_path):
     st.read(np.array([SEARCH.chunk_size]))
 
 
+def test_huge_targets_stop_training_naming_the_targets_not_the_lr(real, tmp_path):
+  data_cfg, ds = real
+  targets = _store(tmp_path / 'targets', data_cfg, ds, poison_chunk=0, poison=1e30)
+  with pytest.raises(trainer.TrainError) as e:
+    student.train_student(data_cfg, SEARCH, STUDENT, tmp_path / 'student', targets, ds=ds,
+                          mesh=ONE)
+  message = str(e.value)
+  assert 'non-finite metrics: loss, mse_block1' in message, message
+  assert ('The data is wrong, not the optimiser: side data 1 (for a student: the searched '
+          'targets of tap 1) holds values up to 1e+30') in message, message
+  assert f'gradient clipping was on (optim.clip_norm={STUDENT.train.optim.clip_norm})' in message
+  assert 'optim.lr' not in message
+  # Epoch 1 wrote no checkpoint, and the message says so rather than promising one.
+  assert 'No checkpoint of this run exists yet' in message, message
+
+
+@pytest.mark.parametrize('clip_norm', [0.0, 2.0])
+def test_nonfinite_advice_follows_what_the_step_shows(clip_norm):
+  flags = {'metric loss': True, 'statistic block2/group0/norm1/bn/var': False,
+           'gradient block1/group0/conv1/kernel': True, 'gradient block0/group0/conv1/kernel':
+           True, 'parameter head/kernel': True, 'parameter block0/group0/conv1/kernel': False}
+  message = trainer.nonfinite_message('epoch 3, step 2 of 4', flags, (np.ones((4, 3)),),
+                                      clip_norm, 'Its checkpoint of epoch 2 in DIR is kept.')
+  assert message.startswith('a training step met NaN or inf in epoch 3, step 2 of 4: '
+                            'non-finite metrics: loss; first non-finite gradient: '
+                            'block0/group0/conv1/kernel; first non-finite parameter: '
+                            'head/kernel; ')
+  assert 'statistic' not in message and 'data is wrong' not in message
+  if clip_norm:
+    assert 'gradient clipping was on (optim.clip_norm=2.0). Lower optim.lr.' in message
+  else:
+    assert ('gradient clipping was off (optim.clip_norm=0). Set optim.clip_norm (e.g. 2.0) or '
+            'lower optim.lr.') in message
+  assert message.endswith('Its checkpoint of epoch 2 in DIR is kept.')
+
+
 # ----------------------------------------------------------------------------------------------
 # No hold-out split.
 
@@ -401,7 +438,11 @@ def test_launch_scripts_help_and_one_line_errors(mnist_dir, tmp_path):
         "config.sgd has no field 'nope'": run('train_sgd.py', *smoke, '--config.sgd.nope=3'),
         # Refused when the config is built, before the (missing) data would be read.
         "head='flaten' is not one of ('flatten', 'maxpool')": run(
-            'train_sgd.py', *smoke, '--config.sgd.model.head=flaten', '--config.data.dir=/no'),
+            'train_sgd.py', smoke[0], f'--workdir={tmp_path / "refused" / "w"}',
+            '--config.sgd.model.head=flaten', '--config.data.dir=/no'),
+        # An empty variant, as an unset shell variable gives.
+        'no variant after the colon; configs/mnist.py has paper, cpu, demo, smoke': run(
+            'train_sgd.py', '--config=configs/mnist.py:', f'--workdir={tmp_path / "w"}'),
         f'is in use by pid {os.getpid()}': run('search.py', smoke[0], f'--workdir={busy}',
                                                f'--config.data.dir={mnist_dir}'),
     }
@@ -416,3 +457,5 @@ def test_launch_scripts_help_and_one_line_errors(mnist_dir, tmp_path):
     code, out, err = outputs[expected]
     assert code == 1 and expected in err, err
     assert len(err.strip().splitlines()) == 1, err
+  # A run refused before any work leaves no workdir (nor the parents it made) behind.
+  assert not (tmp_path / 'refused').exists()

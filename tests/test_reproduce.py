@@ -38,22 +38,8 @@ def test_scale_label_and_paper_numbers():
 
 # The pipeline below runs every launch script once on `configs/mnist.py:smoke` (1 epoch), each
 # writing where launch/reproduce.py looks, so that reproduce then only has to add the hold-out
-# search and the second student variant; a second reproduce must add nothing.
-
-# Command-line lists do not override ConfigDict list fields; a config file sets the one
-# reproduce option the test needs (SGD with 2 convs per block only, as the smoke baseline).
-_SMOKE_CONFIG = f'''
-import importlib.util
-_spec = importlib.util.spec_from_file_location('mnist_config', {str(REPO / 'configs/mnist.py')!r})
-_mnist = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_mnist)
-
-
-def get_config(arg):
-  c = _mnist.get_config(arg)
-  c.reproduce.sgd_convs = [2]
-  return c
-'''
+# search, the second student variant and the SGD baselines with 4 and 6 convs per block (the
+# smoke defaults, as the paper's MNIST config); a second reproduce must add nothing.
 
 
 def _launch(script, workdir, config, mnist_dir, *extra):
@@ -69,10 +55,8 @@ def _launch(script, workdir, config, mnist_dir, *extra):
 
 @pytest.fixture(scope='module')
 def pipeline(tmp_path_factory, mnist_dir):
-  root = tmp_path_factory.mktemp('pipeline')
-  config = root / 'smoke_config.py'
-  config.write_text(_SMOKE_CONFIG)
-  w = root / 'run'
+  w = tmp_path_factory.mktemp('pipeline') / 'run'
+  config = REPO / 'configs' / 'mnist.py'
   out = {
       'search': _launch('search.py', w / 'search', config, mnist_dir),
       'sgd': _launch('train_sgd.py', w / 'seed0' / 'sgd_convs2', config, mnist_dir),
@@ -112,10 +96,15 @@ def test_launch_train_student_writes_diagnostics(pipeline):
 def test_reproduce_reuses_finished_runs_and_adds_the_rest(pipeline, mnist_dir):
   w, first = pipeline['workdir'], pipeline['first']
   assert first['ran_this_invocation'] == ['search_holdout', 'random_feature_floor',
-                                         'seed0/student_skip_block0']
+                                         'seed0/student_skip_block0', 'seed0/sgd_convs4',
+                                         'seed0/sgd_convs6']
   skip = first['students']['skip_block0']['runs']['0']['diagnostics']
   assert len(skip['r2_holdout']) == 3 and skip['images']['holdout'] == 200
-  assert first['sgd']['selected_convs'] == 2
+  # Every depth trains (6 convs per block gave NaN: optim.unscale_and_clip says why).
+  per_convs = first['sgd']['per_convs']
+  holdout = {int(n): r['runs']['0']['holdout_accuracy'] for n, r in per_convs.items()}
+  assert sorted(holdout) == [2, 4, 6] and all(0 < a <= 1 for a in holdout.values())
+  assert holdout[first['sgd']['selected_convs']] == max(holdout.values())
   assert set(first['throughput']) >= {'all_layers', 'skip_block0', 'sgd_images_per_s'}
   # The hold-out store serves hold-out images only: as training targets it is refused.
   exp = cfglib.from_dict(cfglib.ExperimentConfig, first['config'])

@@ -150,7 +150,8 @@ def make_step_fn(loss_fn: LossFn, tx: optax.GradientTransformation, cfg: TrainCo
   """A jitted optimiser step ``(state, images, labels, extras, idx (B,), key) -> (state, m)``.
 
   Gathers the batch at positions ``idx`` from the device-resident uint8 split, augments,
-  normalises, shards it over the mesh's 'batch' axis and applies one update. ``extras`` are
+  normalises, shards it over the mesh's 'batch' axis and applies one update. The metrics
+  hold ``nonfinite`` (:func:`_nonfinite_flags`) besides the loss's. ``extras`` are
   whole per-image arrays gathered at ``idx`` too, or, with ``gather_extras=False``, the
   batch's extras already (streamed from disk). ``loss_fn`` sees the parameters and images in
   :func:`compute_dtype`; the gradient reaches the float32 parameters through the cast.
@@ -166,19 +167,81 @@ def make_step_fn(loss_fn: LossFn, tx: optax.GradientTransformation, cfg: TrainCo
     return loss_fn(_cast(params, dtype), batch_stats, batch._replace(
         images=batch.images.astype(dtype)))
 
+  def scaled_loss(params, batch_stats, batch):
+    # tx (optim.optimizer) divides the scale out: see optim.unscale_and_clip.
+    loss, (batch_stats, metrics) = cast_loss(params, batch_stats, batch)
+    return loss * optim.GRAD_SCALE, (loss, batch_stats, metrics)
+
   def step(state: TrainState, images, labels, extras, idx, key):
     x = images[idx]
     if cfg.augment:
       x = datalib.augment(key, x, pad=cfg.crop_pad, flip=cfg.flip)
     x = jax.lax.with_sharding_constraint(datalib.normalize(x, mean, std), batch_sharding)
     batch = Batch(x, labels[idx], tuple(e[idx] for e in extras) if gather_extras else extras)
-    (loss, (batch_stats, metrics)), grads = jax.value_and_grad(cast_loss, has_aux=True)(
+    (_, (loss, batch_stats, metrics)), grads = jax.value_and_grad(scaled_loss, has_aux=True)(
         state.params, state.batch_stats, batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    return TrainState(state.step + 1, params, batch_stats, opt_state), dict(metrics, loss=loss)
+    metrics = dict(metrics, loss=loss)
+    return TrainState(state.step + 1, params, batch_stats, opt_state), dict(
+        metrics, nonfinite=_nonfinite_flags(metrics, batch_stats, grads, params))
 
   return jax.jit(step, donate_argnums=0)
+
+
+def _nonfinite_flags(metrics: dict, batch_stats, grads, params) -> tuple[jax.Array, dict]:
+  """(any, {name: flag}): which of a step's metrics, BatchNorm statistics, (scaled)
+  gradients and updated parameters hold a NaN or inf; names are 'metric loss', 'statistic
+  block0/group0/norm1/bn/var', 'gradient head/kernel', 'parameter ...'."""
+  named = lambda kind, tree: {
+      f'{kind} ' + '/'.join(str(getattr(k, 'key', k)) for k in path): ~jnp.all(jnp.isfinite(x))
+      for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  flags = {**named('metric', metrics), **named('statistic', batch_stats),
+           **named('gradient', grads), **named('parameter', params)}
+  return jnp.any(jnp.stack(list(flags.values()))), flags
+
+
+def nonfinite_message(where: str, flags: dict, side_data: tuple, clip_norm: float,
+                      checkpoint: str) -> str:
+  """What a TrainError says when a step met NaN or inf.
+
+  Args:
+    where: e.g. 'epoch 1, step 3 of 4'.
+    flags: the first such step's ``{name: bool}`` of :func:`_nonfinite_flags`.
+    side_data: that step's per-image side data (e.g. a student's targets), host arrays.
+    clip_norm: ``optim.clip_norm``.
+    checkpoint: a sentence on what is kept, e.g. 'Its checkpoint of epoch 2 in DIR is kept.'.
+  """
+  named = lambda kind: [n[len(kind) + 1:] for n, bad in sorted(flags.items())
+                        if bad and n.startswith(kind)]
+  # Every metric (the loss's terms say which one broke); of the rest the first in parameter
+  # order (what follows it is fed by it).
+  found = '; '.join(f'{what}: {names}' for what, names in (
+      ('non-finite metrics', ', '.join(named('metric'))),
+      *((f'first non-finite {kind}', next(iter(named(kind)), ''))
+        for kind in ('statistic', 'gradient', 'parameter'))) if names)
+  clipping = (f'gradient clipping was on (optim.clip_norm={clip_norm})' if clip_norm > 0
+              else 'gradient clipping was off (optim.clip_norm=0)')
+  broken = [f'side data {i} (for a student: the searched targets of tap {i}) holds {what}'
+            for i, what in enumerate(map(_out_of_range, side_data)) if what]
+  if broken:
+    advice = ('The data is wrong, not the optimiser: ' + '; '.join(broken) +
+              ' in this batch; recreate it (a target store: delete it and search again)')
+  elif clip_norm > 0:
+    advice = 'Lower optim.lr'
+  else:
+    advice = 'Set optim.clip_norm (e.g. 2.0) or lower optim.lr'
+  return f'a training step met NaN or inf in {where}: {found}; {clipping}. {advice}. {checkpoint}'
+
+
+def _out_of_range(a: np.ndarray) -> str | None:
+  """What is wrong with side data ``a``, or None: NaN or inf, or values whose float32 square
+  (an MSE) overflows, past sqrt(3.4e38) = 1.8e19, where no sane target lies."""
+  a = np.asarray(a, np.float64)
+  if not np.isfinite(a).all():
+    return 'NaN or inf'
+  largest = np.abs(a).max(initial=0.0)
+  return f'values up to {largest:.3g}' if largest >= 1.8e19 else None
 
 
 def epoch_batches(key: jax.Array, n: int, batch_size: int) -> tuple[np.ndarray, jax.Array]:
@@ -467,7 +530,7 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
     for epoch in range(first, opt.epochs + 1):
       t0 = time.perf_counter()
       positions, keys = epoch_batches(jax.random.fold_in(base_key, epoch), n, opt.batch_size)
-      sums = {}
+      sums, health = {}, []
       with contextlib.ExitStack() as stack:
         if data.stream is None:
           batches = ((idx, extras) for idx in positions)
@@ -483,15 +546,21 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
           if not sums and epoch == first:
             _check_memory(step_fn, args, opt.batch_size, mesh.size, memory_bytes)
           state, metrics = step_fn(*args)
+          health.append(metrics.pop('nonfinite'))
           if not sums and epoch == first:
             bar.start_clock()  # the ETA leaves out the first step's compilation
           sums = jax.tree.map(jnp.add, sums, metrics) if sums else metrics
+      bad = np.flatnonzero(np.asarray(jnp.stack([any_bad for any_bad, _ in health])))
+      if bad.size:
+        i = int(bad[0])
+        side_data = (data.stream(positions[i]) if data.stream is not None else
+                     tuple(np.asarray(e[positions[i]]) for e in extras))
+        kept = ckpt.latest_step()
+        raise TrainError(nonfinite_message(
+            f'epoch {epoch}, step {i + 1} of {steps}', jax.device_get(health[i][1]), side_data,
+            opt.clip_norm, f'No checkpoint of this run exists yet in {workdir}.' if kept is None
+            else f'Its checkpoint of epoch {kept} in {workdir} is kept.'))
       metrics = {k: float(v) / steps for k, v in sums.items()}
-      if not np.isfinite(metrics['loss']):
-        raise TrainError(
-            f'the training loss became {metrics["loss"]} in epoch {epoch} (metrics {metrics}); '
-            'lower optim.lr or set optim.clip_norm (see its docstring). The last '
-            f'good checkpoint in {workdir} is kept.')
       meta['train_seconds'] += time.perf_counter() - t0
       last = epoch == opt.epochs or (deadline is not None and
                                      time.monotonic() + time.perf_counter() - t0 > deadline)

@@ -2,8 +2,9 @@
 
 ``conv3x3(x, kernel, impl)`` maps x (B, H, W, C_in) and kernel (3, 3, C_in, C_out) to
 (B, H, W, C_out). Both implementations compute each output pixel with XLA's conv
-(``lax.conv_general_dilated``), so forward values are bitwise equal; they differ in how they
-feed the CPU's caches and in the gradient:
+(``lax.conv_general_dilated``), so forward values agree to float32 rounding (XLA:CPU may
+block a chunk of the batch otherwise than the whole: not always bitwise); they differ in how
+they feed the CPU's caches and in the gradient:
 
 * 'xla': XLA's conv and its transpose rules. The right choice on GPU/TPU, whose conv kernels
   are tuned in both directions.
@@ -45,8 +46,8 @@ def resolve_impl(impl: str) -> str:
 def conv3x3(x: jax.Array, kernel: jax.Array, impl: str = 'xla') -> jax.Array:
   """SAME, stride-1 3x3 conv: x (B, H, W, C_in), kernel (3, 3, C_in, C_out) -> (B, H, W, C_out).
 
-  ``impl`` is one of :data:`IMPLS` (see the module docstring); values are the same for all,
-  gradients agree to float32 rounding.
+  ``impl`` is one of :data:`IMPLS` (see the module docstring); values and gradients agree to
+  float32 rounding.
   """
   if resolve_impl(impl) == 'xla':
     return _xla_conv(x, kernel)

@@ -42,8 +42,9 @@ def _threefry2x32(k1, k2, x0, x1):
 
 
 def normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """Exactly ``jax.random.normal(key, shape)`` (float32) under
-  ``jax.threefry_partitionable(False)``, computed faster on CPU.
+  """The draws of ``jax.random.normal(key, shape)`` (float32) under
+  ``jax.threefry_partitionable(False)``, computed faster on CPU: the same bits, turned into
+  floats by the same ops, which XLA may contract (FMA) otherwise in another fusion.
 
   Two changes, neither to the values' distribution: threefry's original counter layout uses
   both words of every hash (JAX's default 'partitionable' layout hashes once per output), and

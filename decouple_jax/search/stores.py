@@ -115,7 +115,7 @@ class StoreId:
   def config(self) -> dict:
     """The JSON-ready settings the id's hash covers. The test split and ``test_limit`` are
     left out (the search never sees them), and so are ``batch_images`` and
-    ``model.conv_impl`` (the search runs forward only, whose values every conv gives)."""
+    ``model.conv_impl`` (the search always computes with XLA's conv)."""
     data_part = {k: v for k, v in datalib.identity(self.data_cfg, self.ds).items()
                  if k != 'test_limit'}
     search_part = dataclasses.replace(self.search_cfg, batch_images=1, model=dataclasses.replace(
