@@ -1,14 +1,20 @@
-"""The gap study: what closes the distance between search-based learning and SGD on MNIST.
+"""The gap study: what closes the distance between search-based learning and SGD.
 
-Every arm is ``configs/mnist.py:cpu`` on a fixed MNIST subset (``--train_images`` training
-images, ``--holdout`` hold-out images, the full test set) with a few fields changed. An arm
-searches its training images (cached by target hash, so arms that differ only in the student
-share a search), trains the student, and reports: search seconds, mean best cross-entropy per
-search layer, R^2 of the student's taps against the targets per block, the linear probe on the
-student's block-2 output, the KL head's accuracy, and the student's hold-out and test accuracy.
-Beside them, per search width, two references on the same images: the random-feature floor (a
-linear probe trained with true labels on the UNTRAINED search network's block-2 features) and
-SGD with the student's network.
+One study per data set (``--dataset``: MNIST, CIFAR-10), each with its own arms. Every arm is
+the data set's ``configs/<dataset>.py:cpu`` on a fixed subset (``--train_images`` training
+images, ``--holdout`` hold-out images, the full test set) with a few fields changed, starting
+from the study's pinned reading (:attr:`Study.base`). An arm searches its training images
+(cached by target hash, so arms that differ only in the student share a search), trains the
+student, and reports: search seconds, mean best cross-entropy per search layer, R^2 of the
+student's taps against the targets per block, the linear probe on the student's block-2
+output, the KL head's accuracy, and the student's hold-out and test accuracy. A study that
+searches its hold-out images too (CIFAR-10's) adds what generalises: R^2 on hold-out images,
+and what the targets hold before any student
+(:func:`decouple_jax.learn.diagnostics.target_diagnostics`: their cosine to the image's own
+activation, and a linear probe trained on training images' block-2 targets and tested on
+hold-out images' targets). Beside them, per search width, two references on the same images:
+the random-feature floor (a linear probe trained with true labels on the UNTRAINED search
+network's block-2 features) and SGD with the student's network.
 
 Choices are made on hold-out accuracy; the test column is reported, never used to choose.
 Everything is **scaled down** (the paper searches 60k images at width 256).
@@ -22,8 +28,10 @@ for arms this workdir lacks are kept, so a study resumed on a fresh machine adds
   .venv/bin/python benchmarks/gap_study.py --workdir=runs/gap_study                # every arm
   .venv/bin/python benchmarks/gap_study.py --workdir=runs/gap_study --arms=noise,gradient
   .venv/bin/python benchmarks/gap_study.py --workdir=runs/gap_study --list          # the arms
+  .venv/bin/python benchmarks/gap_study.py --dataset=cifar10 --workdir=runs/gap_cifar10 \
+      --data_source=folder --data_dir=DIR      # DIR/{train,test}/<class>/*.jpg, or an archive
 
-One arm takes 3-10 minutes on 2 idle cores (mostly its search).
+An MNIST arm takes 3-10 minutes on 2 idle cores (mostly its search), a CIFAR-10 arm 15-30.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import platform
 import re
 import sys
 import time
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -50,20 +59,20 @@ from decouple_jax.learn import diagnostics
 from decouple_jax.learn import sgd
 from decouple_jax.learn import student
 from decouple_jax.search import driver
+from decouple_jax.search import stores
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-BEGIN, END = '<!-- gap_study:begin -->', '<!-- gap_study:end -->'
 
-# The reading every arm starts from: ``mnist:cpu`` as it was before the study (blur the whole
-# child, 16 generations per block, the paper's MNIST alpha, the paper's MSE weight), whatever
-# the config says today, so that an arm's row means the same in every session.
-STUDY_BASE = {'search.blur_target': 'candidate', 'gens': (16, 16, 16, 60),
+# The reading every MNIST arm starts from: ``mnist:cpu`` as it was before the study (blur the
+# whole child, 16 generations per block, the paper's MNIST alpha, the paper's MSE weight),
+# whatever the config says today, so that an arm's row means the same in every session.
+MNIST_BASE = {'search.blur_target': 'candidate', 'gens': (16, 16, 16, 60),
               'alpha': (0.1, 0.1, 0.1, 0.1), 'student.mse_coef': 1.0}
 
-# name -> (what it tests, overrides applied on top of STUDY_BASE). Overrides are dotted
+# name -> (what it tests, overrides applied on top of the study's base). Overrides are dotted
 # ConfigDict paths, plus four shorthands: 'gens', 'alpha' and 'blur' (generations, alpha and
 # blur passes of the 4 search layers) and 'width' (search and student block width).
-ARMS = {
+MNIST_ARMS = {
     'candidate': ('blur the whole child (appendix order)', {'search.blur_target': 'candidate'}),
     'noise': ('blur only the mutation noise (section 3.1)', {'search.blur_target': 'noise'}),
     'candidate_g100': ('candidate, blocks 1-2 at 100 generations',
@@ -142,25 +151,115 @@ ARMS = {
                             'blur': (5, 2, 2, 0)}),
 }
 
-# The gap against search compute: these arms differ only in blocks 1-2's generations (16x).
-COMPUTE_CURVE = ('noise_g4_25', 'noise_g4_50', 'noise_g4_100', 'noise_g4_200', 'noise_g4_400')
+# The CIFAR-10 study starts from the reading the MNIST study found (noise-only blur, generations
+# on blocks 1-2, stronger mutations there, MSE weight 10, lambda 1) with the paper's initial
+# noise scale, on width-32 networks with 4 convs per block, pinned field by field whatever
+# ``cifar10:cpu`` says today.
+CIFAR10_BASE = {'search.blur_target': 'noise', 'search.init_noise': 0.1,
+                'gens': (4, 100, 100, 60), 'alpha': (0.3, 0.2, 0.2, 0.1), 'blur': (5, 1, 1, 0),
+                'width': 32,
+                'search.population': 24, 'search.top_k': 4, 'search.n_explore': 10,
+                'search.n_refine': 10, 'student.mse_coef': 10.0, 'student.kl_weight': 1.0,
+                'student.model.convs_per_block': 4, 'student.train.optim.epochs': 12,
+                'student.train.optim.batch_size': 500, 'sgd.train.optim.epochs': 12,
+                'sgd.train.optim.batch_size': 500}
+
+CIFAR10_ARMS = {
+    'base': ('the MNIST study\'s reading on CIFAR-10', {}),
+    # Why do targets not generalise? Leads on what the search puts into them.
+    'anchor1': ('fitness + 1.0 x distance from the image\'s own activation (beyond the paper)',
+                {'search.anchor_weight': 1.0}),
+    'anchor3': ('fitness + 3.0 x distance from the image\'s own activation (beyond the paper)',
+                {'search.anchor_weight': 3.0}),
+    'alpha01': ('the paper\'s MNIST alpha 0.1 at every layer', {'alpha': (0.1, 0.1, 0.1, 0.1)}),
+    'gradient': ('gradient descent control, same evaluations as base',
+                 {'search.method': 'gradient'}),
+    # The initial population's input noise, 0.1 of each channel's std, passes the whitening
+    # stem, which scales high-frequency patch components up by as much as 1/sqrt(5e-4): on
+    # CIFAR-10 a noisy copy's block-0 activation keeps a correlation of only 0.35 with the
+    # clean image's (MNIST: 0.99).
+    'init001': ('initial input noise 0.01 of the channel std', {'search.init_noise': 0.01}),
+    'init0': ('no initial input noise: the population starts as the image itself',
+              {'search.init_noise': 0.0}),
+    'init001_anchor1': ('init001 + anchor1', {'search.init_noise': 0.01,
+                                              'search.anchor_weight': 1.0}),
+    # The student on init001's targets: its KL head spikes at the peak learning rate.
+    'init001_lr2': ('init001, student lr 2 (decoupled units)',
+                    {'search.init_noise': 0.01, 'student.train.optim.lr': 2.0}),
+    'init001_lr1': ('init001, student lr 1 (decoupled units)',
+                    {'search.init_noise': 0.01, 'student.train.optim.lr': 1.0}),
+    'init001_ep24': ('init001, student 24 epochs',
+                     {'search.init_noise': 0.01, 'student.train.optim.epochs': 24}),
+    'init001_a01': ('init001, alpha 0.1 at blocks 1-2',
+                    {'search.init_noise': 0.01, 'alpha': (0.3, 0.1, 0.1, 0.1)}),
+}
 
 
-def load_base(train_images: int, holdout: int) -> dict:
-  """``configs/mnist.py:cpu`` as a ConfigDict, cut to the study's subset."""
-  spec = importlib.util.spec_from_file_location('mnist_config', REPO / 'configs' / 'mnist.py')
+class Study(NamedTuple):
+  """One data set's study.
+
+  Attributes:
+    dataset: its ``configs/<dataset>.py`` and ``DataConfig.name``.
+    label: how tables name the data.
+    base: the pinned reading every arm starts from (overrides, as an arm's).
+    arms: name -> (what it tests, overrides on top of ``base``).
+    compute_curve: arms that differ only in blocks 1-2's generations, for the gap against
+      search compute (empty: none).
+    train_images, holdout: the subset's default sizes.
+    search_holdout: also search the hold-out images, for R^2 on images the student never saw
+      and for the targets' own diagnostics.
+    marker: the study's section markers in BENCHMARKS.md are ``<!-- {marker}:begin -->`` and
+      ``<!-- {marker}:end -->``.
+  """
+  dataset: str
+  label: str
+  base: dict
+  arms: dict
+  compute_curve: tuple[str, ...]
+  train_images: int
+  holdout: int
+  search_holdout: bool
+  marker: str
+
+  @property
+  def begin(self) -> str:
+    return f'<!-- {self.marker}:begin -->'
+
+  @property
+  def end(self) -> str:
+    return f'<!-- {self.marker}:end -->'
+
+
+STUDIES = {
+    'mnist': Study('mnist', 'MNIST', MNIST_BASE, MNIST_ARMS,
+                   ('noise_g4_25', 'noise_g4_50', 'noise_g4_100', 'noise_g4_200',
+                    'noise_g4_400'), 5000, 1000, False, 'gap_study'),
+    'cifar10': Study('cifar10', 'CIFAR-10', CIFAR10_BASE, CIFAR10_ARMS, (), 10000, 1000, True,
+                     'gap_study:cifar10'),
+}
+
+
+def load_base(study: Study, train_images: int, holdout: int, data_dir: str | None = None,
+              data_source: str | None = None) -> dict:
+  """``configs/<dataset>.py:cpu`` as a ConfigDict, cut to the study's subset; its data read
+  from ``data_dir`` (default ``data/<dataset>``) with ``data_source`` (default the config's)."""
+  path = REPO / 'configs' / f'{study.dataset}.py'
+  spec = importlib.util.spec_from_file_location(f'{study.dataset}_config', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   c = module.get_config('cpu')
-  c.data.dir = str(REPO / 'data' / 'mnist')
-  c.data.train_limit, c.data.holdout = train_images, holdout
+  c.data.dir = data_dir or str(REPO / 'data' / study.dataset)
+  if data_source:
+    c.data.source = data_source
+  c.data.train_limit, c.data.holdout, c.data.test_limit = train_images, holdout, 0
   return c
 
 
-def arm_config(base, overrides: dict) -> cfglib.ExperimentConfig:
-  """The experiment of one arm: ``base`` (a ConfigDict) with ``overrides`` applied."""
+def arm_config(study: Study, base, overrides: dict) -> cfglib.ExperimentConfig:
+  """The experiment of one arm: ``base`` (a ConfigDict) with the study's pinned reading and
+  then ``overrides`` applied."""
   c = base.copy_and_resolve_references()
-  for key, value in {**STUDY_BASE, **overrides}.items():
+  for key, value in {**study.base, **overrides}.items():
     if key == 'gens':
       c.search.layers = tuple(dict(l, generations=g) for l, g in zip(c.search.layers, value))
     elif key in ('alpha', 'blur'):
@@ -176,16 +275,19 @@ def arm_config(base, overrides: dict) -> cfglib.ExperimentConfig:
   return cfglib.from_dict(cfglib.ExperimentConfig, c)
 
 
-def student_row(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, workdir: pathlib.Path
-                ) -> dict:
+def student_row(study: Study, exp: cfglib.ExperimentConfig, ds: datalib.Dataset,
+                workdir: pathlib.Path) -> dict:
   """Search (cached) + student of one arm, and the numbers of its row."""
   targets = driver.cached_search(exp.data, exp.search, ds, workdir / 'searches')
+  holdout = (driver.cached_search(exp.data, exp.search, ds, workdir / 'searches', 'holdout')
+             if study.search_holdout else None)
   summary = runlog.read_json(targets / 'summary.json')
   run = workdir / 'students' / cfglib.hash_dict(
       student.run_config(exp.data, ds, exp.search, exp.student))
-  results = student.train_student(exp.data, exp.search, exp.student, run, targets, ds=ds)
+  results = student.train_student(exp.data, exp.search, exp.student, run, targets,
+                                  holdout_targets=holdout, ds=ds)
   d = results['diagnostics']
-  return {
+  row = {
       'search_seconds': summary['seconds_this_run'],
       'mean_best_loss': list(summary['mean_best_loss'].values()),
       'r2_train': d['r2_train'],
@@ -195,6 +297,15 @@ def student_row(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, workdir: path
       'test_accuracy': results['test_accuracy'],
       'student_seconds': results['train_seconds'],
   }
+  if holdout is not None:
+    model, variables = models.init_for_dataset(exp.search.model, ds, exp.search.seed)
+    row['r2_holdout'] = d['r2_holdout']
+    store_id = lambda split: stores.StoreId(exp.data, exp.search, ds, split)
+    row['targets'] = diagnostics.target_diagnostics(
+        model, variables, ds, stores.open_complete(targets, store_id('train')),
+        stores.open_complete(holdout, store_id('holdout')),
+        batch_size=exp.student.train.eval_batch)
+  return row
 
 
 def reference_row(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, workdir: pathlib.Path
@@ -211,22 +322,26 @@ def reference_row(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, workdir: pa
           'sgd_test_accuracy': results['test_accuracy']}
 
 
-def compute_curve(rows: dict, refs: dict) -> dict | None:
-  """The hold-out gap to SGD of the :data:`COMPUTE_CURVE` arms this workdir holds, and the
-  power law gap = coef * G**slope fitted by least squares in log-log (from 3 points).
+def compute_curve(study: Study, rows: dict, refs: dict) -> dict | None:
+  """The hold-out gap to SGD of the study's :attr:`Study.compute_curve` arms this workdir
+  holds, and the power law gap = coef * G**slope fitted by least squares in log-log (from 3
+  points).
 
   Returns None below 2 points. Otherwise the numbers of
   :func:`decouple_jax.analysis.plots.plot_gap_vs_compute`; the fit also says at which G, and
   after how many search seconds (linear in G, fitted likewise), the gap would fall to 1 and to
   0.5 points (accuracies in %).
   """
-  names = [n for n in COMPUTE_CURVE if n in rows]
-  if len(names) < 2 or 16 not in refs:
+  names = [n for n in study.compute_curve if n in rows]
+  if len(names) < 2:
+    return None
+  width = rows[names[0]]['overrides'].get('width', study.base.get('width', 16))
+  if width not in refs:
     return None
   g = np.array([rows[n]['overrides']['gens'][1] for n in names], float)
   seconds = np.array([rows[n]['search_seconds'] for n in names])
   holdout = np.array([100 * rows[n]['holdout_accuracy'] for n in names])
-  sgd = 100 * refs[16]['sgd_holdout_accuracy']
+  sgd = 100 * refs[width]['sgd_holdout_accuracy']
   gap = sgd - holdout
   fit = None
   if len(names) >= 3 and (gap > 0).all():
@@ -241,7 +356,7 @@ def compute_curve(rows: dict, refs: dict) -> dict | None:
   return {'arms': names, 'generations': g.tolist(), 'search_seconds': seconds.tolist(),
           'holdout_accuracy': holdout.tolist(),
           'test_accuracy': [100 * rows[n]['test_accuracy'] for n in names],
-          'sgd_holdout_accuracy': sgd, 'fit': fit}
+          'sgd_holdout_accuracy': sgd, 'width': width, 'fit': fit}
 
 
 def describe_curve(curve: dict) -> str:
@@ -249,9 +364,9 @@ def describe_curve(curve: dict) -> str:
   points = ', '.join(f'G {g:.0f}: {gap:.2f}' for g, gap in
                      zip(curve['generations'],
                          curve['sgd_holdout_accuracy'] - np.array(curve['holdout_accuracy'])))
-  text = (f'Gap against search compute (arms {", ".join(curve["arms"])}; width 16; G = '
-          f'generations at each of blocks 1-2; hold-out points below SGD\'s '
-          f'{curve["sgd_holdout_accuracy"]:.2f}%): {points}.')
+  text = (f'Gap against search compute (arms {", ".join(curve["arms"])}; width '
+          f'{curve["width"]}; G = generations at each of blocks 1-2; hold-out points below '
+          f'SGD\'s {curve["sgd_holdout_accuracy"]:.2f}%): {points}.')
   fit = curve['fit']
   if fit is None:
     return text + ' Too few points with a positive gap for a fit.'
@@ -269,8 +384,21 @@ def _f(values, digits=2) -> str:
   return ' / '.join(f'{v:.{digits}f}' for v in values)
 
 
-def format_table(rows: dict, refs: dict, recorded: str = '') -> str:
-  """The study's Markdown table (accuracies in %), arms in the order of :data:`ARMS`.
+def _arm_cells(study: Study, row: dict) -> list[str]:
+  """The cells of one arm's line; a study that searches its hold-out has four more."""
+  cells = [row['what'], f'{row["search_seconds"]:.0f}', _f(row['mean_best_loss']),
+           _f(row['r2_train'])]
+  if study.search_holdout:
+    t = row['targets']
+    cells += [_f(row['r2_holdout']), _f(t['cos_to_activation']),
+              f'{100 * t["target_probe"][-1]:.1f} / {100 * t["activation_probe"][-1]:.1f}']
+  return cells + [f'{100 * row["linear_probe"]:.1f}', f'{100 * row["head"]:.1f}',
+                  f'{100 * row["holdout_accuracy"]:.2f}', f'{100 * row["test_accuracy"]:.2f}',
+                  row['load']]
+
+
+def format_table(study: Study, rows: dict, refs: dict, recorded: str = '') -> str:
+  """The study's Markdown table (accuracies in %), arms in the order of :attr:`Study.arms`.
 
   ``rows`` (arm name -> row) and ``refs`` (width -> reference row) are the rows this workdir
   holds. ``recorded`` is the study section as last written: its line for an arm or width that
@@ -281,43 +409,43 @@ def format_table(rows: dict, refs: dict, recorded: str = '') -> str:
   arm_lines = {m[1]: m[0] for m in re.finditer(r'^\| `([^`]+)` \|.*$', recorded, re.M)}
   ref_lines = {int(m[1]): m[0] for m in re.finditer(r'^\| (\d+) \|.*$', recorded, re.M)}
   for name, row in rows.items():
-    arm_lines[name] = (
-        f'| `{name}` | {row["what"]} | {row["search_seconds"]:.0f} | '
-        f'{_f(row["mean_best_loss"])} | {_f(row["r2_train"])} | '
-        f'{100 * row["linear_probe"]:.1f} | {100 * row["head"]:.1f} | '
-        f'{100 * row["holdout_accuracy"]:.2f} | {100 * row["test_accuracy"]:.2f} | '
-        f'{row["load"]} |')
+    arm_lines[name] = f'| `{name}` | {" | ".join(_arm_cells(study, row))} |'
   for width, ref in refs.items():
     ref_lines[width] = (
         f'| {width} | {100 * ref["random_feature_floor"]:.1f} | '
         f'{100 * ref["sgd_holdout_accuracy"]:.2f} | {100 * ref["sgd_test_accuracy"]:.2f} |')
-  lines = ['| arm | what | search s | mean best CE 0/1/2/logits | R^2 blocks 0/1/2 | probe | '
-           'head | hold-out | test | load |', '|---|---|---|---|---|---|---|---|---|---|']
-  lines += [arm_lines[name] for name in ARMS if name in arm_lines]
+  header = ['arm', 'what', 'search s', 'mean best CE 0/1/2/logits', 'R^2 blocks 0/1/2']
+  if study.search_holdout:
+    header += ['R^2 hold-out 0/1/2', 'target cos to image 0/1/2',
+               'block-2 probe: targets / image']
+  header += ['probe', 'head', 'hold-out', 'test', 'load']
+  lines = [f'| {" | ".join(header)} |', '|---' * len(header) + '|']
+  lines += [arm_lines[name] for name in study.arms if name in arm_lines]
   lines += ['', '| width | random-feature floor (untrained block-2 probe) | '
             'SGD, student\'s network: hold-out | test |', '|---|---|---|---|']
   lines += [ref_lines[width] for width in sorted(ref_lines)]
   return '\n'.join(lines)
 
 
-def _split(path: pathlib.Path) -> list[str]:
+def _split(study: Study, path: pathlib.Path) -> list[str]:
   """``path``'s text as [before the study section, the section, after it]."""
   text = path.read_text()
-  if BEGIN not in text or END not in text:
-    raise SystemExit(f'{path} has no {BEGIN} ... {END} section to write the study into')
-  head, rest = text.split(BEGIN, 1)
-  return [head, *rest.split(END, 1)]
+  if study.begin not in text or study.end not in text:
+    raise SystemExit(f'{path} has no {study.begin} ... {study.end} section to write the study '
+                     'into')
+  head, rest = text.split(study.begin, 1)
+  return [head, *rest.split(study.end, 1)]
 
 
-def read_section(path: pathlib.Path) -> str:
+def read_section(study: Study, path: pathlib.Path) -> str:
   """The text between the study's markers in ``path``."""
-  return _split(path)[1]
+  return _split(study, path)[1]
 
 
-def write_section(path: pathlib.Path, body: str) -> None:
+def write_section(study: Study, path: pathlib.Path, body: str) -> None:
   """Replaces the text between the study's markers in ``path`` with ``body``."""
-  head, _, tail = _split(path)
-  path.write_text(f'{head}{BEGIN}\n{body}\n{END}{tail}')
+  head, _, tail = _split(study, path)
+  path.write_text(f'{head}{study.begin}\n{body}\n{study.end}{tail}')
 
 
 def _load() -> str:
@@ -326,58 +454,66 @@ def _load() -> str:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--dataset', default='mnist', choices=sorted(STUDIES))
   parser.add_argument('--workdir', default='runs/gap_study')
   parser.add_argument('--arms', default='all', help="comma-separated names, or 'all'")
-  parser.add_argument('--train_images', type=int, default=5000)
-  parser.add_argument('--holdout', type=int, default=1000)
+  parser.add_argument('--train_images', type=int, default=None,
+                      help='default: the study\'s (MNIST 5,000, CIFAR-10 10,000)')
+  parser.add_argument('--holdout', type=int, default=None, help='default: the study\'s (1,000)')
+  parser.add_argument('--data_dir', default=None, help='default: data/<dataset>')
+  parser.add_argument('--data_source', default=None,
+                      help="the config's data.source (e.g. 'folder' for an image folder)")
   parser.add_argument('--benchmarks_md', default=str(REPO / 'BENCHMARKS.md'),
                       help="where finished rows are recorded ('' to skip)")
   parser.add_argument('--figure', default=str(REPO / 'results' / 'gap_vs_compute.png'),
                       help="the gap-against-compute figure ('' to skip)")
   parser.add_argument('--list', action='store_true', help='print the arms and exit')
   args = parser.parse_args(argv)
+  study = STUDIES[args.dataset]
   if args.list:
-    for name, (what, overrides) in ARMS.items():
+    for name, (what, overrides) in study.arms.items():
       print(f'{name:24s} {what}: {overrides}')
     return
-  names = list(ARMS) if args.arms == 'all' else args.arms.split(',')
-  unknown = [n for n in names if n not in ARMS]
+  names = list(study.arms) if args.arms == 'all' else args.arms.split(',')
+  unknown = [n for n in names if n not in study.arms]
   if unknown:
     raise SystemExit(f'unknown arm(s) {unknown}; --list shows the arms')
+  train_images = args.train_images or study.train_images
+  holdout = args.holdout or study.holdout
   workdir = pathlib.Path(args.workdir)
-  base = load_base(args.train_images, args.holdout)
+  base = load_base(study, train_images, holdout, args.data_dir, args.data_source)
   ds = datalib.load_dataset(cfglib.from_dict(cfglib.ExperimentConfig, base).data)
   rows_dir = workdir / 'rows'
   for name in names:
     path = rows_dir / f'{name}.json'
-    what, overrides = ARMS[name]
-    exp = arm_config(base, overrides)
+    what, overrides = study.arms[name]
+    exp = arm_config(study, base, overrides)
     width = exp.search.model.widths[0]
     ref_path = rows_dir / f'reference_width{width}.json'
     if not ref_path.exists():
       runlog.write_json(ref_path, {**reference_row(exp, ds, workdir), 'load': _load()})
     arm_hash = cfglib.config_hash(exp.data, exp.search, exp.student)
     if path.exists() and runlog.read_json(path).get('config_hash', arm_hash) != arm_hash:
-      # The arm's definition (or STUDY_BASE) changed since its row was measured. Rows from
-      # before rows carried a hash were measured on STUDY_BASE's reading and are kept.
+      # The arm's definition (or the study's base) changed since its row was measured. Rows
+      # from before rows carried a hash were measured on the MNIST base and are kept.
       print(f'{name}: its row was measured with another config; measuring it again', flush=True)
       path.unlink()
     if not path.exists():
       t0 = time.perf_counter()
-      row = student_row(exp, ds, workdir)
+      row = student_row(study, exp, ds, workdir)
       runlog.write_json(path, {**row, 'what': what, 'overrides': overrides,
                                'config_hash': arm_hash, 'load': _load(),
                                'arm_seconds': time.perf_counter() - t0,
                                'finished': datetime.datetime.now(datetime.timezone.utc)
                                .strftime('%Y-%m-%d %H:%M UTC')})
-    rows = {n: runlog.read_json(rows_dir / f'{n}.json') for n in ARMS
+    rows = {n: runlog.read_json(rows_dir / f'{n}.json') for n in study.arms
             if (rows_dir / f'{n}.json').exists()}
     refs = {int(re.search(r'\d+', p.stem).group()): runlog.read_json(p)
             for p in rows_dir.glob('reference_width*.json')}
     md = pathlib.Path(args.benchmarks_md) if args.benchmarks_md else None
-    section = read_section(md) if md else ''
-    table = format_table(rows, refs, section)
-    curve = compute_curve(rows, refs)
+    section = read_section(study, md) if md else ''
+    table = format_table(study, rows, refs, section)
+    curve = compute_curve(study, rows, refs)
     recorded = re.search(r'^Gap against search compute.*$', section, re.M)
     if curve is None and recorded:  # measured in an earlier workdir: kept, like its rows
       table += f'\n\n{recorded[0]}'
@@ -385,17 +521,19 @@ def main(argv=None) -> None:
       table += f'\n\n{describe_curve(curve)}'
       if args.figure:
         plots.plot_gap_vs_compute(curve, args.figure, plots.describe(
-            'MNIST, 5,000 training images', 'mnist:cpu (gap study)', 'scaled down'))
+            f'{study.label}, {train_images:,} training images', f'{study.dataset}:cpu (gap study)',
+            'scaled down'))
     print(f'\n{table}\n', flush=True)
     if md:
-      header = (f'Command: `.venv/bin/python benchmarks/gap_study.py --workdir={args.workdir}`; '
-                f'{args.train_images} training / {args.holdout} hold-out MNIST images, full test '
-                f'set; machine {platform.node()} ({os.cpu_count()} cores), jax {jax.__version__}; '
-                f'table written {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. '
-                '**Scaled down** (`mnist:cpu` otherwise). "load" is the 1/5/15-minute load '
-                'average when the arm finished (2 cores: about 2 is the study alone, as its '
-                'search keeps both busy; more means other jobs shared them).')
-      write_section(md, f'{header}\n\n{table}')
+      header = (f'Command: `.venv/bin/python benchmarks/gap_study.py --dataset={study.dataset} '
+                f'--workdir={args.workdir}`; {train_images} training / {holdout} hold-out '
+                f'{study.label} images ({ds.fingerprint}), full test set; machine '
+                f'{platform.node()} ({os.cpu_count()} cores), jax {jax.__version__}; table '
+                f'written {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. '
+                f'**Scaled down** (`{study.dataset}:cpu` otherwise). "load" is the 1/5/15-minute '
+                'load average when the arm finished (2 cores: about 2 is the study alone, as '
+                'its search keeps both busy; more means other jobs shared them).')
+      write_section(study, md, f'{header}\n\n{table}')
 
 
 if __name__ == '__main__':

@@ -15,8 +15,12 @@ class names (decoded once, then cached; ``data.verify`` does not apply to a fold
   generations 300/100/100/10, student 6 convs per block, batch 2000, 90 epochs, lr 4.0 in
   airbench units). GPU/TPU scale: the search alone is ~66,000 candidate evaluations per image.
 - ``paper_aug``: ``paper`` with Table 2's augmentation (flip + crop from 2-pixel padding).
-- ``cpu``: scaled down to run end to end on a 2-core CPU in minutes (2,000 training images,
-  width 32, small search); its numbers are far below the paper's and labelled as such.
+- ``cpu``: scaled down for a 2-core CPU: the whole training split (4,000 held out), width-32
+  networks, population 24, the reading the CIFAR-10 gap study starts from (generations
+  4/100/100/60, alpha 0.3/0.2/0.2/0.1, MSE weight 10, lambda 1, 12 epochs of batch 500) and
+  the initial input noise it chose (0.01 of each channel's std; see BENCHMARKS.md). Not yet
+  run on the whole split; ``--config.data.train_limit=10000`` is the study's subset. Its
+  numbers are far below the paper's and labelled as such.
 - ``smoke``: seconds; for tests (use with a small archive made by the tests).
 """
 
@@ -41,9 +45,18 @@ def get_config(arg: str = 'cpu', *, name: str = 'cifar10') -> ml_collections.Con
     c.student.train.augment = True
 
   if arg == 'cpu':
-    _scale_down(c, images=(2000, 500, 2000), width=32, whiten_images=2000, convs=4,
-                batch=250, epochs=20, eval_batch=500, population=(24, 4, 10, 10),
-                generations=(30, 10, 10, 5), batch_images=16, chunk_size=512)
+    _scale_down(c, images=(0, 4000, 0), width=32, whiten_images=2000, convs=4,
+                batch=500, epochs=12, eval_batch=500, population=(24, 4, 10, 10),
+                generations=(4, 100, 100, 60), batch_images=16, chunk_size=512)
+    c.search.layers = tuple(dict(l, alpha=a) for l, a in zip(c.search.layers,
+                                                             (0.3, 0.2, 0.2, 0.1)))
+    # The paper's noisy copies, 0.1 of a channel's std, come out of the whitening stem as
+    # mostly noise on natural images (block-0 correlation with the clean image 0.35; MNIST
+    # 0.99), and the targets inherit it: the gap study measured 0.01 (BENCHMARKS.md).
+    c.search.init_noise = 0.01
+    c.student.mse_coef = 10.0
+    c.student.kl_weight = 1.0
+    c.reproduce.sgd_convs = (4,)  # the student's network; 2 and 6 cost an SGD run each
     c.analysis.n_images = 256
   elif arg == 'smoke':
     c.data.verify = False  # smoke runs read small archives written by the tests

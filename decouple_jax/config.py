@@ -457,6 +457,12 @@ class SearchConfig:
     method: how each layer's candidates are improved: 'evolution' (the paper's search) or
       'gradient' (a control: descent on the activation through the same network and fitness,
       one step per candidate evolution would score; :mod:`decouple_jax.search.gradient`).
+    anchor_weight: beyond the paper (0 = the paper's fitness): the fitness of a block
+      candidate adds ``anchor_weight`` times its distance from the image's own activation in
+      the search network (:func:`decouple_jax.search.operators.anchor_distance`, 2 * (1 -
+      correlation)), so the search keeps what the image itself gives and adds only what
+      lowers the loss. The logits layer is not anchored. Losses recorded in the store include
+      the term.
     bn_mode: search-network BatchNorm: 'inference' (initial statistics; candidates stay
       independent; default) or 'batch' (statistics over each image's population).
     norm_eps: epsilon of the per-sample normalisation (1e-5).
@@ -482,6 +488,7 @@ class SearchConfig:
   blur_padding: str = 'zeros'
   blur_target: str = 'noise'
   method: str = 'evolution'
+  anchor_weight: float = 0.0
   bn_mode: str = 'inference'
   norm_eps: float = 1e-5
   seed: int = 0
@@ -517,7 +524,7 @@ class SearchConfig:
     _check_choice('method', self.method, SEARCH_METHODS)
     _check_choice('bn_mode', self.bn_mode, BN_MODES)
     _check_choice('store_dtype', self.store_dtype, STORE_DTYPES)
-    _check_amounts(self, 'init_noise')
+    _check_amounts(self, 'init_noise', 'anchor_weight')
     _check_amounts(self, 'norm_eps', positive=True)
 
 

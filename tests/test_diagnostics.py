@@ -87,3 +87,52 @@ def test_random_feature_floor_is_the_probe_on_the_untrained_networks_head_input(
                                   np.asarray(fn(variables, images[20:30])[1]), labels[20:30], 10,
                                   epochs=50)
   assert floor == pytest.approx(want) and floor * 10 == pytest.approx(round(floor * 10))
+
+
+def _store(directory, targets, logits):
+  """A complete store of ``targets`` (block arrays) and ``logits`` at positions 0..N-1."""
+  n = len(logits)
+  spec = store_lib.StoreSpec(shapes=tuple(t.shape[1:] for t in (*targets, logits)),
+                             dtype='float32', num_images=n, chunk_size=n, config_hash='c',
+                             data_name='mnist', seed=0,
+                             index_hash=store_lib.indices_hash(np.arange(n)))
+  st = store_lib.TargetStore.create_or_open(directory, spec, np.arange(n))
+  st.write_chunk(0, [*targets, logits], np.zeros((n, len(targets) + 1), np.float32),
+                 np.zeros(n, np.float32))
+  return store_lib.TargetStore.open(directory)
+
+
+def test_target_diagnostics_measure_closeness_and_a_label_the_targets_carry(tmp_path):
+  rng = np.random.default_rng(2)
+  images = rng.integers(0, 256, (60, 28, 28, 1), dtype=np.uint8)
+  labels = np.arange(60, dtype=np.int32) % 3
+  mean, std = np.array([0.3], np.float32), np.array([0.4], np.float32)
+  ds = datalib.Dataset('mnist', 3, images[:40], labels[:40], np.arange(40), images[40:],
+                       labels[40:], np.arange(40, 60), images[:0], labels[:0], mean, std,
+                       fingerprint='test')
+  model = models.build(cfglib.ModelConfig(widths=(4, 4, 4)), 3, 1)
+  variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 28, 28, 1), np.float32))
+  variables = {**variables, 'params': models.init_whitening(
+      variables['params'], np.asarray(datalib.normalize(images[:40], mean, std)))}
+  own = lambda x: model.apply(variables, datalib.normalize(x, mean, std),
+                              use_running_average=True)[:3]
+  logits = np.zeros((40, 3), np.float32)
+  kept = [np.asarray(t) for t in own(images[:40])], [np.asarray(t) for t in own(images[40:])]
+  d = diagnostics.target_diagnostics(model, variables, ds,
+                                     _store(tmp_path / 'a', kept[0], logits),
+                                     _store(tmp_path / 'b', kept[1], logits[:20]),
+                                     batch_size=16, probe_epochs=50)
+  # Targets that are the images' own activations: cosine 1, and the same probe.
+  np.testing.assert_allclose(d['cos_to_activation'], 1.0, atol=1e-5)
+  assert d['target_probe'] == d['activation_probe'] and d['images'] == [40, 20]
+
+  # A class template far larger than the activation: every hold-out target is classified.
+  templates = [10 * rng.normal(size=(3, *t.shape[1:])).astype(np.float32) for t in kept[0]]
+  added = [[t + tpl[ds_labels] for t, tpl in zip(part, templates)]
+           for part, ds_labels in zip(kept, (labels[:40], labels[40:]))]
+  d = diagnostics.target_diagnostics(model, variables, ds,
+                                     _store(tmp_path / 'c', added[0], logits),
+                                     _store(tmp_path / 'd', added[1], logits[:20]),
+                                     batch_size=16, probe_epochs=50)
+  assert d['target_probe'] == [1.0, 1.0, 1.0]
+  assert max(d['cos_to_activation']) < 0.5

@@ -24,22 +24,23 @@ def _row(what, holdout):
 
 
 def test_a_resumed_study_keeps_the_recorded_rows_and_replaces_only_its_own(gap_study, tmp_path):
+  study = gap_study.STUDIES['mnist']
   ref = {'random_feature_floor': 0.864, 'sgd_holdout_accuracy': 0.982, 'sgd_test_accuracy': 0.975}
-  first = gap_study.format_table({'noise': _row('first', 0.897), 'candidate': _row('c', 0.858)},
+  first = gap_study.format_table(study, {'noise': _row('first', 0.897), 'candidate': _row('c', 0.858)},
                                  {16: ref})
   md = tmp_path / 'BENCHMARKS.md'
-  md.write_text(f'# B\n\n{gap_study.BEGIN}\nold header\n{gap_study.END}\n\nreading\n')
-  gap_study.write_section(md, f'header\n\n{first}')
+  md.write_text(f'# B\n\n{study.begin}\nold header\n{study.end}\n\nreading\n')
+  gap_study.write_section(study, md, f'header\n\n{first}')
 
   # A fresh workdir: one new arm at a new width, and `noise` measured again.
   later = gap_study.format_table(
-      {'noise_g4_100_w64': _row('wide', 0.95), 'noise': _row('again', 0.90)},
-      {64: dict(ref, random_feature_floor=0.93)}, gap_study.read_section(md))
-  gap_study.write_section(md, f'header 2\n\n{later}')
+      study, {'noise_g4_100_w64': _row('wide', 0.95), 'noise': _row('again', 0.90)},
+      {64: dict(ref, random_feature_floor=0.93)}, gap_study.read_section(study, md))
+  gap_study.write_section(study, md, f'header 2\n\n{later}')
   text = md.read_text()
 
-  assert text.startswith('# B\n\n') and text.endswith(f'{gap_study.END}\n\nreading\n')
-  section = gap_study.read_section(md)
+  assert text.startswith('# B\n\n') and text.endswith(f'{study.end}\n\nreading\n')
+  section = gap_study.read_section(study, md)
   arms = [line.split('`')[1] for line in section.splitlines() if line.startswith('| `')]
   assert arms == ['candidate', 'noise', 'noise_g4_100_w64']  # the order of ARMS
   assert '| `noise` | again |' in section and 'first' not in section
@@ -54,22 +55,24 @@ def test_a_resumed_study_keeps_the_recorded_rows_and_replaces_only_its_own(gap_s
 def test_a_file_without_the_study_markers_is_refused(gap_study, tmp_path):
   md = tmp_path / 'BENCHMARKS.md'
   md.write_text('# no study here\n')
-  with pytest.raises(SystemExit, match='no <!-- gap_study:begin -->'):
-    gap_study.read_section(md)
+  for study in gap_study.STUDIES.values():
+    with pytest.raises(SystemExit, match=f'no {study.begin}'):
+      gap_study.read_section(study, md)
 
 
 def test_the_compute_curve_recovers_a_power_law_and_is_plotted(gap_study, tmp_path):
   from decouple_jax import runlog
   from decouple_jax.analysis import plots
+  study = gap_study.STUDIES['mnist']
   sgd = 0.98
   rows = {}
-  for name in gap_study.COMPUTE_CURVE[:4]:
-    g = gap_study.ARMS[name][1]['gens'][1]
+  for name in study.compute_curve[:4]:
+    g = study.arms[name][1]['gens'][1]
     rows[name] = dict(_row(name, sgd - 0.2 * g ** -0.5), search_seconds=2.0 * g + 5,
-                      overrides=gap_study.ARMS[name][1])
-  curve = gap_study.compute_curve(rows, {16: {'sgd_holdout_accuracy': sgd}})
+                      overrides=study.arms[name][1])
+  curve = gap_study.compute_curve(study, rows, {16: {'sgd_holdout_accuracy': sgd}})
   fit = curve['fit']
-  assert curve['arms'] == list(gap_study.COMPUTE_CURVE[:4])
+  assert curve['arms'] == list(study.compute_curve[:4])
   assert fit['slope'] == pytest.approx(-0.5) and fit['coef'] == pytest.approx(20.0)
   # gap = 20 / sqrt(G) reaches 1 point at G = 400 and 0.5 at 1600; seconds = 2 G + 5.
   assert fit['generations_for_1.0_point'] == pytest.approx(400)
@@ -82,5 +85,30 @@ def test_the_compute_curve_recovers_a_power_law_and_is_plotted(gap_study, tmp_pa
   assert runlog.read_json(png.with_suffix('.json'))['fit']['slope'] == pytest.approx(-0.5)
   # Too few points for a fit, or none at all.
   two = dict(list(rows.items())[:2])
-  assert gap_study.compute_curve(two, {16: {'sgd_holdout_accuracy': sgd}})['fit'] is None
-  assert gap_study.compute_curve({}, {16: {'sgd_holdout_accuracy': sgd}}) is None
+  assert gap_study.compute_curve(study, two, {16: {'sgd_holdout_accuracy': sgd}})['fit'] is None
+  assert gap_study.compute_curve(study, {}, {16: {'sgd_holdout_accuracy': sgd}}) is None
+
+
+def test_a_study_that_searches_its_holdout_reports_what_generalises(gap_study):
+  study = gap_study.STUDIES['cifar10']
+  assert study.search_holdout and set(study.arms) >= {'base', 'init001'}
+  row = dict(_row('x', 0.40), r2_holdout=[0.73, 0.28, 0.23],
+             targets={'cos_to_activation': [0.97, 0.7, 0.63], 'target_probe': [0.5, 0.8, 0.9],
+                      'activation_probe': [0.48, 0.45, 0.368], 'images': [2000, 500]})
+  table = gap_study.format_table(study, {'init001': row}, {})
+  header, rule, line = table.splitlines()[:3]
+  assert header.count('|') == rule.count('|') == line.count('|')
+  assert '| 0.73 / 0.28 / 0.23 | 0.97 / 0.70 / 0.63 | 90.0 / 36.8 |' in line
+  # The MNIST study's table has none of those columns.
+  mnist = gap_study.format_table(gap_study.STUDIES['mnist'], {'noise': _row('n', 0.9)}, {})
+  assert 'hold-out 0/1/2' not in mnist.splitlines()[0]
+
+
+def test_every_arm_builds_a_valid_config(gap_study):
+  """An arm whose overrides name no field or an invalid value fails here, not an hour into a
+  study."""
+  for study in gap_study.STUDIES.values():
+    base = gap_study.load_base(study, 100, 10)
+    for name, (_, overrides) in study.arms.items():
+      exp = gap_study.arm_config(study, base, overrides)
+      assert exp.data.train_limit == 100, name

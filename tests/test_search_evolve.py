@@ -341,3 +341,23 @@ def test_gradient_control_takes_one_step_per_child_and_never_worsens(problem, la
   assert out.loss[0] < pop.loss.min() - 0.05
   if layer < 3:  # per-sample normalised, as evolution's candidates
     np.testing.assert_allclose(np.asarray(out.h[0]).std(), 1.0, rtol=1e-3)
+
+
+def test_anchored_fitness_keeps_targets_near_the_image_and_scores_the_sum(problem, searched):
+  """search.anchor_weight: a block target's reported loss is its cross-entropy plus the weight
+  times its distance from the image's own activation, and the targets stay nearer to it than
+  the paper's fitness leaves them."""
+  model, variables, images, labels, indices = problem
+  cfg = dataclasses.replace(CFG, anchor_weight=2.0)
+  r = search.search_in_batches(search.make_search_fn(model, variables, cfg), 8, images, labels,
+                               indices)
+  clean = model.apply(variables, jnp.asarray(images), use_running_average=True)
+  distance = jax.vmap(lambda h, ref: ops.anchor_distance(h[None], ref, CFG.norm_eps)[0])
+  for layer in range(3):
+    h = jnp.asarray(r.targets[layer])
+    ce = jax.vmap(lambda z, y: ops.fitness(z[None], y)[0])(
+        model.apply(variables, layer, h, method=model.forward_from)[-1], labels)
+    d_anchored = distance(h, clean[layer])
+    np.testing.assert_allclose(r.best_loss[:, layer], ce + 2.0 * d_anchored, rtol=1e-5)
+    d_paper = distance(jnp.asarray(searched['r8'].targets[layer]), clean[layer])
+    assert float(d_anchored.mean()) < float(d_paper.mean())

@@ -118,6 +118,17 @@ def test_fitness_is_cross_entropy_loss_and_nan_is_inf():
                              rtol=1e-5)
 
 
+def test_anchor_distance_is_two_minus_twice_the_correlation():
+  ref = _f32(5, 4, 3, shift=2.0)
+  z = (ref - ref.mean()) / ref.std()
+  other = _f32(5, 4, 3)
+  other = other - other.mean() - (other * z).mean() * z  # exactly uncorrelated with ref
+  h = np.stack([3 * ref + 1, -ref, other, 0.6 * z + 0.8 * other / other.std()])
+  # Scale and shift do not count; the sign flips the correlation; rho = 0.6 gives 0.8.
+  np.testing.assert_allclose(ops.anchor_distance(jnp.asarray(h), jnp.asarray(ref), 0.0),
+                             [0.0, 4.0, 2.0, 0.8], atol=1e-5)
+
+
 def test_select_returns_lowest_losses_best_first():
   loss = jnp.array([3.0, jnp.inf, 0.5, 2.0, 0.5, 1.0])
   np.testing.assert_array_equal(ops.select(loss, 4), [2, 4, 5, 3])  # tie: lower index first

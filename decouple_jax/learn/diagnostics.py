@@ -241,3 +241,64 @@ def student_diagnostics(model: airbench.AirbenchNet, variables, ds: datalib.Data
       'head_test_accuracy': head_accuracy,
       'images': {'train': n_train, 'holdout': n_holdout, 'test': n_test},
   }
+
+
+def _z(x: np.ndarray) -> np.ndarray:
+  """(N, ...) -> (N, D): each sample's values flattened and z-normalised."""
+  x = x.reshape(len(x), -1).astype(np.float64)
+  x = x - x.mean(1, keepdims=True)
+  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+
+
+def target_diagnostics(model: airbench.AirbenchNet, variables, ds: datalib.Dataset,
+                       store: TargetStore, holdout_store: TargetStore, *,
+                       max_images: int = 2000, batch_size: int = 500,
+                       probe_epochs: int = 300, probe_lr: float = 0.01) -> dict:
+  """What the search put into its targets, before any student (not from the paper).
+
+  Two questions, per block: how far is a target from the image's own activation in the
+  network it was searched in (``model``, inference-form BatchNorm, as the search sees it),
+  and does a target carry the label in a form that holds for other images?
+
+  Args:
+    model, variables: the network the stores were searched in.
+    ds: the data set; ``store`` holds ``ds.train_*`` position by position and
+      ``holdout_store`` ``ds.holdout_*``.
+    store, holdout_store: target stores of the training and hold-out splits.
+    max_images: images per split used (the first ones).
+    batch_size: images per forward pass.
+    probe_epochs, probe_lr: see :func:`linear_probe`.
+
+  Returns:
+    ``cos_to_activation``: per block, the mean over training images of the cosine between
+      the per-sample z-normalised target and the image's own activation (1: the search kept
+      the image's activation; 0: unrelated);
+    ``target_probe``: per block, the hold-out accuracy of a linear probe trained with true
+      labels on training images' targets and tested on hold-out images' targets;
+    ``activation_probe``: the same probe on the images' own activations (what the targets'
+      probe is to be compared with).
+  """
+  n_train, n_hold = min(max_images, len(ds.train_images)), min(max_images,
+                                                               len(ds.holdout_images))
+  forward = jax.jit(lambda x: model.apply(variables, x, use_running_average=True)[:-1])
+
+  def activations(images):
+    parts = [forward(datalib.normalize(images[s:s + batch_size], ds.mean, ds.std))
+             for s in range(0, len(images), batch_size)]
+    return [np.concatenate([np.asarray(p[l]) for p in parts]) for l in range(len(parts[0]))]
+
+  blocks = range(len(store.spec.shapes) - 1)
+  act_train, act_hold = activations(ds.train_images[:n_train]), activations(
+      ds.holdout_images[:n_hold])
+  t_train = store.read(np.arange(n_train), layers=blocks)
+  t_hold = holdout_store.read(np.arange(n_hold), layers=blocks)
+  y_train, y_hold = ds.train_labels[:n_train], ds.holdout_labels[:n_hold]
+  probe = lambda a, b: linear_probe(a.reshape(len(a), -1), y_train, b.reshape(len(b), -1),
+                                    y_hold, ds.num_classes, epochs=probe_epochs, lr=probe_lr)
+  return {
+      'cos_to_activation': [float(np.mean(np.sum(_z(t_train[l]) * _z(act_train[l]), 1)))
+                            for l in blocks],
+      'target_probe': [probe(t_train[l], t_hold[l]) for l in blocks],
+      'activation_probe': [probe(act_train[l], act_hold[l]) for l in blocks],
+      'images': [n_train, n_hold],
+  }

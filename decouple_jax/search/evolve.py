@@ -256,12 +256,21 @@ def search_image(model: airbench.AirbenchNet, variables, cfg: SearchConfig, imag
   taps = forward(-1, noisy)
   pop = Population(taps[0], ops.fitness(taps[-1], label))
   init_loss = jnp.min(pop.loss)
+  # The image's own taps in this network: what an anchored fitness measures distance from.
+  clean = forward(-1, image[None]) if cfg.anchor_weight else None
   targets, best_loss, curves = [], [], []
   layer_fn = evolve_layer if cfg.method == 'evolution' else gradient.descend_layer
   for layer, schedule in enumerate(cfg.layers):
     def score(h, layer=layer):
       logits = h if layer == airbench.LOGITS else forward(layer, h)[-1]
-      return ops.fitness(logits, label)
+      loss = ops.fitness(logits, label)
+      if clean is None or layer == airbench.LOGITS:
+        return loss
+      return loss + cfg.anchor_weight * ops_lib.anchor_distance(h, clean[layer][0],
+                                                                cfg.norm_eps)
+    if clean is not None:
+      # The carried losses were scored at the previous layer, without this layer's anchor.
+      pop = pop.replace(loss=score(pop.h))
     pop, curve = layer_fn(pop, jax.random.fold_in(image_key, layer + 1),
                           schedule=schedule, cfg=cfg, score=score, ops=ops)
     best = jnp.argmin(pop.loss)

@@ -139,6 +139,22 @@ def fitness(logits: jax.Array, label: jax.Array) -> jax.Array:
   return jnp.where(jnp.isnan(ce), jnp.inf, ce)
 
 
+def anchor_distance(h: jax.Array, reference: jax.Array, eps: float) -> jax.Array:
+  """How far each candidate has moved from a reference activation, scale-free.
+
+  Args:
+    h: (P, H, W, C) candidates.
+    reference: (H, W, C), e.g. the image's own activation in the untrained network.
+    eps: the normalisation's epsilon.
+
+  Returns:
+    (P,): the mean squared difference of the per-sample normalised maps, which is
+    2 * (1 - correlation): 0 for the reference itself, 2 for an uncorrelated candidate.
+  """
+  diff = normalise(h, eps) - normalise(reference[None], eps)
+  return jnp.mean(jnp.square(diff), axis=(1, 2, 3))
+
+
 def select(loss: jax.Array, k: int) -> jax.Array:
   """Indices (k,) of the k lowest losses, best first (ties: lower index first)."""
   return lax.top_k(-loss, k)[1]
