@@ -77,19 +77,25 @@ def other(mnist_dir, tmp_path_factory):
   return cfg, data.load_dataset(cfg)
 
 
-def _store(directory, data_cfg, ds, poison_chunk=None, poison=np.nan):
-  """A complete store of made-up finite targets (no search: only its identity matters), with
-  ``poison`` at block 1 of the first image of ``poison_chunk``."""
+def _store(directory, data_cfg, ds, poison_chunk=None, written=None):
+  """A complete store of made-up finite targets (no search: only its identity matters).
+
+  ``poison_chunk``: NaN put at block 1 of that chunk's first image after it was written, as a
+  disk or a stray write would (its checksum no longer matches). ``written``: a value the
+  writer itself puts at block 1 of the first image, as a search that diverged would (its
+  checksum covers it)."""
   st = stores.create_or_open(directory, stores.StoreId(data_cfg, SEARCH, ds))
   rng = np.random.default_rng(0)
   for c in st.missing_chunks():
     start, stop = st.chunk_range(c)
     n = stop - start
-    st.write_chunk(c, [rng.normal(size=(n, *s)).astype(np.float32) for s in st.spec.shapes],
-                   np.ones((n, 4), np.float32), np.ones(n, np.float32))
-  if poison_chunk is not None:  # damage a finished chunk, as a disk or a stray write would
+    layers = [rng.normal(size=(n, *s)).astype(np.float32) for s in st.spec.shapes]
+    if written is not None and start == 0:
+      layers[1][0] = written
+    st.write_chunk(c, layers, np.ones((n, 4), np.float32), np.ones(n, np.float32))
+  if poison_chunk is not None:
     layer = np.load(pathlib.Path(directory) / 'layer1.npy', mmap_mode='r+')
-    layer[poison_chunk * SEARCH.chunk_size] = poison
+    layer[poison_chunk * SEARCH.chunk_size] = np.nan
     layer.flush()
   return directory
 
@@ -289,7 +295,7 @@ def test_nan_in_a_finished_store_is_reported_as_damage(real, tmp_path):
 
 def test_huge_targets_stop_training_naming_the_targets_not_the_lr(real, tmp_path):
   data_cfg, ds = real
-  targets = _store(tmp_path / 'targets', data_cfg, ds, poison_chunk=0, poison=1e30)
+  targets = _store(tmp_path / 'targets', data_cfg, ds, written=1e30)
   with pytest.raises(trainer.TrainError) as e:
     student.train_student(data_cfg, SEARCH, STUDENT, tmp_path / 'student', targets, ds=ds,
                           mesh=ONE)
