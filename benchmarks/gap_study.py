@@ -525,9 +525,11 @@ def main(argv=None) -> None:
             'scaled down'))
     print(f'\n{table}\n', flush=True)
     if md:
+      data_flags = ''.join(f' --{k}={v}' for k, v in (('data_source', args.data_source),
+                                                       ('data_dir', args.data_dir)) if v)
       header = (f'Command: `.venv/bin/python benchmarks/gap_study.py --dataset={study.dataset} '
-                f'--workdir={args.workdir}`; {train_images} training / {holdout} hold-out '
-                f'{study.label} images ({ds.fingerprint}), full test set; machine '
+                f'--workdir={args.workdir}{data_flags}`; {train_images} training / {holdout} '
+                f'hold-out {study.label} images ({ds.fingerprint}), full test set; machine '
                 f'{platform.node()} ({os.cpu_count()} cores), jax {jax.__version__}; table '
                 f'written {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. '
                 f'**Scaled down** (`{study.dataset}:cpu` otherwise). "load" is the 1/5/15-minute '
