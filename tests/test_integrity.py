@@ -93,6 +93,32 @@ def test_a_checkpoint_without_checksums_resumes_with_a_warning(uninterrupted, re
   assert again['train_seconds'] == uninterrupted[1]['train_seconds']  # nothing retrained
 
 
+@pytest.mark.parametrize('recorded', [True, False])
+def test_a_checkpoint_of_another_layout_is_refused_not_called_damaged(uninterrupted, real,
+                                                                     recorded, tmp_path,
+                                                                     monkeypatch):
+  """Another version's optimiser state (here: one more, stateless, transformation) with the same
+  config: refused in one line naming the cause, and nothing set aside as damaged. Checkpoints
+  from before the layout was recorded (``recorded=False``) are told apart by Orbax's error."""
+  import optax
+  from decouple_jax.learn import optim
+  workdir, _ = uninterrupted
+  run = shutil.copytree(workdir, tmp_path / 'run')
+  if not recorded:
+    for meta in (run / 'checkpoints').glob('*/meta/metadata'):
+      blob = json.loads(meta.read_text())
+      del blob['checksums']['layout']
+      meta.write_text(json.dumps(blob))
+  make = optim.optimizer
+  monkeypatch.setattr(optim, 'optimizer', lambda *a: optax.chain(make(*a), optax.scale(1.0)))
+  with pytest.raises(trainer.TrainError, match=r'checkpoints/4 holds a train state of another '
+                                               r'layout .* it is not damaged') as e:
+    sgd.train_sgd(real[0], EVERY_EPOCH, run, ds=real[1], mesh=ONE)
+  assert '\n' not in str(e.value)
+  assert not (run / 'damaged_checkpoints').exists()
+  assert sorted(int(p.name) for p in (run / 'checkpoints').iterdir()) == [3, 4]
+
+
 def test_no_good_checkpoint_left_stops_with_one_line(uninterrupted, real, tmp_path):
   run = shutil.copytree(uninterrupted[0], tmp_path / 'run')
   DAMAGE['flipped state bytes'](run / 'checkpoints' / '4')

@@ -337,10 +337,26 @@ def _checkpointer(workdir: pathlib.Path) -> ocp.CheckpointManager:
       options=ocp.CheckpointManagerOptions(max_to_keep=CHECKPOINTS_KEPT, create=True))
 
 
+def _layout(state: TrainState, best: dict) -> str:
+  """A hash of the train state's tree structure, shapes and dtypes: what this code restores
+  into. Another version's optimiser (say) gives another layout with the same config."""
+  leaves = [(tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves((state, best))]
+  return cfglib.hash_dict([str(jax.tree.structure((state, best))), leaves])
+
+
 def _checksums(state: TrainState, best: dict, meta: dict) -> dict:
   """What a checkpoint records to be verified on restore: hashes of its history (``meta``,
-  without these checksums) and of its arrays."""
-  return {'meta': cfglib.hash_dict(meta), 'arrays': cfglib.hash_tree((state, best))}
+  without these checksums), of its arrays, and of their :func:`_layout`."""
+  return {'meta': cfglib.hash_dict(meta), 'arrays': cfglib.hash_tree((state, best)),
+          'layout': _layout(state, best)}
+
+
+def _other_layout(path: pathlib.Path, workdir: pathlib.Path) -> TrainError:
+  return TrainError(
+      f'{path} holds a train state of another layout than this code builds (another version '
+      'of decouple_jax, e.g. another optimiser state, wrote it): it is not damaged, but it '
+      f'cannot be resumed; use a new --workdir, or delete {workdir / "checkpoints"} to start '
+      'over (its epochs are lost)')
 
 
 @contextlib.contextmanager
@@ -387,6 +403,7 @@ def _restore(ckpt: ocp.CheckpointManager, step: int, state: TrainState, best: di
 
   Raises:
     _Damaged: the checkpoint is unreadable or does not match its checksums.
+    TrainError: a checkpoint of another run, or of another layout (:func:`_layout`).
   """
   try:
     meta = ckpt.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
@@ -396,13 +413,19 @@ def _restore(ckpt: ocp.CheckpointManager, step: int, state: TrainState, best: di
   if sums is not None and sums['meta'] != cfglib.hash_dict(meta):
     raise _Damaged('meta/metadata does not match its checksum')
   _check_same_run(workdir, meta, config, config_hash)
+  path, layout = ckpt.directory / str(step), _layout(state, best)
+  if sums is not None and sums.get('layout', layout) != layout:
+    raise _other_layout(path, workdir)
   try:
     restored = ckpt.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(state), best=ocp.args.StandardRestore(best)))
   except Exception as e:  # pylint: disable=broad-except
+    # Checkpoints that predate the recorded layout: Orbax's own words for another layout.
+    if 'tree structures do not match' in str(e):
+      raise _other_layout(path, workdir) from e
     raise _Damaged(f'its arrays are unreadable: {_first_line(e)}') from e
   if sums is None:
-    warnings.warn(f'{ckpt.directory / str(step)} was written by an older version, which '
+    warnings.warn(f'{path} was written by an older version, which '
                   'recorded no checksums: resuming from it unverified', stacklevel=3)
   elif sums['arrays'] != cfglib.hash_tree((restored.state, restored.best)):
     raise _Damaged('its arrays do not match their checksum')
