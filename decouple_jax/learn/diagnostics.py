@@ -280,14 +280,14 @@ def target_diagnostics(model: airbench.AirbenchNet, variables, ds: datalib.Datas
   """
   n_train, n_hold = min(max_images, len(ds.train_images)), min(max_images,
                                                                len(ds.holdout_images))
-  forward = jax.jit(lambda x: model.apply(variables, x, use_running_average=True)[:-1])
+  fn = make_features_fn(model, False, ds.mean, ds.std)  # inference BatchNorm, as searched
+  blocks = range(len(store.spec.shapes) - 1)
 
   def activations(images):
-    parts = [forward(datalib.normalize(images[s:s + batch_size], ds.mean, ds.std))
+    parts = [fn(variables, images[s:s + batch_size])[0]
              for s in range(0, len(images), batch_size)]
-    return [np.concatenate([np.asarray(p[l]) for p in parts]) for l in range(len(parts[0]))]
+    return [np.concatenate([np.asarray(p[l]) for p in parts]) for l in blocks]
 
-  blocks = range(len(store.spec.shapes) - 1)
   act_train, act_hold = activations(ds.train_images[:n_train]), activations(
       ds.holdout_images[:n_hold])
   t_train = store.read(np.arange(n_train), layers=blocks)
