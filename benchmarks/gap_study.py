@@ -45,7 +45,7 @@ import platform
 import re
 import sys
 import time
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -70,8 +70,9 @@ MNIST_BASE = {'search.blur_target': 'candidate', 'gens': (16, 16, 16, 60),
               'alpha': (0.1, 0.1, 0.1, 0.1), 'student.mse_coef': 1.0}
 
 # name -> (what it tests, overrides applied on top of the study's base). Overrides are dotted
-# ConfigDict paths, plus four shorthands: 'gens', 'alpha' and 'blur' (generations, alpha and
-# blur passes of the 4 search layers) and 'width' (search and student block width).
+# ConfigDict paths, plus five shorthands: 'gens', 'alpha' and 'blur' (generations, alpha and
+# blur passes of the 4 search layers), 'width' (search and student block width) and 'epochs'
+# (the student's and SGD's).
 MNIST_ARMS = {
     'candidate': ('blur the whole child (appendix order)', {'search.blur_target': 'candidate'}),
     'noise': ('blur only the mutation noise (section 3.1)', {'search.blur_target': 'noise'}),
@@ -192,7 +193,59 @@ CIFAR10_ARMS = {
                      {'search.init_noise': 0.01, 'student.train.optim.epochs': 24}),
     'init001_a01': ('init001, alpha 0.1 at blocks 1-2',
                     {'search.init_noise': 0.01, 'alpha': (0.3, 0.1, 0.1, 0.1)}),
+    # The gap against search compute: init001 with every layer's generations scaled (1/16 to
+    # 2 of 4/100/100/60, fitness evaluations per image 17 x 24 to 528 x 24).
+    'init001_s1_16': ('init001, generations 1/16: 1/6/6/4', {'search.init_noise': 0.01,
+                                                             'gens': (1, 6, 6, 4)}),
+    'init001_s1_8': ('init001, generations 1/8: 1/12/12/8', {'search.init_noise': 0.01,
+                                                             'gens': (1, 12, 12, 8)}),
+    'init001_s1_4': ('init001, generations 1/4: 1/25/25/15', {'search.init_noise': 0.01,
+                                                              'gens': (1, 25, 25, 15)}),
+    'init001_s1_2': ('init001, generations 1/2: 2/50/50/30', {'search.init_noise': 0.01,
+                                                              'gens': (2, 50, 50, 30)}),
+    'init001_s2': ('init001, generations x2: 8/200/200/120', {'search.init_noise': 0.01,
+                                                              'gens': (8, 200, 200, 120)}),
+    # The gap against student compute: init001's search, the student and SGD both trained for
+    # 2 to 32 epochs (init001 itself is 12).
+    'init001_ep2': ('init001, student and SGD 2 epochs', {'search.init_noise': 0.01,
+                                                          'epochs': 2}),
+    'init001_ep4': ('init001, student and SGD 4 epochs', {'search.init_noise': 0.01,
+                                                          'epochs': 4}),
+    'init001_ep32': ('init001, student and SGD 32 epochs', {'search.init_noise': 0.01,
+                                                            'epochs': 32}),
 }
+
+
+def search_evaluations(exp: cfglib.ExperimentConfig) -> float:
+  """Fitness evaluations per image of ``exp``'s search: population x generations, summed
+  over its layers."""
+  return float(exp.search.population * sum(l.generations for l in exp.search.layers))
+
+
+def student_epochs(exp: cfglib.ExperimentConfig) -> float:
+  """The student's epochs over its training images."""
+  return float(exp.student.train.optim.epochs)
+
+
+EVALUATIONS = 'fitness evaluations per image'
+
+
+class Curve(NamedTuple):
+  """Arms that differ only in one kind of compute, for the gap to SGD against it.
+
+  Attributes:
+    kind: ``'search'`` (the gap to the width's SGD reference; seconds are the search's) or
+      ``'student'`` (arms that give the student and SGD the same epochs, each with its own SGD
+      run; the gap is to the best SGD hold-out among them, the baseline a reader would pick;
+      seconds are the student's).
+    arms: the arm names.
+    compute: an arm's compute from its experiment config (e.g. :func:`search_evaluations`).
+    unit: what ``compute`` counts, for the paragraph and the figure's axis.
+  """
+  kind: str
+  arms: tuple[str, ...]
+  compute: Callable[[cfglib.ExperimentConfig], float]
+  unit: str
 
 
 class Study(NamedTuple):
@@ -203,8 +256,7 @@ class Study(NamedTuple):
     label: how tables name the data.
     base: the pinned reading every arm starts from (overrides, as an arm's).
     arms: name -> (what it tests, overrides on top of ``base``).
-    compute_curve: arms that differ only in blocks 1-2's generations, for the gap against
-      search compute (empty: none).
+    curves: the study's gap-against-compute curves.
     train_images, holdout: the subset's default sizes.
     search_holdout: also search the hold-out images, for R^2 on images the student never saw
       and for the targets' own diagnostics.
@@ -215,7 +267,7 @@ class Study(NamedTuple):
   label: str
   base: dict
   arms: dict
-  compute_curve: tuple[str, ...]
+  curves: tuple[Curve, ...]
   train_images: int
   holdout: int
   search_holdout: bool
@@ -231,11 +283,15 @@ class Study(NamedTuple):
 
 
 STUDIES = {
-    'mnist': Study('mnist', 'MNIST', MNIST_BASE, MNIST_ARMS,
-                   ('noise_g4_25', 'noise_g4_50', 'noise_g4_100', 'noise_g4_200',
-                    'noise_g4_400'), 5000, 1000, False, 'gap_study'),
-    'cifar10': Study('cifar10', 'CIFAR-10', CIFAR10_BASE, CIFAR10_ARMS, (), 10000, 1000, True,
-                     'gap_study:cifar10'),
+    'mnist': Study('mnist', 'MNIST', MNIST_BASE, MNIST_ARMS, (
+        Curve('search', ('noise_g4_25', 'noise_g4_50', 'noise_g4_100', 'noise_g4_200',
+                         'noise_g4_400'), search_evaluations, EVALUATIONS),), 5000, 1000, False,
+                   'gap_study'),
+    'cifar10': Study('cifar10', 'CIFAR-10', CIFAR10_BASE, CIFAR10_ARMS, (
+        Curve('search', ('init001_s1_16', 'init001_s1_8', 'init001_s1_4', 'init001_s1_2',
+                         'init001', 'init001_s2'), search_evaluations, EVALUATIONS),
+        Curve('student', ('init001_ep2', 'init001_ep4', 'init001', 'init001_ep32'),
+              student_epochs, 'student epochs')), 10000, 1000, True, 'gap_study:cifar10'),
 }
 
 
@@ -266,6 +322,8 @@ def arm_config(study: Study, base, overrides: dict) -> cfglib.ExperimentConfig:
       c.search.layers = tuple(dict(l, **{key: v}) for l, v in zip(c.search.layers, value))
     elif key == 'width':
       c.search.model.widths = c.student.model.widths = (value,) * 3
+    elif key == 'epochs':
+      c.student.train.optim.epochs = c.sgd.train.optim.epochs = value
     else:
       *path, leaf = key.split('.')
       node = c
@@ -308,6 +366,16 @@ def student_row(study: Study, exp: cfglib.ExperimentConfig, ds: datalib.Dataset,
   return row
 
 
+def sgd_row(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, workdir: pathlib.Path) -> dict:
+  """SGD with the student's network under ``exp.sgd`` (cached by its run config)."""
+  sgd_cfg = sgd.with_network(exp.sgd, exp.student.model)
+  run = workdir / 'sgd' / cfglib.hash_dict(sgd.run_config(exp.data, ds, sgd_cfg))
+  results = sgd.train_sgd(exp.data, sgd_cfg, run, ds=ds)
+  return {'sgd_holdout_accuracy': results['holdout_accuracy'],
+          'sgd_test_accuracy': results['test_accuracy'],
+          'sgd_seconds': results['train_seconds']}
+
+
 def reference_row(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, workdir: pathlib.Path
                   ) -> dict:
   """The random-feature floor and SGD with the student's network, at ``exp``'s width."""
@@ -315,69 +383,90 @@ def reference_row(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, workdir: pa
   floor = diagnostics.random_feature_floor(
       model, variables, ds, batch_size=1000,
       max_images=max(len(ds.train_images), len(ds.test_images)))
-  sgd_cfg = sgd.with_network(exp.sgd, exp.student.model)
-  run = workdir / 'sgd' / cfglib.hash_dict(sgd.run_config(exp.data, ds, sgd_cfg))
-  results = sgd.train_sgd(exp.data, sgd_cfg, run, ds=ds)
-  return {'random_feature_floor': floor, 'sgd_holdout_accuracy': results['holdout_accuracy'],
-          'sgd_test_accuracy': results['test_accuracy']}
+  return {'random_feature_floor': floor, **sgd_row(exp, ds, workdir)}
 
 
-def compute_curve(study: Study, rows: dict, refs: dict) -> dict | None:
-  """The hold-out gap to SGD of the study's :attr:`Study.compute_curve` arms this workdir
-  holds, and the power law gap = coef * G**slope fitted by least squares in log-log (from 3
-  points).
+def _power_fit(x: np.ndarray, gap: np.ndarray, seconds: np.ndarray) -> dict | None:
+  """gap = coef * x**slope by least squares in log-log (None below 3 points or if a gap is
+  not positive), with the x, and the seconds (linear in x, fitted likewise), at which the gap
+  would fall to 1 and to 0.5 points."""
+  if len(x) < 3 or not (gap > 0).all():
+    return None
+  slope, log_coef = np.polyfit(np.log(x), np.log(gap), 1)
+  per_x, offset = np.polyfit(x, seconds, 1)
+  fit = {'coef': float(np.exp(log_coef)), 'slope': float(slope)}
+  for points in (1.0, 0.5):
+    at = float(np.exp((np.log(points) - log_coef) / slope)) if slope < 0 else None
+    fit[f'x_for_{points}_point'] = at
+    fit[f'seconds_for_{points}_point'] = None if at is None else float(per_x * at + offset)
+  return fit
 
-  Returns None below 2 points. Otherwise the numbers of
-  :func:`decouple_jax.analysis.plots.plot_gap_vs_compute`; the fit also says at which G, and
-  after how many search seconds (linear in G, fitted likewise), the gap would fall to 1 and to
-  0.5 points (accuracies in %).
+
+def compute_curve(study: Study, curve: Curve, rows: dict, refs: dict, base) -> dict | None:
+  """The hold-out gap to SGD along one of the study's curves, for the arms this workdir holds,
+  and its power-law fit (:func:`_power_fit`).
+
+  Args:
+    study, curve: the study and one of its :attr:`Study.curves`.
+    rows: arm name -> row; a student curve's rows carry their own SGD (``'sgd'``).
+    refs: width -> reference row.
+    base: the study's base ConfigDict (:func:`load_base`), to compute each arm's compute.
+
+  Returns:
+    None below 2 points or without the width's reference; otherwise the numbers of
+    :func:`decouple_jax.analysis.plots.plot_gap_vs_compute` (accuracies in %).
   """
-  names = [n for n in study.compute_curve if n in rows]
+  names = [n for n in curve.arms if n in rows]
   if len(names) < 2:
     return None
   width = rows[names[0]]['overrides'].get('width', study.base.get('width', 16))
   if width not in refs:
     return None
-  g = np.array([rows[n]['overrides']['gens'][1] for n in names], float)
-  seconds = np.array([rows[n]['search_seconds'] for n in names])
+  x = np.array([curve.compute(arm_config(study, base, rows[n]['overrides'])) for n in names])
+  order = np.argsort(x)
+  names, x = [names[i] for i in order], x[order]
   holdout = np.array([100 * rows[n]['holdout_accuracy'] for n in names])
-  sgd = 100 * refs[width]['sgd_holdout_accuracy']
-  gap = sgd - holdout
-  fit = None
-  if len(names) >= 3 and (gap > 0).all():
-    slope, log_coef = np.polyfit(np.log(g), np.log(gap), 1)
-    per_g, offset = np.polyfit(g, seconds, 1)
-    fit = {'coef': float(np.exp(log_coef)), 'slope': float(slope)}
-    for points in (1.0, 0.5):
-      at = (float(np.exp((np.log(points) - log_coef) / slope)) if slope < 0 else None)
-      fit[f'generations_for_{points}_point'] = at
-      fit[f'search_seconds_for_{points}_point'] = (None if at is None else
-                                                   float(per_g * at + offset))
-  return {'arms': names, 'generations': g.tolist(), 'search_seconds': seconds.tolist(),
-          'holdout_accuracy': holdout.tolist(),
+  sgd_each = [100 * rows[n].get('sgd', refs[width])['sgd_holdout_accuracy'] for n in names]
+  sgd = max(sgd_each) if curve.kind == 'student' else 100 * refs[width]['sgd_holdout_accuracy']
+  seconds = np.array([rows[n][f'{curve.kind}_seconds'] for n in names])
+  return {'kind': curve.kind, 'arms': names, 'compute': x.tolist(), 'unit': curve.unit,
+          'seconds': seconds.tolist(), 'holdout_accuracy': holdout.tolist(),
           'test_accuracy': [100 * rows[n]['test_accuracy'] for n in names],
-          'sgd_holdout_accuracy': sgd, 'width': width, 'fit': fit}
+          'sgd_each_holdout_accuracy': sgd_each, 'sgd_holdout_accuracy': sgd, 'width': width,
+          'fit': _power_fit(x, sgd - holdout, seconds)}
 
 
-def describe_curve(curve: dict) -> str:
-  """One paragraph of the study section: the fitted trend of :func:`compute_curve`."""
-  points = ', '.join(f'G {g:.0f}: {gap:.2f}' for g, gap in
-                     zip(curve['generations'],
-                         curve['sgd_holdout_accuracy'] - np.array(curve['holdout_accuracy'])))
-  text = (f'Gap against search compute (arms {", ".join(curve["arms"])}; width '
-          f'{curve["width"]}; G = generations at each of blocks 1-2; hold-out points below '
-          f'SGD\'s {curve["sgd_holdout_accuracy"]:.2f}%): {points}.')
+def curve_figure(study: Study, curve: dict) -> str:
+  """The figure's file name under ``results/``."""
+  return f'{study.dataset}_gap_vs_{curve["kind"]}_compute.png'
+
+
+def describe_curve(study: Study, curve: dict) -> str:
+  """One paragraph of the study section: the points and fitted trend of
+  :func:`compute_curve`."""
+  gaps = curve['sgd_holdout_accuracy'] - np.array(curve['holdout_accuracy'])
+  if curve['kind'] == 'student':
+    points = ', '.join(f'{x:g}: student {h:.2f}, SGD {s:.2f}, gap {g:.2f}' for x, h, s, g in zip(
+        curve['compute'], curve['holdout_accuracy'], curve['sgd_each_holdout_accuracy'], gaps))
+    against = (f'gap to the best SGD hold-out among them, {curve["sgd_holdout_accuracy"]:.2f}%; '
+               'each point\'s SGD trained for the same epochs')
+  else:
+    points = ', '.join(f'{x:,.0f}: {g:.2f}' for x, g in zip(curve['compute'], gaps))
+    against = f'hold-out points below SGD\'s {curve["sgd_holdout_accuracy"]:.2f}%'
+  text = (f'Gap against {curve["kind"]} compute (arms {", ".join(curve["arms"])}; width '
+          f'{curve["width"]}; {curve["unit"]}: {against}): {points}.')
   fit = curve['fit']
   if fit is None:
     return text + ' Too few points with a positive gap for a fit.'
-  text += f' Least-squares fit in log-log: gap = {fit["coef"]:.3g} * G^{fit["slope"]:.3f}'
+  text += (f' Least-squares fit in log-log: gap = {fit["coef"]:.3g} * x^{fit["slope"]:.3f} '
+           f'(x = {curve["unit"]})')
   for points in (1.0, 0.5):
-    at = fit[f'generations_for_{points}_point']
-    text += ('; the gap does not shrink with G' if at is None else
-             f'; {points} point at G ~ {at:,.0f} '
-             f'(~{fit[f"search_seconds_for_{points}_point"]:,.0f} s of search for these images, '
-             'extrapolated)')
-  return text + '. Figure: `results/gap_vs_compute.png`.'
+    at = fit[f'x_for_{points}_point']
+    text += (f'; the gap does not shrink with {curve["kind"]} compute' if at is None else
+             f'; {points} point at x ~ {at:,.0f} '
+             f'(~{fit[f"seconds_for_{points}_point"]:,.0f} s of {curve["kind"]} for these '
+             'images, extrapolated)')
+  return text + f'. Figure: `results/{curve_figure(study, curve)}`.'
 
 
 def _f(values, digits=2) -> str:
@@ -465,8 +554,8 @@ def main(argv=None) -> None:
                       help="the config's data.source (e.g. 'folder' for an image folder)")
   parser.add_argument('--benchmarks_md', default=str(REPO / 'BENCHMARKS.md'),
                       help="where finished rows are recorded ('' to skip)")
-  parser.add_argument('--figure', default=str(REPO / 'results' / 'gap_vs_compute.png'),
-                      help="the gap-against-compute figure ('' to skip)")
+  parser.add_argument('--figures', default=str(REPO / 'results'),
+                      help="where the gap-against-compute figures go ('' to skip)")
   parser.add_argument('--list', action='store_true', help='print the arms and exit')
   args = parser.parse_args(argv)
   study = STUDIES[args.dataset]
@@ -484,6 +573,7 @@ def main(argv=None) -> None:
   base = load_base(study, train_images, holdout, args.data_dir, args.data_source)
   ds = datalib.load_dataset(cfglib.from_dict(cfglib.ExperimentConfig, base).data)
   rows_dir = workdir / 'rows'
+  base_sgd = arm_config(study, base, {}).sgd
   for name in names:
     path = rows_dir / f'{name}.json'
     what, overrides = study.arms[name]
@@ -501,6 +591,8 @@ def main(argv=None) -> None:
     if not path.exists():
       t0 = time.perf_counter()
       row = student_row(study, exp, ds, workdir)
+      if exp.sgd != base_sgd:  # the arm changes SGD too (a student-compute point): its own SGD
+        row['sgd'] = sgd_row(exp, ds, workdir)
       runlog.write_json(path, {**row, 'what': what, 'overrides': overrides,
                                'config_hash': arm_hash, 'load': _load(),
                                'arm_seconds': time.perf_counter() - t0,
@@ -513,16 +605,18 @@ def main(argv=None) -> None:
     md = pathlib.Path(args.benchmarks_md) if args.benchmarks_md else None
     section = read_section(study, md) if md else ''
     table = format_table(study, rows, refs, section)
-    curve = compute_curve(study, rows, refs)
-    recorded = re.search(r'^Gap against search compute.*$', section, re.M)
-    if curve is None and recorded:  # measured in an earlier workdir: kept, like its rows
-      table += f'\n\n{recorded[0]}'
-    elif curve is not None:
-      table += f'\n\n{describe_curve(curve)}'
-      if args.figure:
-        plots.plot_gap_vs_compute(curve, args.figure, plots.describe(
-            f'{study.label}, {train_images:,} training images', f'{study.dataset}:cpu (gap study)',
-            'scaled down'))
+    for spec in study.curves:
+      curve = compute_curve(study, spec, rows, refs, base)
+      recorded = re.search(rf'^Gap against {spec.kind} compute.*$', section, re.M)
+      if curve is None and recorded:  # measured in an earlier workdir: kept, like its rows
+        table += f'\n\n{recorded[0]}'
+      elif curve is not None:
+        table += f'\n\n{describe_curve(study, curve)}'
+        if args.figures:
+          plots.plot_gap_vs_compute(curve, pathlib.Path(args.figures) / curve_figure(study, curve),
+                                    plots.describe(f'{study.label}, {train_images:,} training '
+                                                   'images', f'{study.dataset}:cpu (gap study)',
+                                                   'scaled down'))
     print(f'\n{table}\n', flush=True)
     if md:
       data_flags = ''.join(f' --{k}={v}' for k, v in (('data_source', args.data_source),

@@ -64,20 +64,22 @@ def test_the_compute_curve_recovers_a_power_law_and_is_plotted(gap_study, tmp_pa
   from decouple_jax import runlog
   from decouple_jax.analysis import plots
   study = gap_study.STUDIES['mnist']
+  spec, = study.curves
+  base = gap_study.load_base(study, 100, 10)
   sgd = 0.98
   rows = {}
-  for name in study.compute_curve[:4]:
-    g = study.arms[name][1]['gens'][1]
-    rows[name] = dict(_row(name, sgd - 0.2 * g ** -0.5), search_seconds=2.0 * g + 5,
+  for name in spec.arms[:4]:
+    e = gap_study.search_evaluations(gap_study.arm_config(study, base, study.arms[name][1]))
+    rows[name] = dict(_row(name, sgd - 0.2 * e ** -0.5), search_seconds=2.0 * e + 5,
                       overrides=study.arms[name][1])
-  curve = gap_study.compute_curve(study, rows, {16: {'sgd_holdout_accuracy': sgd}})
+  curve = gap_study.compute_curve(study, spec, rows, {16: {'sgd_holdout_accuracy': sgd}}, base)
   fit = curve['fit']
-  assert curve['arms'] == list(study.compute_curve[:4])
+  assert curve['arms'] == list(spec.arms[:4]) and curve['kind'] == 'search'
   assert fit['slope'] == pytest.approx(-0.5) and fit['coef'] == pytest.approx(20.0)
-  # gap = 20 / sqrt(G) reaches 1 point at G = 400 and 0.5 at 1600; seconds = 2 G + 5.
-  assert fit['generations_for_1.0_point'] == pytest.approx(400)
-  assert fit['search_seconds_for_0.5_point'] == pytest.approx(3205)
-  assert '1.0 point at G ~ 400' in gap_study.describe_curve(curve)
+  # gap = 20 / sqrt(x) reaches 1 point at x = 400 and 0.5 at 1600; seconds = 2 x + 5.
+  assert fit['x_for_1.0_point'] == pytest.approx(400)
+  assert fit['seconds_for_0.5_point'] == pytest.approx(3205)
+  assert '1.0 point at x ~ 400 ' in gap_study.describe_curve(study, curve)
 
   about = plots.describe('m', 'c', 'scaled down')
   png = plots.plot_gap_vs_compute(curve, tmp_path / 'gap.png', about)
@@ -85,8 +87,33 @@ def test_the_compute_curve_recovers_a_power_law_and_is_plotted(gap_study, tmp_pa
   assert runlog.read_json(png.with_suffix('.json'))['fit']['slope'] == pytest.approx(-0.5)
   # Too few points for a fit, or none at all.
   two = dict(list(rows.items())[:2])
-  assert gap_study.compute_curve(study, two, {16: {'sgd_holdout_accuracy': sgd}})['fit'] is None
-  assert gap_study.compute_curve(study, {}, {16: {'sgd_holdout_accuracy': sgd}}) is None
+  refs = {16: {'sgd_holdout_accuracy': sgd}}
+  assert gap_study.compute_curve(study, spec, two, refs, base)['fit'] is None
+  assert gap_study.compute_curve(study, spec, {}, refs, base) is None
+
+
+def test_the_student_curve_measures_the_gap_to_the_best_sgd_at_equal_epochs(gap_study):
+  study = gap_study.STUDIES['cifar10']
+  spec = next(c for c in study.curves if c.kind == 'student')
+  base = gap_study.load_base(study, 100, 10)
+  # Both improve with epochs; SGD's best (at the most epochs) is the baseline.
+  rows, refs = {}, {32: {'sgd_holdout_accuracy': 0.60}}
+  for name in spec.arms:
+    overrides = study.arms[name][1]
+    epochs = gap_study.student_epochs(gap_study.arm_config(study, base, overrides))
+    rows[name] = dict(_row(name, 0.62 - 0.3 * epochs ** -0.5), overrides=overrides,
+                      student_seconds=10.0 * epochs)
+    if name != 'init001':
+      rows[name]['sgd'] = {'sgd_holdout_accuracy': 0.58 + epochs / 1000}
+  exps = [gap_study.arm_config(study, base, rows[n]['overrides']) for n in spec.arms]
+  assert all(e.sgd.train.optim.epochs == e.student.train.optim.epochs for e in exps)
+  curve = gap_study.compute_curve(study, spec, rows, refs, base)
+  assert curve['compute'] == [2.0, 4.0, 12.0, 32.0]
+  assert curve['sgd_holdout_accuracy'] == pytest.approx(100 * max(0.60, 0.58 + 32 / 1000))
+  assert curve['sgd_each_holdout_accuracy'][2] == pytest.approx(60.0)  # init001: the reference
+  text = gap_study.describe_curve(study, curve)
+  assert text.startswith('Gap against student compute') and '32: student' in text
+  assert 'cifar10_gap_vs_student_compute.png' in text
 
 
 def test_a_study_that_searches_its_holdout_reports_what_generalises(gap_study):

@@ -273,27 +273,28 @@ def plot_feedback(results: dict, path: str | pathlib.Path, about: dict) -> pathl
 
 
 def plot_gap_vs_compute(curve: dict, path: str | pathlib.Path, about: dict) -> pathlib.Path:
-  """The hold-out gap between SGD and the search-based student against the search's
-  generations at blocks 1-2, log-log, with the fitted power law.
+  """The hold-out gap between SGD and the search-based student against one kind of compute
+  (the search's or the student's), log-log, with the fitted power law.
 
   Args:
-    curve: ``generations`` (G per block at blocks 1-2), ``search_seconds`` (each point's whole
-      search), ``holdout_accuracy`` and ``test_accuracy`` (%), ``sgd_holdout_accuracy`` (%),
-      and ``fit``: ``{'coef': a, 'slope': b}`` of gap = a * G**b (points), or None.
+    curve: ``kind`` ('search' or 'student'), ``compute`` (each point's compute, in ``unit``),
+      ``seconds`` (each point's search or student seconds), ``holdout_accuracy`` (%),
+      ``sgd_holdout_accuracy`` (%, the SGD the gap is taken to), and ``fit``:
+      ``{'coef': a, 'slope': b}`` of gap = a * compute**b (points), or None.
     path: the PNG to write; the JSON beside it holds ``curve``.
     about: :func:`describe` of the study.
   """
-  g = np.asarray(curve['generations'], float)
+  x = np.asarray(curve['compute'], float)
   gap = curve['sgd_holdout_accuracy'] - np.asarray(curve['holdout_accuracy'])
   fig, ax = plt.subplots(figsize=(6.5, 4.4), layout='constrained')
-  ax.plot(g, gap, 'o', label='hold-out gap to SGD (same network, same images)')
-  for x, y, s in zip(g, gap, curve['search_seconds']):
-    ax.annotate(f'{s:.0f} s', (x, y), textcoords='offset points', xytext=(5, 4),
+  ax.plot(x, gap, 'o', label='hold-out gap to SGD (same network, same images)')
+  for xi, y, s in zip(x, gap, curve['seconds']):
+    ax.annotate(f'{s:.0f} s', (xi, y), textcoords='offset points', xytext=(5, 4),
                 fontsize='small')
   if curve['fit'] is not None:
-    xs = np.geomspace(g.min(), g.max() * 8, 50)
+    xs = np.geomspace(x.min(), x.max() * 8, 50)
     a, b = curve['fit']['coef'], curve['fit']['slope']
-    ax.plot(xs, a * xs ** b, 'k--', label=f'fit: {a:.3g} * G^{b:.2f}')
+    ax.plot(xs, a * xs ** b, 'k--', label=f'fit: {a:.3g} * x^{b:.2f}')
   ax.axhline(1.0, color='gray', ls=':', label='1 point')
   ax.set_xscale('log', base=2)
   ax.set_yscale('log')
@@ -301,9 +302,9 @@ def plot_gap_vs_compute(curve: dict, path: str | pathlib.Path, about: dict) -> p
   for axis in (ax.xaxis, ax.yaxis):
     axis.set_major_formatter(ticker.ScalarFormatter())
   ax.yaxis.set_minor_formatter(ticker.NullFormatter())
-  ax.set_xlabel('search generations at blocks 1-2 (G per block; label: search seconds)')
+  ax.set_xlabel(f'x = {curve["unit"]} (label: {curve["kind"]} seconds)')
   ax.set_ylabel('SGD minus student, hold-out (points)')
   ax.grid(alpha=0.3, which='both')
   ax.legend(fontsize='small')
-  fig.suptitle(_title('Gap to SGD against search compute', about))
+  fig.suptitle(_title(f'Gap to SGD against {curve["kind"]} compute', about))
   return _save(fig, pathlib.Path(path), curve, about)
