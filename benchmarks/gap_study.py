@@ -11,8 +11,9 @@ output, the KL head's accuracy, and the student's hold-out and test accuracy. A 
 searches its hold-out images too (CIFAR-10's) adds what generalises: R^2 on hold-out images,
 and what the targets hold before any student
 (:func:`decouple_jax.learn.diagnostics.target_diagnostics`: their cosine to the image's own
-activation, and a linear probe trained on training images' block-2 targets and tested on
-hold-out images' targets). Beside them, per search width, two references on the same images:
+activation; a linear probe trained on training images' block-2 targets and tested on
+hold-out images' targets; the share of the targets' variance that their class means
+explain). Beside them, per search width, two references on the same images:
 the random-feature floor (a linear probe trained with true labels on the UNTRAINED search
 network's block-2 features) and SGD with the student's network.
 
@@ -479,7 +480,9 @@ def _arm_cells(study: Study, row: dict) -> list[str]:
            _f(row['r2_train'])]
   if study.search_holdout:
     t = row['targets']
+    share = t.get('class_fraction')  # rows measured before it was added lack it
     cells += [_f(row['r2_holdout']), _f(t['cos_to_activation']),
+              _f(share['target']) if share else '-',
               f'{100 * t["target_probe"][-1]:.1f} / {100 * t["activation_probe"][-1]:.1f}']
   return cells + [f'{100 * row["linear_probe"]:.1f}', f'{100 * row["head"]:.1f}',
                   f'{100 * row["holdout_accuracy"]:.2f}', f'{100 * row["test_accuracy"]:.2f}',
@@ -506,7 +509,7 @@ def format_table(study: Study, rows: dict, refs: dict, recorded: str = '') -> st
   header = ['arm', 'what', 'search s', 'mean best CE 0/1/2/logits', 'R^2 blocks 0/1/2']
   if study.search_holdout:
     header += ['R^2 hold-out 0/1/2', 'target cos to image 0/1/2',
-               'block-2 probe: targets / image']
+               'class share of target variance 0/1/2', 'block-2 probe: targets / image']
   header += ['probe', 'head', 'hold-out', 'test', 'load']
   lines = [f'| {" | ".join(header)} |', '|---' * len(header) + '|']
   lines += [arm_lines[name] for name in study.arms if name in arm_lines]

@@ -136,3 +136,15 @@ def test_target_diagnostics_measure_closeness_and_a_label_the_targets_carry(tmp_
                                      batch_size=16, probe_epochs=50)
   assert d['target_probe'] == [1.0, 1.0, 1.0]
   assert max(d['cos_to_activation']) < 0.5
+  # What was added is the class template alone: all of its variance is between classes.
+  np.testing.assert_allclose(d['class_fraction']['added'], 1.0, rtol=1e-5)
+  assert min(d['class_fraction']['target']) > 0.9
+
+
+def test_class_fraction_is_the_share_of_variance_between_class_means():
+  labels = np.array([0, 0, 1, 1])
+  # Class means +-1 along one axis, within-class spread +-1 along another: half and half.
+  x = np.array([[1, 1], [1, -1], [-1, 1], [-1, -1]], np.float32)
+  assert diagnostics.class_fraction(x, labels, 2) == pytest.approx(0.5)
+  assert diagnostics.class_fraction(x[:, :1], labels, 2) == pytest.approx(1.0)
+  assert diagnostics.class_fraction(x[:, 1:], labels, 2) == pytest.approx(0.0)

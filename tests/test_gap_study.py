@@ -125,7 +125,11 @@ def test_a_study_that_searches_its_holdout_reports_what_generalises(gap_study):
   table = gap_study.format_table(study, {'init001': row}, {})
   header, rule, line = table.splitlines()[:3]
   assert header.count('|') == rule.count('|') == line.count('|')
-  assert '| 0.73 / 0.28 / 0.23 | 0.97 / 0.70 / 0.63 | 90.0 / 36.8 |' in line
+  # A row measured before the class share was added shows '-' in its place.
+  assert '| 0.73 / 0.28 / 0.23 | 0.97 / 0.70 / 0.63 | - | 90.0 / 36.8 |' in line
+  row['targets']['class_fraction'] = {'target': [0.04, 0.14, 0.27]}
+  line = gap_study.format_table(study, {'init001': row}, {}).splitlines()[2]
+  assert '| 0.97 / 0.70 / 0.63 | 0.04 / 0.14 / 0.27 | 90.0 / 36.8 |' in line
   # The MNIST study's table has none of those columns.
   mnist = gap_study.format_table(gap_study.STUDIES['mnist'], {'noise': _row('n', 0.9)}, {})
   assert 'hold-out 0/1/2' not in mnist.splitlines()[0]

@@ -250,6 +250,26 @@ def _z(x: np.ndarray) -> np.ndarray:
   return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
 
 
+def class_fraction(x: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+  """The share of ``x``'s variance over images that its class means explain.
+
+  Args:
+    x: (N, ...) one value array per image.
+    labels: (N,) their classes.
+    num_classes: K.
+
+  Returns:
+    sum_k n_k |mean_k - mean|^2 / sum_i |x_i - mean|^2, in [0, 1]: 1 when every image's
+    values are its class's mean, about (K - 1) / N for values unrelated to the class.
+  """
+  x = x.reshape(len(x), -1).astype(np.float64)
+  x = x - x.mean(0)
+  total = float(np.sum(np.square(x)))
+  between = sum(float(np.sum(labels == k)) * float(np.sum(np.square(x[labels == k].mean(0))))
+                for k in range(num_classes) if np.any(labels == k))
+  return between / total if total > 0 else float('nan')
+
+
 def target_diagnostics(model: airbench.AirbenchNet, variables, ds: datalib.Dataset,
                        store: TargetStore, holdout_store: TargetStore, *,
                        max_images: int = 2000, batch_size: int = 500,
@@ -276,7 +296,11 @@ def target_diagnostics(model: airbench.AirbenchNet, variables, ds: datalib.Datas
     ``target_probe``: per block, the hold-out accuracy of a linear probe trained with true
       labels on training images' targets and tested on hold-out images' targets;
     ``activation_probe``: the same probe on the images' own activations (what the targets'
-      probe is to be compared with).
+      probe is to be compared with);
+    ``class_fraction``: per block, :func:`class_fraction` of the training images' targets,
+      of their own activations and of what the search added (target minus activation): a
+      student regressing onto the targets learns the label only through the first, and what
+      is left of the added part is specific to each image.
   """
   n_train, n_hold = min(max_images, len(ds.train_images)), min(max_images,
                                                                len(ds.holdout_images))
@@ -300,5 +324,9 @@ def target_diagnostics(model: airbench.AirbenchNet, variables, ds: datalib.Datas
                             for l in blocks],
       'target_probe': [probe(t_train[l], t_hold[l]) for l in blocks],
       'activation_probe': [probe(act_train[l], act_hold[l]) for l in blocks],
+      'class_fraction': {
+          name: [class_fraction(f(l), y_train, ds.num_classes) for l in blocks]
+          for name, f in (('target', lambda l: t_train[l]), ('activation', lambda l: act_train[l]),
+                          ('added', lambda l: t_train[l] - act_train[l]))},
       'images': [n_train, n_hold],
   }
