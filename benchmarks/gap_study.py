@@ -576,7 +576,8 @@ def main(argv=None) -> None:
   base = load_base(study, train_images, holdout, args.data_dir, args.data_source)
   ds = datalib.load_dataset(cfglib.from_dict(cfglib.ExperimentConfig, base).data)
   rows_dir = workdir / 'rows'
-  base_sgd = arm_config(study, base, {}).sgd
+  base_exp = arm_config(study, base, {})
+  base_sgd = sgd.with_network(base_exp.sgd, base_exp.student.model)
   for name in names:
     path = rows_dir / f'{name}.json'
     what, overrides = study.arms[name]
@@ -594,7 +595,8 @@ def main(argv=None) -> None:
     if not path.exists():
       t0 = time.perf_counter()
       row = student_row(study, exp, ds, workdir)
-      if exp.sgd != base_sgd:  # the arm changes SGD too (a student-compute point): its own SGD
+      if sgd.with_network(exp.sgd, exp.student.model) != base_sgd:
+        # The arm changes SGD too (its epochs or the student's network): its own SGD.
         row['sgd'] = sgd_row(exp, ds, workdir)
       runlog.write_json(path, {**row, 'what': what, 'overrides': overrides,
                                'config_hash': arm_hash, 'load': _load(),
