@@ -476,7 +476,11 @@ def _f(values, digits=2) -> str:
 
 def _arm_cells(study: Study, row: dict) -> list[str]:
   """The cells of one arm's line; a study that searches its hold-out has four more."""
-  cells = [row['what'], f'{row["search_seconds"]:.0f}', _f(row['mean_best_loss']),
+  what = row['what']
+  if 'sgd' in row:  # an arm with its own SGD (see main)
+    what += (f' (its SGD: hold-out {100 * row["sgd"]["sgd_holdout_accuracy"]:.2f}, test '
+             f'{100 * row["sgd"]["sgd_test_accuracy"]:.2f})')
+  cells = [what, f'{row["search_seconds"]:.0f}', _f(row['mean_best_loss']),
            _f(row['r2_train'])]
   if study.search_holdout:
     t = row['targets']

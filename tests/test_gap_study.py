@@ -104,7 +104,8 @@ def test_the_student_curve_measures_the_gap_to_the_best_sgd_at_equal_epochs(gap_
     rows[name] = dict(_row(name, 0.62 - 0.3 * epochs ** -0.5), overrides=overrides,
                       student_seconds=10.0 * epochs)
     if name != 'init001':
-      rows[name]['sgd'] = {'sgd_holdout_accuracy': 0.58 + epochs / 1000}
+      rows[name]['sgd'] = {'sgd_holdout_accuracy': 0.58 + epochs / 1000,
+                           'sgd_test_accuracy': 0.5}
   exps = [gap_study.arm_config(study, base, rows[n]['overrides']) for n in spec.arms]
   assert all(e.sgd.train.optim.epochs == e.student.train.optim.epochs for e in exps)
   curve = gap_study.compute_curve(study, spec, rows, refs, base)
@@ -114,6 +115,11 @@ def test_the_student_curve_measures_the_gap_to_the_best_sgd_at_equal_epochs(gap_
   text = gap_study.describe_curve(study, curve)
   assert text.startswith('Gap against student compute') and '32: student' in text
   assert 'cifar10_gap_vs_student_compute.png' in text
+  targets = {'cos_to_activation': [1.0] * 3, 'target_probe': [0.5] * 3,
+             'activation_probe': [0.5] * 3}
+  table = gap_study.format_table(
+      study, {n: dict(r, r2_holdout=[0.5] * 3, targets=targets) for n, r in rows.items()}, refs)
+  assert '| `init001_ep32` | init001_ep32 (its SGD: hold-out 61.20, test ' in table
 
 
 def test_a_study_that_searches_its_holdout_reports_what_generalises(gap_study):
