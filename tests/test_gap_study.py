@@ -118,7 +118,7 @@ def test_the_student_curve_measures_the_gap_to_the_best_sgd_at_equal_epochs(gap_
   targets = {'cos_to_activation': [1.0] * 3, 'target_probe': [0.5] * 3,
              'activation_probe': [0.5] * 3}
   table = gap_study.format_table(
-      study, {n: dict(r, r2_holdout=[0.5] * 3, targets=targets) for n, r in rows.items()}, refs)
+      study, {n: dict(r, r2_holdout=[0.5] * 3, targets=targets) for n, r in rows.items()}, {})
   assert '| `init001_ep32` | init001_ep32 (its SGD: hold-out 61.20, test ' in table
 
 
