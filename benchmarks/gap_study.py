@@ -214,6 +214,20 @@ CIFAR10_ARMS = {
                                                           'epochs': 4}),
     'init001_ep32': ('init001, student and SGD 32 epochs', {'search.init_noise': 0.01,
                                                             'epochs': 32}),
+    # The rest of the search and the student, one change each on init001.
+    'init001_skip0': ('init001, student skips block 0 (Table 2\'s variant)',
+                      {'search.init_noise': 0.01, 'student.variant': 'skip_block0'}),
+    'init001_gradient': ('init001, gradient descent control, same evaluations',
+                         {'search.init_noise': 0.01, 'search.method': 'gradient'}),
+    'init001_convs6': ('init001, student (and its SGD) 6 convs per block',
+                       {'search.init_noise': 0.01, 'student.model.convs_per_block': 6}),
+    'init001_mse1': ('init001, student MSE weight 1 (the paper\'s)',
+                     {'search.init_noise': 0.01, 'student.mse_coef': 1.0}),
+    'init001_p48': ('init001, population 48 = 8 + 20 + 20',
+                    {'search.init_noise': 0.01, 'search.population': 48, 'search.top_k': 8,
+                     'search.n_explore': 20, 'search.n_refine': 20}),
+    'init001_w64': ('init001, search and student width 64',
+                    {'search.init_noise': 0.01, 'width': 64}),
 }
 
 
