@@ -143,3 +143,11 @@ def test_unknown_and_missing_fields_are_named():
     _build({'sgd': {'nope': 1}})
   with pytest.raises(cfglib.ConfigError, match=r"config.search.layers\[4\]: .*'alpha'"):
     _build({'search': {'layers': [{}] * 4 + [{'generations': 1}]}})
+
+
+def test_cifar10_cpu_aug_is_cpu_with_table_2s_augmentation_and_the_same_search():
+  module = dict((n, m) for n, _, m in _variants())['cifar10.py']
+  cpu, aug = (_build(module.get_config(v)) for v in ('cpu', 'cpu_aug'))
+  assert aug.search == cpu.search and aug.data == cpu.data
+  assert aug.sgd.train.augment and aug.student.train.augment and not cpu.student.train.augment
+  assert set(aug.reproduce.variants) == {'all_layers', 'skip_block0'}
