@@ -1,6 +1,6 @@
 """The airbench network family with block taps, its initialisers, and a network for a data set."""
 
-from decouple_jax.models.airbench import (AirbenchNet, LOGITS, NUM_TAPS, build, identity_convs,
+from decouple_jax.models.airbench import (AirbenchNet, LOGITS, build, identity_convs,
                                           tap_shapes)
 from decouple_jax.models.for_dataset import init_for_dataset
 from decouple_jax.models.init import (dirac_kaiming_uniform, init_model, init_whitening,
