@@ -35,7 +35,6 @@ _START = time.monotonic()  # the budget counts from here, before JAX is imported
 import argparse
 import dataclasses
 import datetime
-import importlib.util
 import json
 import os
 import pathlib
@@ -50,6 +49,7 @@ import numpy as np
 
 import measure
 from decouple_jax import config as cfglib
+from decouple_jax import config_files
 from decouple_jax import data as datalib
 from decouple_jax import memory
 from decouple_jax import models
@@ -352,10 +352,8 @@ def training(report: Report, budget: Budget, deadline: float, rates: dict,
 # --- 5. a paper-scale MNIST search and a student ----------------------------------------------
 
 def _config(variant: str) -> cfglib.ExperimentConfig:
-  spec = importlib.util.spec_from_file_location('mnist_config', REPO / 'configs' / 'mnist.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return cfglib.from_dict(cfglib.ExperimentConfig, module.get_config(variant))
+  return cfglib.from_dict(cfglib.ExperimentConfig,
+                         config_files.load(f'{REPO / "configs" / "mnist.py"}:{variant}'))
 
 
 def mnist_run(report: Report, budget: Budget, data_dir: str, engine: dict, train: dict,

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import os
 import pathlib
 import platform
@@ -52,6 +51,7 @@ import jax
 import numpy as np
 
 from decouple_jax import config as cfglib
+from decouple_jax import config_files
 from decouple_jax import data as datalib
 from decouple_jax import models
 from decouple_jax import runlog
@@ -314,11 +314,7 @@ def load_base(study: Study, train_images: int, holdout: int, data_dir: str | Non
               data_source: str | None = None) -> dict:
   """``configs/<dataset>.py:cpu`` as a ConfigDict, cut to the study's subset; its data read
   from ``data_dir`` (default ``data/<dataset>``) with ``data_source`` (default the config's)."""
-  path = REPO / 'configs' / f'{study.dataset}.py'
-  spec = importlib.util.spec_from_file_location(f'{study.dataset}_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config('cpu')
+  c = config_files.load(f'{REPO / "configs" / study.dataset}.py:cpu')
   c.data.dir = data_dir or str(REPO / 'data' / study.dataset)
   if data_source:
     c.data.source = data_source

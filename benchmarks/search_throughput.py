@@ -3,9 +3,10 @@
 Prints seconds per image-generation of
   (a) the engine's generation step (decouple_jax.search: fused, matrix blur, identity convs
       skipped), at layer 0 (candidates 15x15x256, population 240 = 20 + 100 + 120);
-  (b) a straightforward version written here: the same algorithm as separate jitted steps,
-      every conv computed through ``model.forward_from``, one ``lax.reduce_window`` per blur
-      pass, ``jax.random`` defaults;
+  (b) a straightforward version written here: the same algorithm, blurring what the engine
+      blurs (``--blur_target``: the mutation noise, the default, or the whole child), as
+      separate jitted steps, every conv computed through ``model.forward_from``, one
+      ``lax.reduce_window`` per blur pass, ``jax.random`` defaults;
   (c) drawing the generation's Gaussian noise alone (220 x 15x15x256 per image), with
       ``jax.random.normal`` and with the engine's sampler;
 the ratios a/b and a/c, the measured step time at every layer and the projected hours of the
@@ -44,7 +45,8 @@ NUM_CLASSES = 10
 
 
 def straightforward_step_fn(model, variables, cfg):
-  """Layer 0's generation as a plain, unfused program: one jitted call per step."""
+  """Layer 0's generation as a plain, unfused program: one jitted call per step, smoothing
+  what ``cfg.blur_target`` says (the noise before it is added, or the child after)."""
   model = model.clone(identity_convs=frozenset())  # every conv computed
   schedule, k, e = cfg.layers[0], cfg.top_k, cfg.n_explore
   vjit = lambda f: jax.jit(jax.vmap(f))
@@ -66,13 +68,18 @@ def straightforward_step_fn(model, variables, cfg):
                                        method=model.forward_from)[-1])
   fitness = vjit(ops.fitness)
 
+  def blur(x):
+    for _ in range(schedule.blur):
+      x = blur_pass(x)
+    return x
+
   def children(pool, key, n, alpha):
     parents, noise = draw(n, pool.shape[1], pool.shape[2:])(key)
     h = crossover(gather(pool, parents[..., 0]), gather(pool, parents[..., 1]))
+    if cfg.blur_target == 'noise':
+      noise = blur(noise)
     h = mutate(h, sigma(spread(pool), parents), alpha, noise)
-    for _ in range(schedule.blur):
-      h = blur_pass(h)
-    return normalise(h)
+    return normalise(blur(h) if cfg.blur_target == 'candidate' else h)
 
   def step(h, loss, keys, labels):
     top = select(loss)

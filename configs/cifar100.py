@@ -6,14 +6,12 @@ with ``--config.data.cifar100_labels=coarse``.
   python launch/reproduce.py --config=configs/cifar100.py:paper --workdir=runs/cifar100
 """
 
-import importlib.util
 import pathlib
 
+from decouple_jax import config_files
+
 # configs/ is not a package (it is not installed): load the sibling file by path.
-_spec = importlib.util.spec_from_file_location(
-    'decouple_jax_configs_cifar10', pathlib.Path(__file__).with_name('cifar10.py'))
-_cifar10 = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_cifar10)
+_cifar10 = config_files.load_module(pathlib.Path(__file__).with_name('cifar10.py'))
 VARIANTS = _cifar10.VARIANTS
 
 

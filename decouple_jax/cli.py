@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import importlib.util
 import logging as pylogging
 import pathlib
 import sys
@@ -21,6 +20,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from decouple_jax import config_files
 from decouple_jax import distributed
 from decouple_jax import locks
 from decouple_jax.config import ConfigError
@@ -59,18 +59,11 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'How many processes
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0 .. num_processes - 1.')
 
 
-def _load_config_file(path: pathlib.Path):
-  spec = importlib.util.spec_from_file_location(f'decouple_jax_cli_{path.stem}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def variants_help(configs: pathlib.Path) -> str:
   """The config files in ``configs`` and their variants, one line each."""
   lines = ['', "configs (--config=FILE:VARIANT; each file's docstring describes them):"]
   for path in sorted(configs.glob('*.py')):
-    module = _load_config_file(path)
+    module = config_files.load_module(path)
     lines.append(f'  {path.relative_to(configs.parent)}: {", ".join(module.VARIANTS)}')
   return '\n'.join(lines)
 
@@ -93,19 +86,15 @@ def _check_config_flags(argv: list[str], configs: pathlib.Path) -> None:
   value = _flag_value(argv, 'config')
   if value is None:
     return
-  file, colon, variant = value.partition(':')
-  path = pathlib.Path(file)
-  if not path.is_file():
+  file = value.partition(':')[0]
+  if not pathlib.Path(file).is_file():
     known = ', '.join(str(p.relative_to(configs.parent)) for p in sorted(configs.glob('*.py')))
     sys.exit(f'error: --config={value}: no such file {file}; the configs are {known} (--help '
              'lists their variants)')
-  module = _load_config_file(path)
-  variants = getattr(module, 'VARIANTS', None)
-  if (variant or colon) and variants is not None and variant not in variants:
-    # An empty variant (an unset shell variable) would reach get_config('') in config_flags.
-    what = f'unknown variant {variant!r}' if variant else 'no variant after the colon'
-    sys.exit(f'error: --config={value}: {what}; {file} has {", ".join(variants)}')
-  config = module.get_config(*([variant] if variant else []))
+  try:
+    config = config_files.load(value)
+  except ConfigError as e:
+    sys.exit(f'error: --config={value}: {e}')
   for arg in argv:
     if not arg.startswith('--config.'):
       continue

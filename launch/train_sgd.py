@@ -19,7 +19,7 @@ def main(argv):
   del argv
   exp = cfglib.from_dict(cfglib.ExperimentConfig, _CONFIG.value)
   results = learn.train_sgd(exp.data, exp.sgd, _WORKDIR.value)
-  print(f"[{exp.name}, {exp.scale}] SGD {learn.describe(results)}; "
+  print(f"[{exp.name}, {exp.scale}] SGD {learn.accuracy_line(results)}; "
         f"{results['train_seconds']:.0f} s training; results in {_WORKDIR.value}/results.json")
 
 

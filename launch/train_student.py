@@ -39,7 +39,7 @@ def main(argv):
   d = results['diagnostics']
   r2 = ' / '.join(f'{v:.3f}' for v in d['r2_train'])
   print(f"[{exp.name}, {exp.scale}] student ({exp.student.variant}) "
-        f"{learn.describe(results)}; R^2 per block {r2}, p_hat accuracy {100 * d['phat_accuracy']:.1f}%, linear probe "
+        f"{learn.accuracy_line(results)}; R^2 per block {r2}, p_hat accuracy {100 * d['phat_accuracy']:.1f}%, linear probe "
         f"{100 * d['linear_probe_test_accuracy']:.1f}% vs head "
         f"{100 * d['head_test_accuracy']:.1f}%; results in {_WORKDIR.value}/results.json")
 

@@ -1,6 +1,5 @@
 """Configs: partial dicts keep their parent's defaults; every field is checked when built."""
 
-import importlib.util
 import pathlib
 
 import jax
@@ -8,6 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 from decouple_jax import config as cfglib
+from decouple_jax import config_files
 from decouple_jax.models import airbench, conv
 from decouple_jax.search import store
 
@@ -42,9 +42,7 @@ def test_partial_dicts_keep_defaults_at_every_level():
 
 def _variants():
   for path in sorted(CONFIGS.glob('*.py')):
-    spec = importlib.util.spec_from_file_location(f'config_{path.stem}', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = config_files.load_module(path)
     for variant in module.VARIANTS:
       yield path.name, variant, module
 
@@ -54,6 +52,20 @@ def test_every_shipped_variant_builds():
            for name, variant, module in _variants()]
   assert {(n, v) for n, v, _ in built} >= {('mnist.py', 'smoke'), ('cifar10.py', 'paper')}
   assert all(isinstance(exp, cfglib.ExperimentConfig) for _, _, exp in built)
+
+
+def test_config_file_loads_in_the_config_flags_syntax():
+  smoke = config_files.load(f'{CONFIGS / "mnist.py"}:smoke')
+  assert smoke.name == 'mnist:smoke'
+  assert config_files.load(CONFIGS / 'mnist.py').name == 'mnist:cpu'  # the file's default
+  # cifar100.py loads cifar10.py by path: both are loaded, neither is imported.
+  assert config_files.load(f'{CONFIGS / "cifar100.py"}:smoke').data.name == 'cifar100'
+  for spec, message in [(f'{CONFIGS / "mnist.py"}:nope', "unknown variant 'nope'; .*mnist.py "
+                                                          'has paper, cpu, demo, smoke'),
+                        (f'{CONFIGS / "mnist.py"}:', 'no variant after the colon'),
+                        (CONFIGS / 'nope.py', 'no such config file .*nope.py')]:
+    with pytest.raises(cfglib.ConfigError, match=message):
+      config_files.load(spec)
 
 
 @pytest.mark.parametrize('where, field, value, choices', [

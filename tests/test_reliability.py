@@ -350,7 +350,7 @@ def test_no_holdout_selects_the_last_epoch_end_to_end(mnist_dir, tmp_path):
   assert names == ['student all_layers']
   assert results['holdout_accuracy'] is None and results['selected_by'] == 'last_epoch'
   assert results['best_epoch'] == 1 and results['diagnostics']['r2_holdout'] is None
-  assert 'no hold-out split: the last epoch, 1' in trainer.describe(results)
+  assert 'no hold-out split: the last epoch, 1' in trainer.accuracy_line(results)
   assert all('holdout_accuracy' not in r
              for r in runlog.JsonLines(tmp_path / 'student' / 'metrics.jsonl').records())
 

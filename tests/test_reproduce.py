@@ -14,7 +14,6 @@ import pytest
 from decouple_jax import config as cfglib
 from decouple_jax import data
 from decouple_jax import report
-from decouple_jax.analysis import plots
 from decouple_jax.search import store as store_lib
 from decouple_jax.search import stores
 
@@ -29,8 +28,8 @@ def test_reproduce_config_refuses_unknown_options():
 
 
 def test_scale_label_and_paper_numbers():
-  assert plots.scale_label('paper') == 'paper'
-  assert plots.scale_label('cpu') == 'scaled down: cpu'
+  assert report.scale_label('paper') == 'paper'
+  assert report.scale_label('cpu') == 'scaled down: cpu'
   assert report.paper_result('mnist', 'all_layers', False) == (1, (99.0, 0.1))
   assert report.paper_result('cifar100', 'skip_block0', True) == (2, (69.2, 0.3))
   assert report.paper_result('mnist', 'sgd', True) == (2, None)

@@ -4,7 +4,12 @@ no timing is asserted here)."""
 import importlib.util
 import pathlib
 
+import jax
+import numpy as np
 import pytest
+
+from decouple_jax import config
+from decouple_jax.search import operators as ops
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MNIST = REPO / 'data' / 'mnist'
@@ -35,3 +40,24 @@ def test_init_noise_correlation_keeps_a_digit_and_skips_absent_data(capsys, tmp_
   # Less noise keeps more of the image; a digit keeps almost all of it at 0.01.
   assert min(mnist[0.01]) > 0.99 and min(mnist[0.01]) >= min(mnist[0.1])
   assert any(r[1].strip() == 'cifar10' and 'skipped' in r[2] for r in rows)
+
+
+
+def test_search_throughput_straightforward_step_blurs_what_the_engine_blurs(monkeypatch):
+  """search_throughput's straightforward step follows ``blur_target`` as the engine does: the
+  two readings give other children (and the shapes of the engine's step)."""
+  monkeypatch.syspath_prepend(str(REPO / 'benchmarks'))
+  throughput, measure = _script('search_throughput'), _script('measure')
+  steps = {}
+  for blur_target in config.BLUR_TARGETS:
+    cfg = config.SearchConfig(model=config.ModelConfig(widths=(8, 8, 8)), population=12,
+                              top_k=2, n_explore=4, n_refine=6, blur_target=blur_target)
+    model, variables, _, labels, taps = measure.search_setup(2, cfg)
+    loss = jax.vmap(ops.fitness)(taps[-1], labels)
+    keys = jax.random.split(jax.random.key(2), 2)
+    args = (taps[0], loss, keys, labels)
+    steps[blur_target] = throughput.straightforward_step_fn(model, variables, cfg)(*args)
+    engine = measure.engine_step_fn(model, variables, cfg, 0)(*args)
+    assert [x.shape for x in steps[blur_target]] == [engine.h.shape, engine.loss.shape]
+  children = [h[:, 2:] for h, _ in steps.values()]  # the first top_k are the parents
+  assert not np.allclose(*children)

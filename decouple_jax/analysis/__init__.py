@@ -14,3 +14,13 @@ from decouple_jax.analysis.diversity import effective_number
 from decouple_jax.analysis.run import ANALYSES
 from decouple_jax.analysis.run import run_analysis
 from decouple_jax.analysis.run import training_experiment
+
+__all__ = [
+    'ANALYSES',
+    'class_collision_entropy',
+    'collision_entropy',
+    'cosine_distance',
+    'effective_number',
+    'run_analysis',
+    'training_experiment',
+]

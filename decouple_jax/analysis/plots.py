@@ -16,13 +16,9 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 from matplotlib import ticker  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from decouple_jax import report
 from decouple_jax import runlog
 from decouple_jax.analysis import trajectories
-
-
-def scale_label(scale: str) -> str:
-  """``scale`` as printed next to every number: 'paper', or a visible 'scaled down' note."""
-  return scale if scale == 'paper' or 'scaled down' in scale.lower() else f'scaled down: {scale}'
 
 
 def _colors() -> list[str]:
@@ -37,7 +33,7 @@ def _nan_for_none(values) -> list[float]:
 
 def describe(data_name: str, config_name: str, scale: str) -> dict:
   """What every figure's title and JSON say about where its numbers come from."""
-  return {'data': data_name, 'config': config_name, 'scale': scale_label(scale)}
+  return {'data': data_name, 'config': config_name, 'scale': report.scale_label(scale)}
 
 
 def _title(what: str, about: dict) -> str:

@@ -317,7 +317,7 @@ def _check_same_run(workdir: pathlib.Path, found: dict, config: dict, config_has
       'are lost).')
 
 
-def describe(results: dict) -> str:
+def accuracy_line(results: dict) -> str:
   """One line on a run's results: its test accuracy and how its weights were selected."""
   selection = (f"hold-out {100 * results['holdout_accuracy']:.2f}% at epoch "
                f"{results['best_epoch']}" if results['selected_by'] == 'holdout_accuracy' else

@@ -27,7 +27,6 @@ from decouple_jax.config import CONVS_PER_BLOCK, HEADS, TAPS
 from decouple_jax.models import conv as convs
 from decouple_jax.models import init as inits
 
-NUM_TAPS = 4  # block 0, block 1, block 2, logits
 LOGITS = 3
 ConvPath = tuple[str, str, str]  # ('block1', 'group0', 'conv1')
 

@@ -22,6 +22,7 @@ from decouple_jax.search.sharding import make_mesh
 from decouple_jax.search.sharding import images_per_call
 from decouple_jax.search.sharding import make_search_fn
 from decouple_jax.search.sharding import search_in_batches
+from decouple_jax.search.driver import LAYER_NAMES
 from decouple_jax.search.driver import run_search
 from decouple_jax.search.driver import search_summary
 from decouple_jax.search.store import StoreError
@@ -29,3 +30,32 @@ from decouple_jax.search.store import StoreSpec
 from decouple_jax.search.store import TargetStore
 from decouple_jax.search.store import device_targets
 from decouple_jax.search.store import indices_hash
+
+__all__ = [
+    'Draws',
+    'LAYER_NAMES',
+    'Operators',
+    'Population',
+    'SearchResult',
+    'StoreError',
+    'StoreSpec',
+    'TargetStore',
+    'device_targets',
+    'draw_generation',
+    'evolve_layer',
+    'fast',
+    'generation_step',
+    'generation_step_with_draws',
+    'gradient',
+    'images_per_call',
+    'indices_hash',
+    'make_mesh',
+    'make_search_fn',
+    'operators',
+    'run_search',
+    'search_batch',
+    'search_image',
+    'search_in_batches',
+    'search_summary',
+    'stores',
+]

@@ -38,8 +38,9 @@ SPLITS = ('train', 'holdout')
 _TRAIN_DIR = 'targets'
 _HOLDOUT_SUFFIX = '_holdout'
 # Bump when a change to the search code changes the targets of an unchanged config, so stores
-# written by the old code are refused instead of silently mixed with new ones.
-ENGINE_VERSION = 1
+# written by the old code are refused instead of silently mixed with new ones; a tiny search's
+# targets are pinned to it (tests/test_engine_version.py). 2: the fitness clamped at 0.
+ENGINE_VERSION = 2
 # The network_id of the untrained network that search_cfg.model and search_cfg.seed define.
 UNTRAINED = 'untrained'
 
