@@ -29,12 +29,14 @@ import numpy as np
 
 from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
+from decouple_jax import identity
 from decouple_jax import models
 from decouple_jax import runlog
 from decouple_jax.analysis import diversity
 from decouple_jax.learn import student
 from decouple_jax.search import driver
 from decouple_jax.search import sharding
+from decouple_jax.search import stores
 from decouple_jax.search.driver import LAYER_NAMES
 
 
@@ -253,12 +255,13 @@ def accuracy_vs_compute(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Pat
   workdir = pathlib.Path(workdir)
 
   def accuracy(search_cfg: cfglib.SearchConfig) -> float:
-    run = workdir / cfglib.hash_dict(student.run_config(exp.data, ds, search_cfg, exp.student))
-    results = run / 'student' / 'results.json'
-    if not results.exists():
+    config = identity.student(exp.data, ds, search_cfg, exp.student, stores.UNTRAINED)
+    run = workdir / identity.hash_of(config) / 'student'
+    results = identity.finished(run / 'results.json', config, required='diagnostics')
+    if results is None:
       targets = driver.cached_search(exp.data, search_cfg, ds, searches)
-      student.train_student(exp.data, search_cfg, exp.student, run / 'student', targets, ds=ds)
-    return runlog.read_json(results)['test_accuracy']
+      results = student.train_student(exp.data, search_cfg, exp.student, run, targets, ds=ds)
+    return results['test_accuracy']
 
   by_generations = [scale_generations(exp.search, m) for m in generations]
   return {

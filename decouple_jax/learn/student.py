@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
 from decouple_jax import distributed
+from decouple_jax import identity
 from decouple_jax import models
 from decouple_jax import runlog
 from decouple_jax.learn import diagnostics
@@ -87,16 +88,6 @@ def check_compatible(model: models.AirbenchNet, store: TargetStore,
         'student.model.widths to search.model.widths')
 
 
-def run_config(data_cfg: cfglib.DataConfig, ds: datalib.Dataset,
-               search_cfg: cfglib.SearchConfig, student_cfg: cfglib.StudentConfig,
-               network_id: str = stores.UNTRAINED, start: str = 'fresh') -> dict:
-  """What identifies a student run (see :func:`decouple_jax.learn.trainer.run_config`), with
-  the network its targets were searched in and what it started from ('fresh', or the
-  :func:`~decouple_jax.config.hash_tree` of its initial variables)."""
-  return {**trainer.run_config(data_cfg, ds, search=search_cfg, student=student_cfg),
-          'network': network_id, 'start': start}
-
-
 def train_student(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
                   student_cfg: cfglib.StudentConfig, workdir: str | pathlib.Path,
                   targets: str | pathlib.Path, *,
@@ -149,7 +140,7 @@ def train_student(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
   train_data = trainer.TrainData.from_dataset(ds, extras=on_device or (), stream=stream)
   results = trainer.fit(
       model, variables, student_loss_fn(model, student_cfg), train_data, student_cfg.train,
-      workdir, config=run_config(data_cfg, ds, search_cfg, student_cfg, network_id, start),
+      workdir, config=identity.student(data_cfg, ds, search_cfg, student_cfg, network_id, start),
       name=f'student {student_cfg.variant}', mesh=mesh, epoch_callback=epoch_callback)
   results['diagnostics'] = diagnostics.student_diagnostics(
       model, results['variables'], ds, store, holdout_store, student_cfg)

@@ -23,6 +23,7 @@ import numpy as np
 from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
 from decouple_jax import distributed
+from decouple_jax import identity
 from decouple_jax import models
 from decouple_jax import runlog
 from decouple_jax.search import evolve
@@ -60,7 +61,7 @@ def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
   Returns:
     The complete store. ``directory/search_log.jsonl`` gets one record per chunk (the
     process that searched it, mean best loss per layer, seconds) and ``directory/summary.json``
-    the totals.
+    the totals, with the store's identity (its record, :func:`decouple_jax.identity.finished`).
   """
   directory = pathlib.Path(directory)
   ds = ds if ds is not None else datalib.load_dataset(data_cfg)
@@ -117,8 +118,9 @@ def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
   done = distributed.total(done)
   if distributed.is_main():
     devices = search_fn.mesh.size * jax.process_count()
-    runlog.write_json(directory / 'summary.json', search_summary(
-        store, done, seconds, devices, batch and batch // search_fn.mesh.size))
+    summary = search_summary(store, done, seconds, devices,
+                             batch and batch // search_fn.mesh.size)
+    runlog.write_json(directory / 'summary.json', identity.record(store_id.config(), **summary))
   distributed.barrier(f'summary {directory}')
   return store
 
