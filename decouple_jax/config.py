@@ -158,7 +158,7 @@ class ModelConfig:
       The parameters are identical, so checkpoints are unaffected, and the search always
       computes with 'xla', so targets are too. Values and gradients agree to float32
       rounding, not bitwise: XLA:CPU may block a chunk of the batch otherwise than the whole
-      (bitwise equal on one AMD EPYC, 3.1e-6 apart on another).
+      (bitwise equal on one AMD EPYC, 3.1e-6 apart on another). Speed-only: in no identity.
   """
   widths: tuple[int, ...] = (256, 256, 256)
   convs_per_block: int = 2
@@ -486,7 +486,8 @@ class SearchConfig:
     batch_images: images searched at once per device: 'auto' (default) as many as the
       compiled search fits in the device's memory (:mod:`decouple_jax.memory`), or a number,
       checked against that memory. A string of digits (what ``--config.search.batch_images=16``
-      gives, the field's default being a string) counts as that number.
+      gives, the field's default being a string) counts as that number. Speed-only (an
+      image's targets move only by float rounding with its batch): in no identity.
     skip_identity_convs: skip convolutions whose kernel is exactly the identity (checked once
       on the actual weights).
     store_dtype: 'float32', 'float16' or 'bfloat16' for the cached targets.

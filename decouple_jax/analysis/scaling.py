@@ -86,15 +86,13 @@ class Searcher:
     """{'targets': 4 arrays (n, *S_l), 'best_loss': (n, 4), 'init_loss': (n,),
     'curves': 4 arrays (n, G_l)} of ``cfg`` (searched once per config)."""
     if cfg not in self._done:
-      search_fn = sharding.make_search_fn(self.model, self.variables, cfg, self.mesh)
-      n = len(self.images)
-      batch = sharding.images_per_call(search_fn, cfg, self.images.shape[1:], n)
       gens = '/'.join(str(l.generations) for l in cfg.layers)
-      bar = runlog.progress(total=n, unit='img', desc=f'search (population {cfg.population}, '
-                            f'generations {gens}, seed {cfg.seed})')
-      result = sharding.search_in_batches(search_fn, batch, self.images, self.labels,
-                                          self.index,
-                                          on_batch=lambda part: bar.update(len(part.init_loss)))
+      bar = runlog.progress(total=len(self.images), unit='img',
+                            desc=f'search (population {cfg.population}, generations {gens}, '
+                            f'seed {cfg.seed})')
+      result = sharding.search_images(
+          self.images, self.labels, self.index, cfg, (self.model, self.variables),
+          mesh=self.mesh, on_batch=lambda part: bar.update(len(part.init_loss)))
       bar.close()
       self._done[cfg] = {'targets': result.targets, 'best_loss': result.best_loss,
                          'init_loss': result.init_loss, 'curves': result.curves}

@@ -431,11 +431,15 @@ def _resume(ckpt: ocp.CheckpointManager, state: TrainState, best: dict, workdir:
 
 
 def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConfig,
-        workdir: str | pathlib.Path, *, config: dict, name: str = 'train',
+        workdir: str | pathlib.Path | None, *, config: dict, name: str = 'train',
         mesh: jax.sharding.Mesh | None = None,
         epoch_callback: Callable[[int, dict], dict] | None = None,
-        memory_bytes: int | None = None, deadline: float | None = None) -> dict:
+        memory_bytes: int | None = None) -> dict:
   """Trains ``variables`` of ``model`` with ``loss_fn``; resumes from ``workdir``.
+
+  The shape of the Flax examples' ``train_and_evaluate``: a jitted step
+  (:func:`make_step_fn`) over every epoch's batches, evaluation on the hold-out split,
+  checkpoints.
 
   Args:
     model: a Flax module whose apply returns taps ending with the logits.
@@ -443,7 +447,8 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
     loss_fn: see :data:`LossFn`.
     data: the splits; ``data.extras`` are gathered per batch (see :class:`Batch`).
     cfg: optimiser, augmentation, evaluation and checkpoint settings.
-    workdir: where checkpoints, ``metrics.jsonl`` and ``results.json`` go.
+    workdir: where checkpoints, ``metrics.jsonl`` and ``results.json`` go; None trains in
+      memory (nothing written, nothing to resume).
     config: the run's identity (:mod:`decouple_jax.identity`, e.g.
       :func:`~decouple_jax.identity.student`); recorded with its hash in every checkpoint and
       in ``results.json``. A workdir holding a checkpoint of another identity is refused,
@@ -455,19 +460,16 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
     memory_bytes: usable memory per device (default
       :func:`decouple_jax.memory.device_memory`); a step that needs more is refused before it
       runs, with the numbers.
-    deadline: a ``time.monotonic()`` time to finish by: the run ends after the epoch whose
-      duration says the next one would end after it, evaluated and checkpointed as a last
-      epoch (``results['epochs_run']`` says how many ran; the schedule stays that of
-      ``optim.epochs``, so a later run without the deadline resumes it).
 
   Returns:
-    The results dict also written to ``workdir/results.json``: test accuracy of the
+    The results dict (also written to ``workdir/results.json``): test accuracy of the
     hold-out-selected weights (without a hold-out split, of the last epoch's: ``selected_by``
     says which), best hold-out accuracy (None without one) and its epoch, final-epoch
     accuracies, wall time, images/s and the config; and ``variables``, the selected weights
     as host arrays.
   """
-  workdir = pathlib.Path(workdir)
+  disk = workdir is not None
+  workdir = pathlib.Path(workdir) if disk else None
   opt = cfg.optim
   n = len(data.images)
   steps = n // opt.batch_size
@@ -490,16 +492,18 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
           'config_hash': config_hash, 'config': config}
   best = put({'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})})
   main = distributed.is_main()
+  writes = main and disk
   # One writer per workdir (the processes of one run share it); closing the manager on any
   # exit (also a NaN stop) finishes pending saves cleanly.
-  with locks.hold(workdir), _checkpointer(workdir) as ckpt:
-    log = runlog.JsonLines(workdir / 'metrics.jsonl')
-    resumed = _resume(ckpt, state, best, workdir, config)
+  with (locks.hold(workdir) if disk else contextlib.nullcontext(),
+        _checkpointer(workdir) if disk else contextlib.nullcontext() as ckpt):
+    log = runlog.JsonLines(workdir / 'metrics.jsonl') if disk else None
+    resumed = _resume(ckpt, state, best, workdir, config) if disk else None
     if resumed is not None:
       state, best, meta = resumed
     # The log holds exactly the epochs of the checkpoint resumed from: none for a new run, or
     # one killed before its first checkpoint, whose epochs are redone.
-    if main:
+    if writes:
       log.keep(lambda r: r.get('epoch', 0) <= meta['epoch'])
 
     images, labels = place(data.images), place(data.labels)
@@ -540,15 +544,15 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
         i = int(bad[0])
         side_data = (data.stream(positions[i]) if data.stream is not None else
                      tuple(np.asarray(e[positions[i]]) for e in extras))
-        kept = ckpt.latest_step()
+        kept = ckpt.latest_step() if disk else None
         raise TrainError(nonfinite_message(
             f'epoch {epoch}, step {i + 1} of {steps}', jax.device_get(health[i][1]), side_data,
-            opt.clip_norm, f'No checkpoint of this run exists yet in {workdir}.' if kept is None
+            opt.clip_norm, 'The run was in memory: nothing is kept.' if not disk else
+            f'No checkpoint of this run exists yet in {workdir}.' if kept is None
             else f'Its checkpoint of epoch {kept} in {workdir} is kept.'))
       metrics = {k: float(v) / steps for k, v in sums.items()}
       meta['train_seconds'] += time.perf_counter() - t0
-      last = epoch == opt.epochs or (deadline is not None and
-                                     time.monotonic() + time.perf_counter() - t0 > deadline)
+      last = epoch == opt.epochs
       record = {'epoch': epoch, **metrics}
       current = {'params': state.params, 'batch_stats': state.batch_stats}
       if not len(data.holdout_images):
@@ -566,15 +570,13 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
         best = jax.tree.map(jnp.copy, current)
       if epoch_callback is not None:
         record.update(epoch_callback(epoch, {'model': model, 'variables': current}))
-      if main:
+      if writes:
         log.write(record)
       meta['epoch'] = epoch
-      if epoch % cfg.checkpoint_every == 0 or last:
+      if disk and (epoch % cfg.checkpoint_every == 0 or last):
         _save(ckpt, epoch, state, best, meta)
       bar.set_postfix({k: f'{v:.4g}' for k, v in record.items() if k != 'epoch'})
       bar.update(1)
-      if last:
-        break
     bar.close()
     final = {'params': state.params, 'batch_stats': state.batch_stats}
     results = {
@@ -596,7 +598,7 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
         'config_hash': config_hash,
         'config': config,
     }
-    if main:
+    if writes:
       runlog.write_json(workdir / 'results.json', results)
   return {**results, 'variables': jax.device_get(best)}
 

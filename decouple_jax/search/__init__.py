@@ -21,6 +21,7 @@ from decouple_jax.search.evolve import search_image
 from decouple_jax.search.sharding import make_mesh
 from decouple_jax.search.sharding import images_per_call
 from decouple_jax.search.sharding import make_search_fn
+from decouple_jax.search.sharding import search_images
 from decouple_jax.search.sharding import search_in_batches
 from decouple_jax.search.driver import run_search
 from decouple_jax.search.driver import search_summary
