@@ -40,7 +40,6 @@ import os
 import pathlib
 import signal
 import sys
-import tempfile
 import threading
 
 import jax
@@ -356,8 +355,8 @@ def _config(variant: str) -> cfglib.ExperimentConfig:
                          config_files.load(f'{REPO / "configs" / "mnist.py"}:{variant}'))
 
 
-def mnist_run(report: Report, budget: Budget, data_dir: str, engine: dict, train: dict,
-              workdir: pathlib.Path) -> dict:
+def mnist_run(report: Report, budget: Budget, data_dir: str, engine: dict, train: dict
+              ) -> dict:
   """Searches as many MNIST training images as fit half the budget left, then trains a student
   on them until the budget's end; ``engine`` and ``train`` (the measurements) say what fits."""
   search_end = (time.monotonic() + budget.at(1 - MARGIN)) / 2
@@ -381,12 +380,11 @@ def mnist_run(report: Report, budget: Budget, data_dir: str, engine: dict, train
   ds = datalib.load_dataset(data_cfg)
   search_cfg = exp.search
   t0 = time.monotonic()
-  model, variables = models.init_for_dataset(search_cfg.model, ds, search_cfg.seed)
-  fn = sharding.make_search_fn(model, variables, search_cfg)
-  batch = sharding.images_per_call(fn, search_cfg, ds.image_shape, len(ds.train_images))
+  fn = sharding.make_search_fn(*models.init_for_dataset(search_cfg.model, ds, search_cfg.seed),
+                               search_cfg)
+  batch = fn.batch(ds.image_shape, len(ds.train_images))
   images = np.asarray(datalib.normalize(ds.train_images, ds.mean, ds.std))
-  result = sharding.search_in_batches(fn, batch, images, ds.train_labels, ds.train_index,
-                                      deadline=search_end)
+  result = _search_until(fn, images, ds.train_labels, ds.train_index, search_end)
   searched = len(result.init_loss)
   search_seconds = time.monotonic() - t0
   out = {'scale': scale, 'images_searched': searched, 'images_per_call': batch,
@@ -396,24 +394,42 @@ def mnist_run(report: Report, budget: Budget, data_dir: str, engine: dict, train
         + ' / '.join(f'{v:.3f}' for v in out['mean_best_ce'].values()), flush=True)
   report.set('mnist_run', out)
   report.start('the MNIST student')
-  out['student'] = _student(exp, ds, result, budget, train, workdir)
+  out['student'] = _student(exp, ds, result, budget, train)
   return out
 
 
-def _student(exp, ds, result, budget: Budget, train_measured: dict,
-             workdir: pathlib.Path) -> dict:
+class _OutOfTime(Exception):
+  pass
+
+
+def _search_until(fn: sharding.SearchFn, images, labels, indices, deadline: float):
+  """``fn.search`` of the first images whose batches end by ``deadline``: no batch starts
+  that the last one's duration says would end after it (the first always runs)."""
+  parts, clock = [], [time.monotonic()]
+
+  def keep(part):
+    parts.append(part)
+    now = time.monotonic()
+    seconds, clock[0] = now - clock[0], now
+    if sum(len(p.init_loss) for p in parts) < len(images) and now + seconds > deadline:
+      raise _OutOfTime
+  try:
+    fn.search(images, labels, indices, on_batch=keep)
+  except _OutOfTime:
+    pass
+  return jax.tree.map(lambda *a: np.concatenate(a), *parts)
+
+
+def _student(exp, ds, result, budget: Budget, train_measured: dict) -> dict:
   """A student of ``exp`` trained on the searched images until the budget's end."""
   n = len(result.init_loss)
   devices = jax.device_count()
   batch = max(devices, min(exp.student.train.optim.batch_size, n // 2) // devices * devices)
   steps = n // batch
   deadline = budget.at(1 - MARGIN)
-  model, variables = models.init_for_dataset(exp.student.model, ds, exp.student.train.seed,
-                                             detach_head=True)
-  loss_fn = student.student_loss_fn(model, exp.student)
   # Epochs that fill the time left, judged from the step's FLOPs at the rate the measured
-  # student step reached, so that the learning-rate schedule spans the run; the deadline
-  # stops it after an epoch if that judgement was wrong.
+  # student step reached, so that the learning-rate schedule spans the run; the watchdog
+  # stops it at the budget if that judgement was wrong.
   step, args = measure.train_step_setup(
       lambda m: student.student_loss_fn(m, exp.student), exp.student.model, batch,
       student_targets=True, image_shape=ds.image_shape, num_classes=ds.num_classes,
@@ -432,14 +448,12 @@ def _student(exp, ds, result, budget: Budget, train_measured: dict,
                    f'epoch need about {measured[0]["compile_seconds"] + epoch_seconds:.0f} s'}
   epochs = int(max(1, min(exp.student.train.optim.epochs, left // max(epoch_seconds, 1e-6))))
   train = dataclasses.replace(
-      exp.student.train, eval_every=epochs, checkpoint_every=epochs,
+      exp.student.train, eval_every=epochs,
       optim=dataclasses.replace(exp.student.train.optim, batch_size=batch, epochs=epochs))
-  data = trainer.TrainData(ds.train_images[:n], ds.train_labels[:n], ds.holdout_images,
-                           ds.holdout_labels, ds.test_images, ds.test_labels, ds.mean, ds.std,
-                           extras=tuple(result.targets))
-  results = trainer.fit(model, variables, loss_fn, data, train, workdir / 'student',
-                        config={'device_check': 'student'}, name='student',
-                        deadline=deadline)
+  searched = dataclasses.replace(ds, train_images=ds.train_images[:n],
+                                 train_labels=ds.train_labels[:n], train_index=ds.train_index[:n])
+  results = student.fit_student(searched, result.targets,
+                                dataclasses.replace(exp.student, train=train))
   out = {'images': n, 'trained': True, 'batch': batch, 'epochs_planned': epochs,
          'epochs_run': results['epochs_run'], 'train_seconds': results['train_seconds'],
          'holdout_accuracy': results['holdout_accuracy'],
@@ -479,9 +493,7 @@ def main():
                    3 * max(compiles, default=3.0))
   report.set('training', train)
   report.start('the MNIST search')
-  with tempfile.TemporaryDirectory() as workdir:
-    report.set('mnist_run', mnist_run(report, budget, args.data_dir, engine, train,
-                                      pathlib.Path(workdir)))
+  report.set('mnist_run', mnist_run(report, budget, args.data_dir, engine, train))
   signal.setitimer(signal.ITIMER_REAL, 0)
   report.section = 'the report'
   report.set('stopped', None)

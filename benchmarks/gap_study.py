@@ -53,6 +53,7 @@ import numpy as np
 from decouple_jax import config as cfglib
 from decouple_jax import config_files
 from decouple_jax import data as datalib
+from decouple_jax import identity
 from decouple_jax import models
 from decouple_jax import runlog
 from decouple_jax.analysis import plots
@@ -351,8 +352,8 @@ def student_row(study: Study, exp: cfglib.ExperimentConfig, ds: datalib.Dataset,
   holdout = (driver.cached_search(exp.data, exp.search, ds, workdir / 'searches', 'holdout')
              if study.search_holdout else None)
   summary = runlog.read_json(targets / 'summary.json')
-  run = workdir / 'students' / cfglib.hash_dict(
-      student.run_config(exp.data, ds, exp.search, exp.student))
+  run = workdir / 'students' / identity.hash_of(
+      identity.student(exp.data, ds, exp.search, exp.student, stores.UNTRAINED))
   results = student.train_student(exp.data, exp.search, exp.student, run, targets,
                                   holdout_targets=holdout, ds=ds)
   d = results['diagnostics']
@@ -380,7 +381,7 @@ def student_row(study: Study, exp: cfglib.ExperimentConfig, ds: datalib.Dataset,
 def sgd_row(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, workdir: pathlib.Path) -> dict:
   """SGD with the student's network under ``exp.sgd`` (cached by its run config)."""
   sgd_cfg = sgd.with_network(exp.sgd, exp.student.model)
-  run = workdir / 'sgd' / cfglib.hash_dict(sgd.run_config(exp.data, ds, sgd_cfg))
+  run = workdir / 'sgd' / identity.hash_of(identity.sgd(exp.data, ds, sgd_cfg))
   results = sgd.train_sgd(exp.data, sgd_cfg, run, ds=ds)
   return {'sgd_holdout_accuracy': results['holdout_accuracy'],
           'sgd_test_accuracy': results['test_accuracy'],
@@ -600,7 +601,8 @@ def main(argv=None) -> None:
     ref_path = rows_dir / f'reference_width{width}.json'
     if not ref_path.exists():
       runlog.write_json(ref_path, {**reference_row(exp, ds, workdir), 'load': _load()})
-    arm_hash = cfglib.config_hash(exp.data, exp.search, exp.student)
+    arm_hash = identity.hash_of(
+        [identity.of(c) for c in (exp.data, exp.search, exp.student)])
     if path.exists() and runlog.read_json(path).get('config_hash', arm_hash) != arm_hash:
       # The arm's definition (or the study's base) changed since its row was measured. Rows
       # from before rows carried a hash were measured on the MNIST base and are kept.

@@ -43,6 +43,18 @@ COMPUTE_DTYPES = ('auto', 'float32', 'bfloat16')
 STUDENT_VARIANTS = ('all_layers', 'skip_block0')
 MSE_REDUCTIONS = ('mean', 'sum')
 
+# The metadata key of a field that changes how fast a result comes, not what it is: how the same
+# computation is batched, placed, decomposed or saved. Its values agree to float rounding (the
+# order XLA sums in), as on another number of devices, which no identity records either. Every
+# identity (decouple_jax.identity) leaves such fields out, so changing one reuses finished runs.
+SPEED_ONLY = 'speed_only'
+
+
+def speed_only(default: Any) -> Any:
+  """A dataclass field with ``default`` that is :data:`SPEED_ONLY`."""
+  return dataclasses.field(default=default, metadata={SPEED_ONLY: True})
+
+
 # Every check below raises a message that starts with the field's name; from_dict puts the
 # field's path in front (config.search.layers[0].generations=-1: ...), so the message says
 # which flag to change. A new field gets its check by one more call in its class's
@@ -146,7 +158,7 @@ class ModelConfig:
       The parameters are identical, so checkpoints are unaffected, and the search always
       computes with 'xla', so targets are too. Values and gradients agree to float32
       rounding, not bitwise: XLA:CPU may block a chunk of the batch otherwise than the whole
-      (bitwise equal on one AMD EPYC, 3.1e-6 apart on another).
+      (bitwise equal on one AMD EPYC, 3.1e-6 apart on another). Speed-only: in no identity.
   """
   widths: tuple[int, ...] = (256, 256, 256)
   convs_per_block: int = 2
@@ -159,7 +171,7 @@ class ModelConfig:
   whiten_images: int = 5000
   tap_scale: bool = False
   tap: str = 'post_gelu'
-  conv_impl: str = 'auto'
+  conv_impl: str = speed_only('auto')
 
   def __post_init__(self):
     if len(self.widths) != 3 or min(self.widths) < 1:
@@ -251,7 +263,7 @@ class TrainConfig:
   flip: bool = True
   eval_batch: int = 2000
   eval_every: int = 1
-  checkpoint_every: int = 1
+  checkpoint_every: int = speed_only(1)
   seed: int = 0
   bn_batch_stats: bool = True
   compute_dtype: str = 'auto'
@@ -260,6 +272,14 @@ class TrainConfig:
     _check_choice('compute_dtype', self.compute_dtype, COMPUTE_DTYPES)
     _check_counts(self, 0, 'crop_pad')
     _check_counts(self, 1, 'eval_batch', 'eval_every', 'checkpoint_every')
+
+
+def compute_dtype_name(name: str) -> str:
+  """The dtype ``TrainConfig.compute_dtype`` = ``name`` computes in on this backend ('auto':
+  bfloat16 on GPU and TPU, float32 on CPU)."""
+  if name == 'auto':
+    return 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
+  return name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,7 +298,8 @@ def _tuple_fields(cls) -> dict[str, Any]:
   return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _field_default(cls, name: str) -> Any:
+def field_default(cls, name: str) -> Any:
+  """The default of field ``name`` of dataclass ``cls`` (None if it has none)."""
   field = {f.name: f for f in dataclasses.fields(cls)}[name]
   if field.default_factory is not dataclasses.MISSING:
     return field.default_factory()
@@ -328,7 +349,7 @@ def from_dict(cls, d: Mapping[str, Any] | Any, path: str = 'config', base: Any =
     raise ConfigError(f'{path}: unknown field(s) {unknown} for {cls.__name__}; '
                       f'valid fields: {sorted(fields)}')
   kwargs = {k: _convert(fields[k], v, f'{path}.{k}',
-                        _field_default(cls, k) if base is None else getattr(base, k))
+                        field_default(cls, k) if base is None else getattr(base, k))
             for k, v in d.items()}
   try:
     return cls(**kwargs) if base is None else dataclasses.replace(base, **kwargs)
@@ -367,11 +388,6 @@ def hash_tree(tree: Any) -> str:
     h.update(f'{jax.tree_util.keystr(path)}:{leaf.dtype}:{leaf.shape};'.encode())
     h.update(np.ascontiguousarray(leaf).tobytes())
   return h.hexdigest()[:16]
-
-
-def config_hash(*cfgs) -> str:
-  """A short, stable hash of one or more config dataclasses (for stores and checkpoints)."""
-  return hash_dict([to_dict(c) for c in cfgs])
 
 
 def as_json(obj: Any) -> Any:
@@ -470,7 +486,8 @@ class SearchConfig:
     batch_images: images searched at once per device: 'auto' (default) as many as the
       compiled search fits in the device's memory (:mod:`decouple_jax.memory`), or a number,
       checked against that memory. A string of digits (what ``--config.search.batch_images=16``
-      gives, the field's default being a string) counts as that number.
+      gives, the field's default being a string) counts as that number. Speed-only (an
+      image's targets move only by float rounding with its batch): in no identity.
     skip_identity_convs: skip convolutions whose kernel is exactly the identity (checked once
       on the actual weights).
     store_dtype: 'float32', 'float16' or 'bfloat16' for the cached targets.
@@ -492,7 +509,7 @@ class SearchConfig:
   bn_mode: str = 'inference'
   norm_eps: float = 1e-5
   seed: int = 0
-  batch_images: int | str = 'auto'
+  batch_images: int | str = speed_only('auto')
   skip_identity_convs: bool = True
   store_dtype: str = 'float32'
   chunk_size: int = 1024
@@ -553,7 +570,7 @@ class StudentConfig:
   mse_coef: float = 1.0
   mse_reduction: str = 'mean'
   kl_weight: float = 0.03
-  device_targets_gb: float = 4.0
+  device_targets_gb: float = speed_only(4.0)
 
   def __post_init__(self):
     _check_choice('variant', self.variant, STUDENT_VARIANTS)

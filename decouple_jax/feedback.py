@@ -35,6 +35,7 @@ import jax
 
 from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
+from decouple_jax import identity
 from decouple_jax import models
 from decouple_jax import runlog
 from decouple_jax.mesh import mesh_1d
@@ -42,7 +43,6 @@ from decouple_jax.analysis import plots
 from decouple_jax.learn import bn_stats
 from decouple_jax.learn import sgd
 from decouple_jax.learn import student
-from decouple_jax.learn import trainer
 from decouple_jax.search import driver
 from decouple_jax.search import sharding
 from decouple_jax.search import stores
@@ -71,18 +71,6 @@ def search_network(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, variables)
     variables = bn_stats.population_batch_stats(
         model, variables, ds.train_images, ds.mean, ds.std, exp.student.train.eval_batch)
   return model, variables
-
-
-def round_hash(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, r: int) -> str:
-  """What a finished round ``r`` depends on: the data (by content), round 1's search and the
-  student, and from round 2 on the loop's settings (not the number of rounds, so asking for
-  more rounds keeps the finished ones; round 1, the paper's pipeline, serves loops of any
-  settings)."""
-  parts = {'data': datalib.identity(exp.data, ds), 'search': cfglib.to_dict(exp.search),
-           'student': trainer.identity(exp.student)}
-  if r > 1:
-    parts['feedback'] = cfglib.to_dict(dataclasses.replace(exp.feedback, rounds=1))
-  return cfglib.hash_dict(parts)
 
 
 def _write_variables(path: pathlib.Path, variables) -> None:
@@ -122,20 +110,19 @@ def run_round(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, workdir: str | 
                                   init_variables=previous if warm else None)
   _write_variables(rdir / _VARIABLES, results['variables'])
   d = results['diagnostics']
-  record = {
-      'round': r, 'round_hash': round_hash(exp, ds, r), 'network': network_id,
-      'start': 'warm' if warm else 'fresh',
-      'test_accuracy': results['test_accuracy'],
-      'holdout_accuracy': results['holdout_accuracy'],
-      'best_epoch': results['best_epoch'],
-      'mean_init_loss': summary['mean_init_loss'],
-      'mean_best_loss': summary['mean_best_loss'],
-      'r2_train': d['r2_train'], 'linear_probe': d['linear_probe_test_accuracy'],
-      'head': d['head_test_accuracy'], 'phat_accuracy': d['phat_accuracy'],
-      'search_seconds': sum(c['seconds'] for c in
-                            runlog.JsonLines(targets / 'search_log.jsonl').records()),
-      'train_seconds': results['train_seconds'],
-  }
+  record = identity.record(
+      identity.feedback_round(exp, ds, r),
+      round=r, network=network_id, start='warm' if warm else 'fresh',
+      test_accuracy=results['test_accuracy'],
+      holdout_accuracy=results['holdout_accuracy'],
+      best_epoch=results['best_epoch'],
+      mean_init_loss=summary['mean_init_loss'],
+      mean_best_loss=summary['mean_best_loss'],
+      r2_train=d['r2_train'], linear_probe=d['linear_probe_test_accuracy'],
+      head=d['head_test_accuracy'], phat_accuracy=d['phat_accuracy'],
+      search_seconds=sum(c['seconds'] for c in
+                         runlog.JsonLines(targets / 'search_log.jsonl').records()),
+      train_seconds=results['train_seconds'])
   runlog.write_json(rdir / 'round.json', record)
   return record
 
@@ -144,14 +131,10 @@ def _finished_round(exp: cfglib.ExperimentConfig, ds: datalib.Dataset,
                     workdir: str | pathlib.Path, r: int):
   """(record, selected student variables) of round ``r`` if it finished, else None."""
   rdir = round_dir(workdir, r)
-  if not (rdir / 'round.json').exists():
+  record = identity.finished(rdir / 'round.json', identity.feedback_round(exp, ds, r),
+                             fix=f'Use a new --workdir, or delete {rdir} and the rounds after it.')
+  if record is None:
     return None
-  record = runlog.read_json(rdir / 'round.json')
-  if record.get('round_hash') != round_hash(exp, ds, r):
-    raise cfglib.ConfigError(
-        f'{rdir} holds a round of another configuration (hash {record.get("round_hash")} != '
-        f'{round_hash(exp, ds, r)}); use a new --workdir, or delete {rdir} and the rounds '
-        'after it')
   variables = flax.serialization.from_bytes(_student_template(exp, ds),
                                             (rdir / _VARIABLES).read_bytes())
   return record, variables

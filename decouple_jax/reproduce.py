@@ -42,6 +42,7 @@ import numpy as np
 from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
 from decouple_jax import distributed
+from decouple_jax import identity
 from decouple_jax import locks
 from decouple_jax import models
 from decouple_jax import runlog
@@ -88,30 +89,6 @@ class _Runner:
     return result
 
 
-def _finished_training(workdir: pathlib.Path, config: dict, required: str
-                       ) -> Callable[[], dict | None]:
-  """The ``done`` of a training sub-run for :class:`_Runner`: its results if ``workdir``
-  holds a finished run of ``config`` (one whose results.json has ``required``), else None.
-
-  The returned callable raises ConfigError, naming the settings that differ, if ``workdir``
-  holds a run of another config.
-  """
-  def done():
-    path = workdir / 'results.json'
-    if not path.exists():
-      return None
-    results = runlog.read_json(path)
-    if results.get('config_hash') != cfglib.hash_dict(config):
-      raise cfglib.ConfigError(
-          f'{workdir} holds a run of another configuration:\n  ' + '\n  '.join(
-              cfglib.differences(config, results.get('config', {}))) +
-          f'\nUse a new --workdir, or delete {workdir} to start over.')
-    # A run killed after training but before its last results were added is finished by
-    # running it again: it resumes from its final checkpoint.
-    return results if required in results else None
-  return done
-
-
 def _without_variables(results: dict) -> dict:
   return {k: v for k, v in results.items() if k != 'variables'}
 
@@ -123,11 +100,7 @@ def _search(runner: _Runner, exp: cfglib.ExperimentConfig, ds: datalib.Dataset, 
   summary = directory / 'summary.json'
 
   def done():
-    if not summary.exists():
-      return None
-    # Refuses a store of another config, naming the settings that differ.
-    stores.open_complete(directory, stores.StoreId(exp.data, exp.search, ds, split))
-    return runlog.read_json(summary)
+    return identity.finished(summary, stores.StoreId(exp.data, exp.search, ds, split).config())
 
   def run():
     driver.run_search(exp.data, exp.search, directory, ds=ds, mesh=mesh, split=split)
@@ -168,8 +141,10 @@ def _student(runner: _Runner, exp: cfglib.ExperimentConfig, ds: datalib.Dataset,
   run_dir = runner.workdir / name
   return runner(
       name,
-      _finished_training(run_dir, student.run_config(exp.data, ds, exp.search, cfg),
-                         'diagnostics'),
+      lambda: identity.finished(
+          run_dir / 'results.json',
+          identity.student(exp.data, ds, exp.search, cfg, stores.UNTRAINED),
+          required='diagnostics'),
       lambda: _without_variables(student.train_student(
           exp.data, exp.search, cfg, run_dir, targets, holdout_targets=holdout_targets, ds=ds,
           mesh=mesh)))
@@ -186,7 +161,8 @@ def _sgd(runner: _Runner, exp: cfglib.ExperimentConfig, ds: datalib.Dataset, see
   run_dir = runner.workdir / name
   return runner(
       name,
-      _finished_training(run_dir, sgd.run_config(exp.data, ds, cfg), 'test_accuracy'),
+      lambda: identity.finished(run_dir / 'results.json', identity.sgd(exp.data, ds, cfg),
+                                required='test_accuracy'),
       lambda: _without_variables(sgd.train_sgd(exp.data, cfg, run_dir, ds=ds, mesh=mesh)))
 
 

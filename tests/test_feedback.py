@@ -168,6 +168,19 @@ def test_a_finished_round_of_another_loop_config_is_refused(looped):
     feedback.run_feedback(cold, workdir, devices=ONE)
 
 
+def test_a_finished_loop_is_reused_under_other_speed_only_settings(looped):
+  exp, workdir, results = looped
+  faster = dataclasses.replace(
+      exp, search=dataclasses.replace(exp.search, batch_images=2, model=dataclasses.replace(
+          exp.search.model, conv_impl='xla')),
+      student=dataclasses.replace(exp.student, device_targets_gb=0.0))
+  records = sorted(workdir.glob('round*/round.json'))
+  mtimes = [p.stat().st_mtime_ns for p in records]
+  again = feedback.run_feedback(faster, workdir, devices=ONE)
+  assert [p.stat().st_mtime_ns for p in records] == mtimes  # no round was redone
+  assert again['rounds'] == results['rounds']
+
+
 def test_recomputed_batch_stats_make_inference_equal_the_batch_forward(mnist_dir):
   ds = data.load_dataset(cfglib.DataConfig(dir=str(mnist_dir), train_limit=64, holdout=32,
                                            test_limit=32))

@@ -291,3 +291,21 @@ def test_a_training_step_that_does_not_fit_is_refused_with_the_numbers(tiny_mnis
     trainer.fit(model, variables, sgd.cross_entropy_loss_fn(model, 10),
                 trainer.TrainData.from_dataset(tiny_mnist), TINY_TRAIN, tmp_path,
                 config={'run': 'h'}, mesh=ONE, memory_bytes=1000)
+
+
+def test_fit_student_trains_on_arrays_in_memory_and_checks_their_shapes(tiny_mnist, tmp_path,
+                                                                       monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  cfg = dataclasses.replace(STUDENT, train=TINY_TRAIN)
+  shapes = models.tap_shapes(models.build(cfg.model, 10, 1), tiny_mnist.image_shape)
+  rng = np.random.default_rng(0)
+  targets = [rng.normal(size=(len(tiny_mnist.train_images), *s)).astype(np.float32)
+             for s in shapes]
+  results = student.fit_student(tiny_mnist, targets, cfg, mesh=ONE)
+  assert 0 <= results['test_accuracy'] <= 1 and 0 <= results['holdout_accuracy'] <= 1
+  assert results['epochs_run'] == TINY_TRAIN.optim.epochs
+  assert jax.tree.structure(results['variables']) == jax.tree.structure(
+      results['model'].init(jax.random.key(0), tiny_mnist.test_images[:1].astype(np.float32)))
+  assert not list(tmp_path.iterdir())  # nothing written
+  with pytest.raises(cfglib.ConfigError, match='do not match the targets'):
+    student.fit_student(tiny_mnist, [t[:, :1] for t in targets], cfg, mesh=ONE)

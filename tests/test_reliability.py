@@ -22,7 +22,7 @@ import pytest
 import tqdm
 
 import decouple_jax
-from decouple_jax import analysis, config as cfglib, data, locks, models, reproduce, runlog
+from decouple_jax import analysis, config as cfglib, data, identity, locks, models, reproduce, runlog
 from decouple_jax.learn import sgd, student, trainer
 from decouple_jax.search import driver, evolve, stores
 from decouple_jax.search import operators as ops
@@ -162,8 +162,9 @@ def test_moved_verified_data_keeps_finished_runs(sgd_run, moved, tmp_path):
   again = sgd.train_sgd(moved[0], SGD, run, ds=moved[1], mesh=ONE)
   assert again['test_accuracy'] == results['test_accuracy']
   assert again['train_seconds'] == results['train_seconds']  # nothing retrained
-  done = reproduce._finished_training(run, sgd.run_config(*moved, SGD), 'test_accuracy')
-  assert done()['test_accuracy'] == results['test_accuracy']
+  done = identity.finished(run / 'results.json', identity.sgd(*moved, SGD),
+                           required='test_accuracy')
+  assert done['test_accuracy'] == results['test_accuracy']
 
 
 def test_another_data_set_or_config_is_refused_naming_the_field(sgd_run, other, real, tmp_path):
@@ -178,7 +179,7 @@ def test_another_data_set_or_config_is_refused_naming_the_field(sgd_run, other, 
   assert str(e.value).count('expected') == 1
   assert 'sgd.train.optim.epochs: expected 4, found 3' in str(e.value)
   with pytest.raises(cfglib.ConfigError, match='sgd.train.optim.epochs: expected 4, found 3'):
-    reproduce._finished_training(run, sgd.run_config(*real, longer), 'test_accuracy')()
+    identity.finished(run / 'results.json', identity.sgd(*real, longer))
 
 
 def _damaged_cifar(tmp_path):

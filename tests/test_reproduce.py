@@ -52,6 +52,12 @@ def _launch(script, workdir, config, mnist_dir, *extra):
   return proc.stdout
 
 
+SPEED_ONLY_OVERRIDES = ('--config.search.batch_images=2', '--config.search.model.conv_impl=xla',
+                        '--config.student.model.conv_impl=xla',
+                        '--config.student.train.checkpoint_every=3',
+                        '--config.student.device_targets_gb=0', '--config.sgd.train.checkpoint_every=2')
+
+
 @pytest.fixture(scope='module')
 def pipeline(tmp_path_factory, mnist_dir):
   w = tmp_path_factory.mktemp('pipeline') / 'run'
@@ -65,7 +71,8 @@ def pipeline(tmp_path_factory, mnist_dir):
   }
   first = json.loads((w / 'results.json').read_text())
   mtimes = {p: p.stat().st_mtime_ns for p in w.glob('seed0/*/results.json')}
-  out['again'] = _launch('reproduce.py', w, config, mnist_dir)
+  # Again, with every speed-only setting changed: they are in no run's identity.
+  out['again'] = _launch('reproduce.py', w, config, mnist_dir, *SPEED_ONLY_OVERRIDES)
   return {'workdir': w, 'out': out, 'first': first, 'mtimes': mtimes,
           'second': json.loads((w / 'results.json').read_text())}
 
@@ -147,11 +154,25 @@ def test_reproduce_draws_training_curves(pipeline):
 
 
 @pytest.mark.slow
-def test_second_reproduce_reruns_nothing(pipeline):
+def test_second_reproduce_with_other_speed_only_settings_reruns_nothing(pipeline):
   assert pipeline['second']['ran_this_invocation'] == []
   for path, mtime in pipeline['mtimes'].items():
     assert path.stat().st_mtime_ns == mtime, path
   assert pipeline['second']['rows'] == pipeline['first']['rows']
+
+
+@pytest.mark.slow
+def test_reproduce_refuses_a_finished_student_of_another_setting(pipeline, mnist_dir):
+  w = pipeline['workdir']
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  proc = subprocess.run(
+      [sys.executable, 'launch/reproduce.py', f'--config={REPO / "configs" / "mnist.py"}:smoke',
+       f'--workdir={w}', f'--config.data.dir={mnist_dir}', '--config.sgd.train.optim.epochs=1',
+       '--config.student.train.optim.epochs=1', '--config.student.kl_weight=0.5'],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert 'student.kl_weight: expected 0.5' in proc.stdout + proc.stderr
 
 
 @pytest.mark.slow

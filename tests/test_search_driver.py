@@ -108,3 +108,15 @@ def test_auto_batch_fills_a_pretend_memory_and_a_setting_that_cannot_fit_is_refu
   with pytest.raises(memory.DoesNotFit, match=r'one image per device needs [\d.]+ [kMG]B, the '
                      r'device has [\d.]+ [kMG]B usable'):
     driver.run_search(data_cfg, auto, tmp_path, ds=ds, mesh=mesh, memory_bytes=need(1) - 1)
+
+
+def test_in_memory_search_equals_the_stored_targets_bitwise(setup, tmp_path):
+  data_cfg, ds, mesh = setup
+  store = driver.run_search(data_cfg, SEARCH, tmp_path, ds=ds, mesh=mesh)
+  network = models.init_for_dataset(SEARCH.model, ds, SEARCH.seed)
+  result = sharding.search_images(
+      np.asarray(data.normalize(ds.train_images, ds.mean, ds.std)), ds.train_labels,
+      ds.train_index, SEARCH, network, mesh=mesh)
+  for stored, searched in zip(store.load_all(), result.targets):
+    np.testing.assert_array_equal(stored, searched)
+  np.testing.assert_array_equal(store.best_loss, result.best_loss)

@@ -29,12 +29,14 @@ import numpy as np
 
 from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
+from decouple_jax import identity
 from decouple_jax import models
 from decouple_jax import runlog
 from decouple_jax.analysis import diversity
 from decouple_jax.learn import student
 from decouple_jax.search import driver
 from decouple_jax.search import sharding
+from decouple_jax.search import stores
 from decouple_jax.search.driver import LAYER_NAMES
 
 
@@ -84,15 +86,13 @@ class Searcher:
     """{'targets': 4 arrays (n, *S_l), 'best_loss': (n, 4), 'init_loss': (n,),
     'curves': 4 arrays (n, G_l)} of ``cfg`` (searched once per config)."""
     if cfg not in self._done:
-      search_fn = sharding.make_search_fn(self.model, self.variables, cfg, self.mesh)
-      n = len(self.images)
-      batch = sharding.images_per_call(search_fn, cfg, self.images.shape[1:], n)
       gens = '/'.join(str(l.generations) for l in cfg.layers)
-      bar = runlog.progress(total=n, unit='img', desc=f'search (population {cfg.population}, '
-                            f'generations {gens}, seed {cfg.seed})')
-      result = sharding.search_in_batches(search_fn, batch, self.images, self.labels,
-                                          self.index,
-                                          on_batch=lambda part: bar.update(len(part.init_loss)))
+      bar = runlog.progress(total=len(self.images), unit='img',
+                            desc=f'search (population {cfg.population}, generations {gens}, '
+                            f'seed {cfg.seed})')
+      result = sharding.search_images(
+          self.images, self.labels, self.index, cfg, (self.model, self.variables),
+          mesh=self.mesh, on_batch=lambda part: bar.update(len(part.init_loss)))
       bar.close()
       self._done[cfg] = {'targets': result.targets, 'best_loss': result.best_loss,
                          'init_loss': result.init_loss, 'curves': result.curves}
@@ -253,12 +253,13 @@ def accuracy_vs_compute(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Pat
   workdir = pathlib.Path(workdir)
 
   def accuracy(search_cfg: cfglib.SearchConfig) -> float:
-    run = workdir / cfglib.hash_dict(student.run_config(exp.data, ds, search_cfg, exp.student))
-    results = run / 'student' / 'results.json'
-    if not results.exists():
+    config = identity.student(exp.data, ds, search_cfg, exp.student, stores.UNTRAINED)
+    run = workdir / identity.hash_of(config) / 'student'
+    results = identity.finished(run / 'results.json', config, required='diagnostics')
+    if results is None:
       targets = driver.cached_search(exp.data, search_cfg, ds, searches)
-      student.train_student(exp.data, search_cfg, exp.student, run / 'student', targets, ds=ds)
-    return runlog.read_json(results)['test_accuracy']
+      results = student.train_student(exp.data, search_cfg, exp.student, run, targets, ds=ds)
+    return results['test_accuracy']
 
   by_generations = [scale_generations(exp.search, m) for m in generations]
   return {

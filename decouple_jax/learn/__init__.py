@@ -4,7 +4,7 @@ from decouple_jax.learn.diagnostics import (linear_probe, phat_accuracy, r_squar
                                             student_diagnostics)
 from decouple_jax.learn.optim import kilostep, optimizer, plain_lr
 from decouple_jax.learn.sgd import cross_entropy_loss_fn, train_sgd
-from decouple_jax.learn.student import student_loss_fn, train_student
+from decouple_jax.learn.student import fit_student, student_loss_fn, train_student
 from decouple_jax.learn.trainer import (Batch, TrainData, TrainError, TrainState, accuracy_line,
                                         evaluate, fit)
 
@@ -17,6 +17,7 @@ __all__ = [
     'cross_entropy_loss_fn',
     'evaluate',
     'fit',
+    'fit_student',
     'kilostep',
     'linear_probe',
     'optimizer',

@@ -11,6 +11,7 @@ import optax
 
 from decouple_jax import config as cfglib
 from decouple_jax import data
+from decouple_jax import identity
 from decouple_jax import models
 
 from decouple_jax.learn import trainer
@@ -38,11 +39,6 @@ def with_network(sgd_cfg: cfglib.SGDConfig, model_cfg: cfglib.ModelConfig) -> cf
       model_cfg, tap='post_gelu', tap_scale=False))
 
 
-def run_config(data_cfg: cfglib.DataConfig, ds: data.Dataset, sgd_cfg: cfglib.SGDConfig) -> dict:
-  """What identifies an SGD run (see :func:`decouple_jax.learn.trainer.run_config`)."""
-  return trainer.run_config(data_cfg, ds, sgd=sgd_cfg)
-
-
 def train_sgd(data_cfg: cfglib.DataConfig, sgd_cfg: cfglib.SGDConfig,
               workdir: str | pathlib.Path, *, ds=None, mesh=None,
               epoch_callback=None) -> dict:
@@ -65,6 +61,6 @@ def train_sgd(data_cfg: cfglib.DataConfig, sgd_cfg: cfglib.SGDConfig,
   model, variables = models.init_for_dataset(sgd_cfg.model, ds, sgd_cfg.train.seed)
   loss_fn = cross_entropy_loss_fn(model, ds.num_classes, sgd_cfg.train.optim.label_smoothing)
   return trainer.fit(model, variables, loss_fn, trainer.TrainData.from_dataset(ds),
-                     sgd_cfg.train, workdir, config=run_config(data_cfg, ds, sgd_cfg),
+                     sgd_cfg.train, workdir, config=identity.sgd(data_cfg, ds, sgd_cfg),
                      name=f'sgd convs{sgd_cfg.model.convs_per_block}', mesh=mesh,
                      epoch_callback=epoch_callback)

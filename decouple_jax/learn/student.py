@@ -19,16 +19,18 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
 from decouple_jax import distributed
+from decouple_jax import identity
 from decouple_jax import models
 from decouple_jax import runlog
 from decouple_jax.learn import diagnostics
 from decouple_jax.learn import trainer
 from decouple_jax.search import stores
-from decouple_jax.search.store import TargetStore, device_targets
+from decouple_jax.search.store import device_targets
 
 
 def supervised_blocks(variant: str) -> tuple[int, ...]:
@@ -77,24 +79,56 @@ def student_loss_fn(model: models.AirbenchNet, cfg: cfglib.StudentConfig) -> tra
   return loss_fn
 
 
-def check_compatible(model: models.AirbenchNet, store: TargetStore,
-                     image_shape: tuple[int, int, int]) -> None:
-  """Refuses a student whose taps do not have the stored targets' shapes."""
-  shapes = models.tap_shapes(model, image_shape)
-  if tuple(map(tuple, store.spec.shapes)) != shapes:
-    raise cfglib.ConfigError(
-        f'student taps {shapes} do not match the stored targets {store.spec.shapes}: set '
-        'student.model.widths to search.model.widths')
+def fit_student(ds: datalib.Dataset, targets, student_cfg: cfglib.StudentConfig, *,
+                workdir: str | pathlib.Path | None = None, config: dict | None = None,
+                mesh=None, epoch_callback=None, init_variables=None) -> dict:
+  """Trains a student on searched targets: arrays in, trained variables and metrics out.
 
+  The in-memory entry point (:func:`train_student` is the same over a target store on disk).
 
-def run_config(data_cfg: cfglib.DataConfig, ds: datalib.Dataset,
-               search_cfg: cfglib.SearchConfig, student_cfg: cfglib.StudentConfig,
-               network_id: str = stores.UNTRAINED, start: str = 'fresh') -> dict:
-  """What identifies a student run (see :func:`decouple_jax.learn.trainer.run_config`), with
-  the network its targets were searched in and what it started from ('fresh', or the
-  :func:`~decouple_jax.config.hash_tree` of its initial variables)."""
-  return {**trainer.run_config(data_cfg, ds, search=search_cfg, student=student_cfg),
-          'network': network_id, 'start': start}
+  Args:
+    ds: the data set; the student trains on its training split, selects its epoch on the
+      hold-out split and is tested on the test split.
+    targets: the searched targets of ``ds.train_images``, one array per search layer,
+      (N, *S_l) in image order (e.g. ``search_images(...).targets``; host or device arrays,
+      kept in their dtype), or ``read(positions (B,)) -> arrays (B, *S_l)`` for targets too
+      large for the devices (streamed with prefetch).
+    student_cfg: the learning network, loss and training settings.
+    workdir: None (default) trains in memory; a directory makes the run resumable there
+      (checkpoints, ``metrics.jsonl``, ``results.json``).
+    config: the run's identity, recorded in ``workdir`` (default: a note that the run is the
+      caller's own; :func:`train_student` gives :func:`decouple_jax.identity.student`).
+    mesh: data-parallel mesh; default every device.
+    epoch_callback: extra per-epoch metrics, as for :func:`decouple_jax.learn.trainer.fit`.
+    init_variables: start from these {'params', 'batch_stats'} (e.g. a previous student's:
+      a warm start) instead of a fresh initialisation from ``student_cfg.train.seed``.
+
+  Returns:
+    :func:`decouple_jax.learn.trainer.fit`'s results (test accuracy of the hold-out-selected
+    weights, the per-epoch history is in ``workdir/metrics.jsonl`` if any, ...), with
+    ``variables`` (the selected weights) and ``model``.
+  """
+  model, variables = models.init_for_dataset(student_cfg.model, ds, student_cfg.train.seed,
+                                             detach_head=True)
+  if init_variables is not None:
+    if jax.tree.structure(init_variables) != jax.tree.structure(variables):
+      raise cfglib.ConfigError('init_variables do not fit student.model: a warm start needs '
+                               'a network of the same configuration')
+    variables = init_variables
+  shapes = models.tap_shapes(model, ds.image_shape)
+  found = tuple(tuple(t.shape[1:]) for t in (targets(np.arange(1)) if callable(targets)
+                                              else targets))
+  if found != shapes:
+    raise cfglib.ConfigError(f'student taps {shapes} do not match the targets {found}: set '
+                             'student.model.widths to search.model.widths')
+  train_data = trainer.TrainData.from_dataset(
+      ds, extras=() if callable(targets) else tuple(targets),
+      stream=targets if callable(targets) else None)
+  results = trainer.fit(
+      model, variables, student_loss_fn(model, student_cfg), train_data, student_cfg.train,
+      workdir, config=config if config is not None else {'run': 'fit_student'},
+      name=f'student {student_cfg.variant}', mesh=mesh, epoch_callback=epoch_callback)
+  return {**results, 'model': model}
 
 
 def train_student(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
@@ -103,22 +137,21 @@ def train_student(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
                   holdout_targets: str | pathlib.Path | None = None,
                   ds: datalib.Dataset | None = None, mesh=None, epoch_callback=None,
                   network_id: str = stores.UNTRAINED, init_variables=None) -> dict:
-  """Trains the student on the searched targets in ``targets``; resumable from ``workdir``.
+  """:func:`fit_student` on the searched targets in the store ``targets``; resumable from
+  ``workdir``.
 
   Args:
     data_cfg, search_cfg: the configs the target store was made with (checked).
     student_cfg: the learning network, loss and training settings.
     workdir: checkpoints, ``metrics.jsonl``, ``results.json``.
-    targets: the target store directory (``launch/search.py`` writes WORKDIR/targets).
+    targets: the target store directory (``launch/search.py`` writes WORKDIR/targets). Kept
+      on the devices if it needs at most ``student.device_targets_gb``, else streamed.
     holdout_targets: the hold-out split's target store (``run_search(split='holdout')``), or
       None; with it the diagnostics include R^2 on images the student never trained on.
     ds: the loaded data set, if any.
-    mesh: data-parallel mesh; default every device.
-    epoch_callback: extra per-epoch metrics, as for :func:`decouple_jax.learn.trainer.fit`.
+    mesh, epoch_callback, init_variables: as for :func:`fit_student`.
     network_id: the network the targets were searched in (default the untrained one); the
       stores must say the same.
-    init_variables: start from these {'params', 'batch_stats'} (e.g. a previous student's:
-      a warm start) instead of a fresh initialisation.
 
   Returns:
     The results dict (test accuracy of the hold-out-selected weights, ..., and the
@@ -132,25 +165,15 @@ def train_student(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
   # Opened before training, so a wrong path fails now rather than after the last epoch.
   holdout_store = (stores.open_complete(holdout_targets, store_id('holdout'))
                    if holdout_targets is not None else None)
-  model, variables = models.init_for_dataset(student_cfg.model, ds, student_cfg.train.seed,
-                                             detach_head=True)
-  start = 'fresh'
-  if init_variables is not None:
-    if jax.tree.structure(init_variables) != jax.tree.structure(variables):
-      raise cfglib.ConfigError('init_variables do not fit student.model: a warm start needs '
-                               'a network of the same configuration')
-    variables, start = init_variables, cfglib.hash_tree(init_variables)
-  check_compatible(model, store, ds.image_shape)
   on_device = device_targets(store, int(student_cfg.device_targets_gb * 2**30))
   # Streamed targets keep the store dtype, as device_targets does, so both paths feed the
   # train step the same dtypes.
-  stream = None if on_device is not None else functools.partial(store.read,
-                                                                dtype=store.value_dtype)
-  train_data = trainer.TrainData.from_dataset(ds, extras=on_device or (), stream=stream)
-  results = trainer.fit(
-      model, variables, student_loss_fn(model, student_cfg), train_data, student_cfg.train,
-      workdir, config=run_config(data_cfg, ds, search_cfg, student_cfg, network_id, start),
-      name=f'student {student_cfg.variant}', mesh=mesh, epoch_callback=epoch_callback)
+  start = 'fresh' if init_variables is None else cfglib.hash_tree(init_variables)
+  results = fit_student(
+      ds, on_device or functools.partial(store.read, dtype=store.value_dtype), student_cfg,
+      workdir=workdir, mesh=mesh, epoch_callback=epoch_callback, init_variables=init_variables,
+      config=identity.student(data_cfg, ds, search_cfg, student_cfg, network_id, start))
+  model = results.pop('model')
   results['diagnostics'] = diagnostics.student_diagnostics(
       model, results['variables'], ds, store, holdout_store, student_cfg)
   if distributed.is_main():

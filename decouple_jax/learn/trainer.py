@@ -47,6 +47,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from decouple_jax import config as cfglib
 from decouple_jax import distributed
+from decouple_jax import identity
 from decouple_jax import locks
 from decouple_jax import memory
 from decouple_jax import runlog
@@ -133,10 +134,7 @@ def _batch_mesh(mesh: jax.sharding.Mesh, batch_size: int) -> jax.sharding.Mesh:
 def compute_dtype(cfg: TrainConfig) -> jnp.dtype:
   """The dtype ``cfg.compute_dtype`` names on this backend ('auto': bfloat16 on GPU and TPU,
   float32 on CPU)."""
-  name = cfg.compute_dtype
-  if name == 'auto':
-    name = 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
-  return jnp.dtype(name)
+  return jnp.dtype(cfglib.compute_dtype_name(cfg.compute_dtype))
 
 
 def _cast(tree, dtype):
@@ -277,46 +275,6 @@ def evaluate(predict_fn, variables, images: np.ndarray, labels: np.ndarray,
   return correct / len(images)
 
 
-def identity(part) -> dict:
-  """A config dataclass as a JSON-ready dict that identifies the runs it makes.
-
-  A training part's ``train.compute_dtype`` is recorded as the dtype it resolves to here (a
-  run on another backend is another run), and left out when that is float32, the only dtype
-  before it was a setting, so runs made before keep their identity.
-  """
-  d = cfglib.to_dict(part)
-  if isinstance(part, (cfglib.SGDConfig, cfglib.StudentConfig)):
-    dtype = compute_dtype(part.train).name
-    del d['train']['compute_dtype']
-    if dtype != 'float32':
-      d['train']['compute_dtype'] = dtype
-  return d
-
-
-def run_config(data_cfg: cfglib.DataConfig, ds: datalib.Dataset, **parts) -> dict:
-  """What identifies a training run: the data by content (:func:`decouple_jax.data.identity`,
-  so moving the files keeps the run) and the named config dataclasses (:func:`identity`)."""
-  return {'data': datalib.identity(data_cfg, ds),
-          **{name: identity(part) for name, part in parts.items()}}
-
-
-def _check_same_run(workdir: pathlib.Path, found: dict, config: dict, config_hash: str) -> None:
-  """Refuses a checkpoint of another run, naming the settings that differ."""
-  if found['config_hash'] == config_hash:
-    return
-  if 'config' not in found:
-    raise TrainError(
-        f"{workdir} holds a checkpoint of another configuration (hash {found['config_hash']} != "
-        f'{config_hash}) written by an older version, which recorded neither its config nor '
-        f'the content of its data; use a new --workdir, or delete {workdir / "checkpoints"} to '
-        'start over')
-  raise TrainError(
-      f'{workdir} holds a run of another configuration:\n  ' +
-      '\n  '.join(cfglib.differences(config, found['config'])) +
-      f'\nUse a new --workdir, or delete {workdir / "checkpoints"} to start over (its epochs '
-      'are lost).')
-
-
 def accuracy_line(results: dict) -> str:
   """One line on a run's results: its test accuracy and how its weights were selected."""
   selection = (f"hold-out {100 * results['holdout_accuracy']:.2f}% at epoch "
@@ -325,6 +283,9 @@ def accuracy_line(results: dict) -> str:
   return f"test accuracy {100 * results['test_accuracy']:.2f}% ({selection})"
 
 
+# What a refusal of another run's checkpoint says to do.
+_START_OVER = ('Use a new --workdir, or delete {workdir}/checkpoints to start over (its epochs '
+               'are lost).')
 # Two, so that damage to the newest checkpoint costs the epochs since the one before, not all.
 CHECKPOINTS_KEPT = 2
 # Where damaged checkpoints are moved, out of Orbax's sight, for inspection.
@@ -395,7 +356,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def _restore(ckpt: ocp.CheckpointManager, step: int, state: TrainState, best: dict,
-             workdir: pathlib.Path, config: dict, config_hash: str) -> tuple:
+             workdir: pathlib.Path, config: dict) -> tuple:
   """Checkpoint ``step`` as (state, best, meta), verified against its checksums.
 
   ``state`` and ``best`` give the structure to restore into. A checkpoint of another run is
@@ -412,7 +373,7 @@ def _restore(ckpt: ocp.CheckpointManager, step: int, state: TrainState, best: di
     raise _Damaged(f'meta/metadata is unreadable: {_first_line(e)}') from e
   if sums is not None and sums['meta'] != cfglib.hash_dict(meta):
     raise _Damaged('meta/metadata does not match its checksum')
-  _check_same_run(workdir, meta, config, config_hash)
+  identity.check_same(config, meta, workdir, _START_OVER.format(workdir=workdir), TrainError)
   path, layout = ckpt.directory / str(step), _layout(state, best)
   if sums is not None and sums.get('layout', layout) != layout:
     raise _other_layout(path, workdir)
@@ -433,7 +394,7 @@ def _restore(ckpt: ocp.CheckpointManager, step: int, state: TrainState, best: di
 
 
 def _resume(ckpt: ocp.CheckpointManager, state: TrainState, best: dict, workdir: pathlib.Path,
-            config: dict, config_hash: str) -> tuple | None:
+            config: dict) -> tuple | None:
   """The newest good checkpoint as (state, best, meta), or None if there is none yet.
 
   Damaged checkpoints newer than it are moved to ``workdir/damaged_checkpoints``, each named
@@ -445,7 +406,7 @@ def _resume(ckpt: ocp.CheckpointManager, state: TrainState, best: dict, workdir:
   damaged = []
   for step in sorted(ckpt.all_steps(), reverse=True):
     try:
-      found = _restore(ckpt, step, state, best, workdir, config, config_hash)
+      found = _restore(ckpt, step, state, best, workdir, config)
     except _Damaged as e:
       damaged.append((step, str(e)))
       continue
@@ -470,11 +431,15 @@ def _resume(ckpt: ocp.CheckpointManager, state: TrainState, best: dict, workdir:
 
 
 def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConfig,
-        workdir: str | pathlib.Path, *, config: dict, name: str = 'train',
+        workdir: str | pathlib.Path | None, *, config: dict, name: str = 'train',
         mesh: jax.sharding.Mesh | None = None,
         epoch_callback: Callable[[int, dict], dict] | None = None,
-        memory_bytes: int | None = None, deadline: float | None = None) -> dict:
+        memory_bytes: int | None = None) -> dict:
   """Trains ``variables`` of ``model`` with ``loss_fn``; resumes from ``workdir``.
+
+  The shape of the Flax examples' ``train_and_evaluate``: a jitted step
+  (:func:`make_step_fn`) over every epoch's batches, evaluation on the hold-out split,
+  checkpoints.
 
   Args:
     model: a Flax module whose apply returns taps ending with the logits.
@@ -482,10 +447,12 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
     loss_fn: see :data:`LossFn`.
     data: the splits; ``data.extras`` are gathered per batch (see :class:`Batch`).
     cfg: optimiser, augmentation, evaluation and checkpoint settings.
-    workdir: where checkpoints, ``metrics.jsonl`` and ``results.json`` go.
-    config: identifies the run (JSON-ready, e.g. :func:`run_config`); recorded with its hash
-      in every checkpoint and in ``results.json``. A workdir holding a checkpoint of another
-      config is refused, naming the settings that differ.
+    workdir: where checkpoints, ``metrics.jsonl`` and ``results.json`` go; None trains in
+      memory (nothing written, nothing to resume).
+    config: the run's identity (:mod:`decouple_jax.identity`, e.g.
+      :func:`~decouple_jax.identity.student`); recorded with its hash in every checkpoint and
+      in ``results.json``. A workdir holding a checkpoint of another identity is refused,
+      naming the settings that differ.
     name: what the progress bar calls the run (e.g. 'sgd convs2').
     mesh: data-parallel mesh (axis 'batch'); default: every device of every process.
     epoch_callback: ``(epoch, {'model': ..., 'variables': ...}) -> dict`` of extra metrics
@@ -493,19 +460,16 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
     memory_bytes: usable memory per device (default
       :func:`decouple_jax.memory.device_memory`); a step that needs more is refused before it
       runs, with the numbers.
-    deadline: a ``time.monotonic()`` time to finish by: the run ends after the epoch whose
-      duration says the next one would end after it, evaluated and checkpointed as a last
-      epoch (``results['epochs_run']`` says how many ran; the schedule stays that of
-      ``optim.epochs``, so a later run without the deadline resumes it).
 
   Returns:
-    The results dict also written to ``workdir/results.json``: test accuracy of the
+    The results dict (also written to ``workdir/results.json``): test accuracy of the
     hold-out-selected weights (without a hold-out split, of the last epoch's: ``selected_by``
     says which), best hold-out accuracy (None without one) and its epoch, final-epoch
     accuracies, wall time, images/s and the config; and ``variables``, the selected weights
     as host arrays.
   """
-  workdir = pathlib.Path(workdir)
+  disk = workdir is not None
+  workdir = pathlib.Path(workdir) if disk else None
   opt = cfg.optim
   n = len(data.images)
   steps = n // opt.batch_size
@@ -523,21 +487,23 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
 
   state = put(TrainState(jnp.zeros((), jnp.int32), variables['params'],
                          variables.get('batch_stats', {}), tx.init(variables['params'])))
-  config_hash = cfglib.hash_dict(config)
+  config_hash = identity.hash_of(config)
   meta = {'epoch': 0, 'best_accuracy': -1.0, 'best_epoch': 0, 'train_seconds': 0.0,
           'config_hash': config_hash, 'config': config}
   best = put({'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})})
   main = distributed.is_main()
+  writes = main and disk
   # One writer per workdir (the processes of one run share it); closing the manager on any
   # exit (also a NaN stop) finishes pending saves cleanly.
-  with locks.hold(workdir), _checkpointer(workdir) as ckpt:
-    log = runlog.JsonLines(workdir / 'metrics.jsonl')
-    resumed = _resume(ckpt, state, best, workdir, config, config_hash)
+  with (locks.hold(workdir) if disk else contextlib.nullcontext(),
+        _checkpointer(workdir) if disk else contextlib.nullcontext() as ckpt):
+    log = runlog.JsonLines(workdir / 'metrics.jsonl') if disk else None
+    resumed = _resume(ckpt, state, best, workdir, config) if disk else None
     if resumed is not None:
       state, best, meta = resumed
     # The log holds exactly the epochs of the checkpoint resumed from: none for a new run, or
     # one killed before its first checkpoint, whose epochs are redone.
-    if main:
+    if writes:
       log.keep(lambda r: r.get('epoch', 0) <= meta['epoch'])
 
     images, labels = place(data.images), place(data.labels)
@@ -578,15 +544,15 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
         i = int(bad[0])
         side_data = (data.stream(positions[i]) if data.stream is not None else
                      tuple(np.asarray(e[positions[i]]) for e in extras))
-        kept = ckpt.latest_step()
+        kept = ckpt.latest_step() if disk else None
         raise TrainError(nonfinite_message(
             f'epoch {epoch}, step {i + 1} of {steps}', jax.device_get(health[i][1]), side_data,
-            opt.clip_norm, f'No checkpoint of this run exists yet in {workdir}.' if kept is None
+            opt.clip_norm, 'The run was in memory: nothing is kept.' if not disk else
+            f'No checkpoint of this run exists yet in {workdir}.' if kept is None
             else f'Its checkpoint of epoch {kept} in {workdir} is kept.'))
       metrics = {k: float(v) / steps for k, v in sums.items()}
       meta['train_seconds'] += time.perf_counter() - t0
-      last = epoch == opt.epochs or (deadline is not None and
-                                     time.monotonic() + time.perf_counter() - t0 > deadline)
+      last = epoch == opt.epochs
       record = {'epoch': epoch, **metrics}
       current = {'params': state.params, 'batch_stats': state.batch_stats}
       if not len(data.holdout_images):
@@ -604,15 +570,13 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
         best = jax.tree.map(jnp.copy, current)
       if epoch_callback is not None:
         record.update(epoch_callback(epoch, {'model': model, 'variables': current}))
-      if main:
+      if writes:
         log.write(record)
       meta['epoch'] = epoch
-      if epoch % cfg.checkpoint_every == 0 or last:
+      if disk and (epoch % cfg.checkpoint_every == 0 or last):
         _save(ckpt, epoch, state, best, meta)
       bar.set_postfix({k: f'{v:.4g}' for k, v in record.items() if k != 'epoch'})
       bar.update(1)
-      if last:
-        break
     bar.close()
     final = {'params': state.params, 'batch_stats': state.batch_stats}
     results = {
@@ -634,7 +598,7 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
         'config_hash': config_hash,
         'config': config,
     }
-    if main:
+    if writes:
       runlog.write_json(workdir / 'results.json', results)
   return {**results, 'variables': jax.device_get(best)}
 

@@ -21,6 +21,7 @@ from decouple_jax.search.evolve import search_image
 from decouple_jax.search.sharding import make_mesh
 from decouple_jax.search.sharding import images_per_call
 from decouple_jax.search.sharding import make_search_fn
+from decouple_jax.search.sharding import search_images
 from decouple_jax.search.sharding import search_in_batches
 from decouple_jax.search.driver import LAYER_NAMES
 from decouple_jax.search.driver import run_search
@@ -55,6 +56,7 @@ __all__ = [
     'run_search',
     'search_batch',
     'search_image',
+    'search_images',
     'search_in_batches',
     'search_summary',
     'stores',

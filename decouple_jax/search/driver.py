@@ -1,8 +1,10 @@
 """Searches a data set's training (or hold-out) split and fills a resumable target store.
 
-:func:`run_search` is what ``launch/search.py`` calls. Work is done chunk by chunk (the store's
-unit of resumption); a killed run started again redoes at most the chunks in flight and, since
-every image's randomness derives from (seed, dataset index), ends with the same store. Which
+:func:`run_search` is what ``launch/search.py`` calls: the in-memory search
+(:meth:`decouple_jax.search.sharding.SearchFn.search`) of each missing chunk (the store's unit
+of resumption), written to the store. A killed run started again redoes at most the chunks in
+flight and, since every image's randomness derives from (seed, dataset index), ends with the
+same store. Which
 store a search fills and where it lives is :mod:`decouple_jax.search.stores`'.
 
 Several processes (``jax.distributed``, one per host) fill one store on a shared filesystem
@@ -23,6 +25,7 @@ import numpy as np
 from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
 from decouple_jax import distributed
+from decouple_jax import identity
 from decouple_jax import models
 from decouple_jax import runlog
 from decouple_jax.search import evolve
@@ -60,7 +63,7 @@ def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
   Returns:
     The complete store. ``directory/search_log.jsonl`` gets one record per chunk (the
     process that searched it, mean best loss per layer, seconds) and ``directory/summary.json``
-    the totals.
+    the totals, with the store's identity (its record, :func:`decouple_jax.identity.finished`).
   """
   directory = pathlib.Path(directory)
   ds = ds if ds is not None else datalib.load_dataset(data_cfg)
@@ -84,10 +87,6 @@ def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
   images, labels, index = stores.split_arrays(ds, split)
   todo = distributed.share(missing)
   search_fn = sharding.make_search_fn(model, variables, search_cfg, mesh, ops=ops)
-  # Compiled only if there is something to search: a finished store costs no compilation.
-  batch = (sharding.images_per_call(search_fn, search_cfg, ds.image_shape,
-                                    min(search_cfg.chunk_size, len(images)), memory_bytes)
-           if todo else None)
   log = runlog.JsonLines(directory / 'search_log.jsonl')
   bar = runlog.progress(total=sum(np.subtract(*store.chunk_range(c)[::-1]) for c in todo),
                         desc=f'search {split}', unit='img')
@@ -101,9 +100,9 @@ def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
       best.append(part.best_loss)
       bar.update(len(part.best_loss))
       bar.set_postfix({n: f'{v:.3f}' for n, v in zip(LAYER_NAMES, np.concatenate(best).mean(0))})
-    result = sharding.search_in_batches(
-        search_fn, batch, np.asarray(datalib.normalize(images[start:stop], ds.mean, ds.std)),
-        labels[start:stop], index[start:stop], on_batch=progress)
+    result = search_fn.search(
+        np.asarray(datalib.normalize(images[start:stop], ds.mean, ds.std)),
+        labels[start:stop], index[start:stop], memory_bytes=memory_bytes, on_batch=progress)
     store.write_chunk(c, result.targets, result.best_loss, result.init_loss)
     done += stop - start
     log.write({'chunk': c, 'process': jax.process_index(), 'images': stop - start,
@@ -117,8 +116,10 @@ def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
   done = distributed.total(done)
   if distributed.is_main():
     devices = search_fn.mesh.size * jax.process_count()
-    runlog.write_json(directory / 'summary.json', search_summary(
-        store, done, seconds, devices, batch and batch // search_fn.mesh.size))
+    batch = search_fn.sized_batch(ds.image_shape)  # None if this process searched nothing
+    summary = search_summary(store, done, seconds, devices,
+                             batch and batch // search_fn.mesh.size)
+    runlog.write_json(directory / 'summary.json', identity.record(store_id.config(), **summary))
   distributed.barrier(f'summary {directory}')
   return store
 

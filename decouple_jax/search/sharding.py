@@ -7,16 +7,17 @@ comes from its dataset index, an image gets the same draws on any number of devi
 batch. Its result is the same up to float rounding: XLA's CPU reductions sum in an order that
 depends on the batch shape, which moves values by about an ulp.
 
-:func:`search_in_batches` is the one loop that searches any number of images: calls of one
-fixed batch shape, the last one padded, so nothing recompiles. :func:`images_per_call` sizes
-that batch, from the device's memory when ``search.batch_images`` is 'auto'.
+:func:`search_images` searches N images in memory (arrays in, targets out); the disk-backed
+search (:mod:`decouple_jax.search.driver`) calls the same :meth:`SearchFn.search` chunk by chunk.
+Underneath, :func:`search_in_batches` is the one loop: calls of one fixed batch shape, the last
+one padded, so nothing recompiles; :func:`images_per_call` sizes that batch, from the device's
+memory when ``search.batch_images`` is 'auto'.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import time
 from typing import Callable, Sequence
 
 import jax
@@ -44,8 +45,8 @@ class SearchFn:
 
   ``fn(images_norm (B, H, W, C) float32, labels (B,) int32, indices (B,) int32) ->
   SearchResult`` with leading axis B, a multiple of the mesh's devices; a second call with the
-  same B does not recompile. :func:`search_in_batches` searches any number of images with it.
-  Build it with :func:`make_search_fn`.
+  same B does not recompile. :meth:`search` searches any number of images with it, in batches
+  it sizes itself. Build it with :func:`make_search_fn`.
   """
 
   def __init__(self, model: airbench.AirbenchNet, variables, search_cfg: SearchConfig,
@@ -56,12 +57,15 @@ class SearchFn:
     model = model.clone(identity_convs=skip, conv_impl='xla')
     search = functools.partial(evolve.search_batch, model, cfg=search_cfg, ops=ops)
     self.mesh = mesh
+    self.cfg = search_cfg
     self._run = jax.jit(jax.shard_map(
         lambda v, x, y, i: search(v, images=x, labels=y, indices=i), mesh=mesh,
         in_specs=(P(), P(AXIS), P(AXIS), P(AXIS)), out_specs=P(AXIS)))
     self._variables = jax.device_put(variables, NamedSharding(mesh, P()))
     self._sharded = NamedSharding(mesh, P(AXIS))
     self._compiled: dict[tuple, jax.stages.Compiled] = {}
+    # image shape -> (images per device it was sized for at most, images per call)
+    self._sized: dict[tuple, tuple[int, int]] = {}
 
   def _check(self, b: int) -> None:
     if b % self.mesh.size:
@@ -91,6 +95,43 @@ class SearchFn:
   def weight_bytes(self) -> int:
     """Bytes of the replicated network on each device."""
     return sum(x.nbytes for x in jax.tree.leaves(self._variables))
+
+  def batch(self, image_shape: tuple[int, ...], n_images: int,
+            memory_bytes: int | None = None) -> int:
+    """Images per call for searching ``n_images`` of ``image_shape`` (H, W, C):
+    :func:`images_per_call`, sized once and reused by later calls it serves (a store's
+    smaller last chunk, say), so they compile nothing."""
+    shape, upper = tuple(image_shape), math.ceil(n_images / self.mesh.size)
+    sized_for, batch = self._sized.get(shape, (0, 0))
+    # A batch sized for fewer images than asked is too small only if memory did not limit it.
+    if upper > sized_for and batch == sized_for * self.mesh.size:
+      batch = images_per_call(self, self.cfg, shape, n_images, memory_bytes)
+      self._sized[shape] = (upper, batch)
+    return batch
+
+  def sized_batch(self, image_shape: tuple[int, ...]) -> int | None:
+    """Images per call of the last :meth:`batch` sized for ``image_shape``, or None."""
+    return self._sized.get(tuple(image_shape), (0, None))[1]
+
+  def search(self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray, *,
+             memory_bytes: int | None = None,
+             on_batch: Callable[[evolve.SearchResult], None] | None = None
+             ) -> evolve.SearchResult:
+    """Searches N images in memory, in calls of :meth:`batch` images.
+
+    Args:
+      images: (N, H, W, C) normalised float images; labels (N,) int; indices (N,) their
+        dataset indices (every image's randomness derives from (seed, its index)).
+      memory_bytes: usable bytes per device for sizing the batch (see
+        :func:`images_per_call`).
+      on_batch: called with each batch's results (host arrays) as they come.
+
+    Returns:
+      The :class:`~decouple_jax.search.evolve.SearchResult` of the N images, NumPy arrays:
+      targets per layer (N, *S_l), best_loss (N, 4), init_loss (N,), curves per layer.
+    """
+    batch = self.batch(images.shape[1:], len(images), memory_bytes)
+    return search_in_batches(self, batch, images, labels, indices, on_batch=on_batch)
 
 
 def make_search_fn(model: airbench.AirbenchNet, variables, search_cfg: SearchConfig,
@@ -151,10 +192,42 @@ def images_per_call(search_fn: SearchFn, search_cfg: SearchConfig,
   return per_device * devices
 
 
+def search_images(images: np.ndarray, labels: np.ndarray, indices: np.ndarray,
+                  search_cfg: SearchConfig, network: tuple, *,
+                  mesh: jax.sharding.Mesh | None = None,
+                  ops: evolve.Operators = evolve.Operators(), memory_bytes: int | None = None,
+                  on_batch: Callable[[evolve.SearchResult], None] | None = None
+                  ) -> evolve.SearchResult:
+  """The search of N images in memory: arrays in, targets per layer out.
+
+  One call of :meth:`SearchFn.search` on a new :func:`make_search_fn`: batches sized to the
+  devices' memory, sharded over them. To search several sets of images with one network and
+  config, build the :class:`SearchFn` once and call its ``search``, which compiles once.
+
+  Args:
+    images: (N, H, W, C) normalised float images (``data.normalize(uint8, ds.mean, ds.std)``).
+    labels: (N,) int labels.
+    indices: (N,) int dataset indices (each image's randomness derives from them).
+    search_cfg: the search.
+    network: (model, variables) searched in, e.g. ``models.init_for_dataset(search_cfg.model,
+      ds, search_cfg.seed)`` (the untrained search network) or a trained student.
+    mesh, ops: as for :func:`make_search_fn`.
+    memory_bytes: usable bytes per device for sizing the batch (see :func:`images_per_call`).
+    on_batch: called with each batch's results (host arrays) as they come, e.g. for progress.
+
+  Returns:
+    The :class:`~decouple_jax.search.evolve.SearchResult`, NumPy arrays: ``targets`` per layer
+    (N, *S_l), ``best_loss`` (N, 4), ``init_loss`` (N,), ``curves`` per layer (N, G_l).
+  """
+  model, variables = network
+  return make_search_fn(model, variables, search_cfg, mesh, ops=ops).search(
+      images, labels, indices, memory_bytes=memory_bytes, on_batch=on_batch)
+
+
 def search_in_batches(search_fn: Callable[..., evolve.SearchResult], batch: int,
                       images: np.ndarray, labels: np.ndarray, indices: np.ndarray, *,
-                      on_batch: Callable[[evolve.SearchResult], None] | None = None,
-                      deadline: float | None = None) -> evolve.SearchResult:
+                      on_batch: Callable[[evolve.SearchResult], None] | None = None
+                      ) -> evolve.SearchResult:
   """Searches N images in calls of ``batch`` images each, the last padded by repeating its
   last image (whose extra results are dropped), so every call has one shape.
 
@@ -164,23 +237,16 @@ def search_in_batches(search_fn: Callable[..., evolve.SearchResult], batch: int,
     images: (N, H, W, C) normalised images; labels (N,); indices (N,) dataset indices.
     on_batch: called with each batch's results (host arrays) as they come, e.g. to show
       progress.
-    deadline: a ``time.monotonic()`` time to finish by: no call starts that the last one's
-      duration says would end after it (the first call always runs).
 
   Returns:
-    The :class:`~decouple_jax.search.evolve.SearchResult` of the N images (of the first ones,
-    in calls of ``batch``, if the deadline stopped it), as NumPy arrays.
+    The :class:`~decouple_jax.search.evolve.SearchResult` of the N images, as NumPy arrays.
   """
   n = len(images)
   parts = []
   for start in range(0, n, batch):
-    if parts and deadline is not None and time.monotonic() + seconds > deadline:
-      break
-    t0 = time.monotonic()
     pos = np.minimum(np.arange(start, start + batch), n - 1)
     result = search_fn(images[pos], labels[pos], indices[pos])
     parts.append(jax.tree.map(lambda a, k=min(batch, n - start): np.asarray(a)[:k], result))
-    seconds = time.monotonic() - t0
     if on_batch is not None:
       on_batch(parts[-1])
   return jax.tree.map(lambda *a: np.concatenate(a), *parts)

@@ -4,9 +4,9 @@ A store's targets depend on exactly five things, and a store records all five (:
 the data (by content, :func:`decouple_jax.data.identity`), the search settings, the network it
 was searched in (``network_id``: :data:`UNTRAINED`, or :func:`~decouple_jax.config.hash_tree`
 of a trained network's variables, as the feedback loop searches in its students), the operators
-(:func:`operators_id`) and the engine version. Everything else (where the files are, how many
-images run at once, how the convs are computed) leaves the targets unchanged, so a store stays
-reusable across them. A store of another id is refused, naming the settings that differ.
+(:func:`operators_id`) and the engine version. Everything else (where the files are, and the speed-only
+settings: how many images run at once, how the convs are computed) leaves the targets unchanged,
+so a store stays reusable across them. A store of another id is refused, naming the settings that differ.
 
 Where stores live:
 
@@ -29,6 +29,7 @@ import numpy as np
 
 from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
+from decouple_jax import identity
 from decouple_jax import models
 from decouple_jax.search import evolve
 from decouple_jax.search.store import StoreError, StoreSpec, TargetStore, indices_hash
@@ -114,20 +115,18 @@ class StoreId:
     return split_arrays(self.ds, self.split)[2]
 
   def config(self) -> dict:
-    """The JSON-ready settings the id's hash covers. The test split and ``test_limit`` are
-    left out (the search never sees them), and so are ``batch_images`` and
-    ``model.conv_impl`` (the search always computes with XLA's conv)."""
+    """The JSON-ready settings the id's hash covers (:mod:`decouple_jax.identity`). The test
+    split and ``test_limit`` are left out (the search never sees them), and so are the speed-only
+    fields, as in every identity."""
     data_part = {k: v for k, v in datalib.identity(self.data_cfg, self.ds).items()
                  if k != 'test_limit'}
-    search_part = dataclasses.replace(self.search_cfg, batch_images=1, model=dataclasses.replace(
-        self.search_cfg.model, conv_impl='xla'))
-    return {'data': data_part, 'search': cfglib.to_dict(search_part),
+    return {'data': data_part, 'search': identity.of(self.search_cfg),
             'network': self.network_id, 'operators': self.operators,
             'engine_version': ENGINE_VERSION}
 
   def hash(self) -> str:
     """Hash of :meth:`config`, with the engine version."""
-    return f'{cfglib.hash_dict(self.config())}-v{ENGINE_VERSION}'
+    return f'{identity.hash_of(self.config())}-v{ENGINE_VERSION}'
 
   def expected_fields(self) -> dict:
     """The :class:`~decouple_jax.search.store.StoreSpec` fields a store must have to be this

@@ -1,0 +1,69 @@
+"""Run identities: speed-only settings are in none, every other setting is."""
+
+import dataclasses
+
+import pytest
+
+from decouple_jax import config as cfglib
+from decouple_jax import identity
+from decouple_jax import runlog
+
+# Changing how work is batched, placed, decomposed or saved, never what is computed.
+SPEED_ONLY = {('SearchConfig', 'batch_images'), ('ModelConfig', 'conv_impl'),
+              ('TrainConfig', 'checkpoint_every'), ('StudentConfig', 'device_targets_gb')}
+
+
+def _marked(cls, seen=None) -> set:
+  seen = set() if seen is None else seen
+  for field in dataclasses.fields(cls):
+    if field.metadata.get(cfglib.SPEED_ONLY):
+      seen.add((cls.__name__, field.name))
+    default = cfglib.field_default(cls, field.name)
+    if dataclasses.is_dataclass(default):
+      _marked(type(default), seen)
+  return seen
+
+
+def test_the_speed_only_fields_are_exactly_these():
+  assert _marked(cfglib.ExperimentConfig) == SPEED_ONLY
+
+
+def test_speed_only_fields_leave_every_identity_unchanged():
+  exp = cfglib.ExperimentConfig()
+  faster = dataclasses.replace(
+      exp,
+      search=dataclasses.replace(exp.search, batch_images=7, model=dataclasses.replace(
+          exp.search.model, conv_impl='matmul')),
+      student=dataclasses.replace(exp.student, device_targets_gb=0.0, train=dataclasses.replace(
+          exp.student.train, checkpoint_every=5)))
+  assert identity.of(faster) == identity.of(exp)
+  assert identity.feedback_round(faster, _FakeDataset(), 2) == identity.feedback_round(
+      exp, _FakeDataset(), 2)
+
+
+@pytest.mark.parametrize('change', [
+    lambda e: dataclasses.replace(e, search=dataclasses.replace(e.search, chunk_size=7)),
+    lambda e: dataclasses.replace(e, student=dataclasses.replace(e.student, train=(
+        dataclasses.replace(e.student.train, compute_dtype='bfloat16')))),
+    lambda e: dataclasses.replace(e, student=dataclasses.replace(e.student, train=(
+        dataclasses.replace(e.student.train, eval_batch=100)))),
+])
+def test_a_setting_that_changes_results_changes_the_identity(change):
+  exp = cfglib.ExperimentConfig()
+  ds = _FakeDataset()
+  assert identity.feedback_round(change(exp), ds, 2) != identity.feedback_round(exp, ds, 2)
+
+
+def test_finished_reads_a_record_refuses_another_and_waits_for_required(tmp_path):
+  config = {'a': 1}
+  assert identity.finished(tmp_path / 'none.json', config) is None
+  runlog.write_json(tmp_path / 'r.json', identity.record(config, accuracy=0.5))
+  assert identity.finished(tmp_path / 'r.json', config)['accuracy'] == 0.5
+  assert identity.finished(tmp_path / 'r.json', config, required='diagnostics') is None
+  with pytest.raises(cfglib.ConfigError, match='a: expected 2, found 1'):
+    identity.finished(tmp_path / 'r.json', {'a': 2})
+
+
+@dataclasses.dataclass
+class _FakeDataset:
+  fingerprint: str = 'f'
