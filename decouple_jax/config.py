@@ -42,6 +42,7 @@ STORE_DTYPES = ('float32', 'float16', 'bfloat16')
 COMPUTE_DTYPES = ('auto', 'float32', 'bfloat16')
 STUDENT_VARIANTS = ('all_layers', 'skip_block0')
 MSE_REDUCTIONS = ('mean', 'sum')
+ENSEMBLE_FAMILIES = ('searches', 'searches_and_seeds', 'student_seeds', 'sgd')
 
 # The metadata key of a field that changes how fast a result comes, not what it is: how the same
 # computation is batched, placed, decomposed or saved. Its values agree to float rounding (the
@@ -678,6 +679,43 @@ class FeedbackConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EnsembleConfig:
+  """What ``launch/ensemble.py`` trains and measures (the paper's open question 2: do diverse
+  searches give diverse models?); :mod:`decouple_jax.ensemble`.
+
+  Member i (i = 0 .. members - 1) of each family:
+    'searches': a student (train seed ``student.train.seed``) on the search with seed
+      ``search.seed + i``: the members differ by their targets alone.
+    'searches_and_seeds': a student with train seed ``student.train.seed + i`` on the search
+      with seed ``search.seed + i``: both vary.
+    'student_seeds': a student with train seed ``student.train.seed + i`` on the one search
+      with seed ``search.seed``: what training alone varies, at the searches' cost.
+    'sgd': the student's network trained end to end with SGD, train seed
+      ``sgd.train.seed + i`` (a deep ensemble).
+
+  Attributes:
+    members: K, the members of each family (>= 2: diversity needs pairs).
+    families: which families run, from :data:`ENSEMBLE_FAMILIES`.
+    ece_bins: equal-width confidence bins of the expected calibration error.
+    cka_images: first test images whose block outputs linear CKA compares (all test images
+      if fewer).
+  """
+  members: int = 4
+  families: tuple[str, ...] = ENSEMBLE_FAMILIES
+  ece_bins: int = 15
+  cka_images: int = 1000
+
+  def __post_init__(self):
+    _check_counts(self, 2, 'members', 'cka_images')
+    _check_counts(self, 1, 'ece_bins')
+    if not self.families or len(set(self.families)) != len(self.families):
+      raise ConfigError(f'families={self.families!r}: name each family once, at least one, '
+                        f'from {ENSEMBLE_FAMILIES}')
+    for family in self.families:
+      _check_choice('families', family, ENSEMBLE_FAMILIES)
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
   """Everything one experiment needs; ``configs/*.py`` build this as a ConfigDict.
 
@@ -693,6 +731,7 @@ class ExperimentConfig:
     reproduce: what ``launch/reproduce.py`` runs for each seed.
     analysis: what ``launch/analyze.py`` measures.
     feedback: the search-learn loop of ``launch/feedback.py``.
+    ensemble: the ensembles of ``launch/ensemble.py``.
   """
   name: str = 'experiment'
   scale: str = 'paper'
@@ -704,6 +743,7 @@ class ExperimentConfig:
   reproduce: ReproduceConfig = ReproduceConfig()
   analysis: AnalysisConfig = AnalysisConfig()
   feedback: FeedbackConfig = FeedbackConfig()
+  ensemble: EnsembleConfig = EnsembleConfig()
 
   def __post_init__(self):
     if not self.seeds:
