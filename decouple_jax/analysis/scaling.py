@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -207,15 +207,34 @@ def search_diversity(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfi
   searcher = Searcher(search_cfg, ds, n_images, mesh)
   seeds = [search_cfg.seed + r for r in range(n_runs)]
   results = [searcher(dataclasses.replace(search_cfg, seed=s)) for s in seeds]
-  out = {'layers': list(LAYER_NAMES), 'n_images': n_images, 'threshold': threshold,
-         'seeds': seeds, 'runs': list(range(1, n_runs + 1))}
+  return {'n_images': n_images, 'seeds': seeds, 'runs': list(range(1, n_runs + 1)),
+          **runs_diversity(lambda layer: [r['targets'][layer] for r in results],
+                           [r['best_loss'] for r in results], threshold)}
+
+
+def runs_diversity(targets: Callable[[int], Sequence[np.ndarray]],
+                   best_loss: Sequence[np.ndarray], threshold: float) -> dict:
+  """Per search layer, the effective number of distinct targets among R runs' targets of the
+  same n images (:func:`kept_effective_numbers`, for k = 1 .. R runs).
+
+  Args:
+    targets: ``targets(layer)`` -> R arrays (n, ...): each run's best candidate of that layer.
+    best_loss: R arrays (n, 4): each run's best loss per layer (nats).
+    threshold: the true-class probability a candidate must exceed to be kept.
+
+  Returns:
+    {'layers', 'threshold', and per layer name a dict of (R,) lists 'n_eff' (None where no
+    image kept a candidate), 'images', 'kept' and 'n_eff_all' (N_eff of every run's
+    candidate, no threshold)}.
+  """
+  out = {'layers': list(LAYER_NAMES), 'threshold': threshold}
   for layer, name in enumerate(LAYER_NAMES):
-    targets = np.stack([r['targets'][layer] for r in results])
-    loss = np.stack([r['best_loss'][:, layer] for r in results])
-    n_eff, images, kept = kept_effective_numbers(targets, loss, threshold)
+    layer_targets = np.stack(targets(layer))
+    loss = np.stack([b[:, layer] for b in best_loss])
+    n_eff, images, kept = kept_effective_numbers(layer_targets, loss, threshold)
     # Threshold 0 keeps every finite candidate: how far apart the runs' targets are at all,
     # which a small search that seldom reaches the threshold would otherwise hide.
-    n_eff_all, _, _ = kept_effective_numbers(targets, loss, 0.0)
+    n_eff_all, _, _ = kept_effective_numbers(layer_targets, loss, 0.0)
     # None (JSON null), not NaN, where no image kept a candidate: NaN is not valid JSON.
     out[name] = {'n_eff': [None if np.isnan(v) else float(v) for v in n_eff],
                  'images': images.tolist(), 'kept': kept.tolist(),
