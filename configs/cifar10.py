@@ -67,6 +67,8 @@ def get_config(arg: str = 'cpu', *, name: str = 'cifar10') -> ml_collections.Con
     _scale_down(c, images=(128, 32, 64), width=8, whiten_images=64, convs=2, batch=32,
                 epochs=1, eval_batch=32, population=(12, 2, 4, 6), generations=(2, 1, 1, 1),
                 batch_images=4, chunk_size=64)
+    c.ensemble.members = 2
+    c.ensemble.cka_images = 32
   return c
 
 

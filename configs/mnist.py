@@ -109,4 +109,6 @@ def get_config(arg: str = 'cpu') -> ml_collections.ConfigDict:
     c.analysis.threshold = 0.0
     c.analysis.train_images = 128
     c.analysis.probe_images = 32
+    c.ensemble.members = 2
+    c.ensemble.cka_images = 64
   return c

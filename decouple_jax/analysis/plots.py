@@ -304,3 +304,43 @@ def plot_gap_vs_compute(curve: dict, path: str | pathlib.Path, about: dict) -> p
   ax.legend(fontsize='small')
   fig.suptitle(_title(f'Gap to SGD against {curve["kind"]} compute', about))
   return _save(fig, pathlib.Path(path), curve, about)
+
+
+def plot_ensembles(results: dict, path: str | pathlib.Path, about: dict) -> pathlib.Path:
+  """Ensemble test accuracy against the number of members k, one line per family (left), and
+  each pair of members' disagreement against their mean accuracy, with each family's mean
+  (right).
+
+  Args:
+    results: :func:`decouple_jax.ensemble.run_ensemble`'s output.
+    path: the PNG to write; the JSON beside it holds, per family, 'k', 'accuracy' (%),
+      'pair_accuracy' and 'pair_disagreement' (%, one entry per pair i < j).
+    about: :func:`describe` of the run.
+  """
+  fig, (acc_ax, dis_ax) = plt.subplots(1, 2, figsize=(11, 4.2), layout='constrained')
+  numbers = {}
+  for (family, f), color in zip(results['families'].items(), _colors()):
+    curve = f['curve']
+    acc = [100 * a for a in f['member_accuracy']]
+    i, j = np.triu_indices(len(acc), k=1)
+    numbers[family] = {
+        'k': curve['k'], 'accuracy': [100 * a for a in curve['accuracy']],
+        'pair_accuracy': ((np.take(acc, i) + np.take(acc, j)) / 2).tolist(),
+        'pair_disagreement': (100 * np.asarray(f['pairwise_disagreement'])[i, j]).tolist()}
+    n = numbers[family]
+    acc_ax.plot(n['k'], n['accuracy'], 'o-', color=color, label=family)
+    dis_ax.plot(n['pair_accuracy'], n['pair_disagreement'], 'o', color=color, alpha=0.5,
+                label=family)
+    dis_ax.plot(np.mean(acc), 100 * f['disagreement'], '*', color=color, markersize=14,
+                markeredgecolor='k')
+  acc_ax.set_xlabel('members averaged, k (mean over every k-subset)')
+  acc_ax.set_ylabel('test accuracy of the averaged softmax (%)')
+  acc_ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+  dis_ax.set_title('dots: pairs of members; stars: family means', fontsize='medium')
+  dis_ax.set_xlabel('single-model test accuracy (%, mean of the pair)')
+  dis_ax.set_ylabel('disagreement: test images predicted differently (%)')
+  for ax in (acc_ax, dis_ax):
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize='small')
+  fig.suptitle(_title(f'Ensembles of {results["members"]} members', about))
+  return _save(fig, pathlib.Path(path), numbers, about)

@@ -1,0 +1,392 @@
+"""Ensembles of search-based students and of SGD models: do diverse searches give diverse models?
+
+The paper's motivation is that search, unlike gradient descent, can find many solutions, and
+it closes on "more research is needed on how diverse representations translate to diverse model
+solutions". :func:`run_ensemble` measures it (docs/method.md section 10). Each family of
+``exp.ensemble.families`` has K = ``exp.ensemble.members`` members
+(:class:`~decouple_jax.config.EnsembleConfig` says which seeds each varies): students on K
+searches with one student seed, on K searches with K student seeds, K student seeds on one
+search, and K SGD runs of the student's network (a deep ensemble). A member is a
+:class:`Member`, a (search seed, training seed) pair; members shared by families (the first of
+each search family is the same student) are trained once. Search seed s seeds the search and,
+as everywhere in this library, the untrained search network's random filters.
+
+In ``workdir``:
+
+  searches/<id>/targets          the searches, cached by id (:func:`driver.cached_search`)
+  members/<name>/run             a member's training run (checkpoints, metrics, results)
+  members/<name>/outputs.npz     its test-set softmax and block outputs, once it finished
+  members/<name>/member.json     its record, written last: a member with one is finished
+  results.json, table.md         every number, and the table (labelled with the config's scale)
+  ensemble.png (+ .json)         ensemble accuracy against k; disagreement against accuracy
+
+Resumption: a finished member is read, not rerun; an unfinished one resumes its search by
+chunk and its training by checkpoint, and its outputs are computed from the same selected
+weights, so a killed run ends with the same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from decouple_jax import config as cfglib
+from decouple_jax import data as datalib
+from decouple_jax import locks
+from decouple_jax import models
+from decouple_jax import runlog
+from decouple_jax.analysis import ensembles
+from decouple_jax.analysis import plots
+from decouple_jax.analysis import scaling
+from decouple_jax.learn import sgd
+from decouple_jax.learn import student
+from decouple_jax.mesh import mesh_1d
+from decouple_jax.models import airbench
+from decouple_jax.search import driver
+from decouple_jax.search.store import TargetStore
+
+_OUTPUTS = 'outputs.npz'
+_RECORD = 'member.json'
+_BLOCKS = ('block0', 'block1', 'block2')
+FAMILY_NAMES = {
+    'searches': 'students on K searches, one student seed',
+    'searches_and_seeds': 'students on K searches, K student seeds',
+    'student_seeds': 'students on one search, K student seeds',
+    'sgd': "SGD, the student's network, K seeds",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  """One trained network: a student on the search with seed ``search_seed``, or, if that is
+  None, the student's network trained end to end with SGD; ``train_seed`` seeds its
+  initialisation and shuffling."""
+  train_seed: int
+  search_seed: int | None = None
+
+  @property
+  def name(self) -> str:
+    if self.search_seed is None:
+      return f'sgd_seed{self.train_seed}'
+    return f'student_search{self.search_seed}_seed{self.train_seed}'
+
+
+def family_members(exp: cfglib.ExperimentConfig, family: str) -> list[Member]:
+  """The K members of ``family`` (see :class:`~decouple_jax.config.EnsembleConfig`)."""
+  s, t, g = exp.search.seed, exp.student.train.seed, exp.sgd.train.seed
+  make = {'searches': lambda i: Member(t, s + i),
+          'searches_and_seeds': lambda i: Member(t + i, s + i),
+          'student_seeds': lambda i: Member(t + i, s),
+          'sgd': lambda i: Member(g + i)}[family]
+  return [make(i) for i in range(exp.ensemble.members)]
+
+
+def _search_config(exp: cfglib.ExperimentConfig, seed: int) -> cfglib.SearchConfig:
+  return dataclasses.replace(exp.search, seed=seed)
+
+
+def _student_config(exp: cfglib.ExperimentConfig, seed: int) -> cfglib.StudentConfig:
+  return dataclasses.replace(exp.student, train=dataclasses.replace(exp.student.train, seed=seed))
+
+
+def _sgd_config(exp: cfglib.ExperimentConfig, seed: int) -> cfglib.SGDConfig:
+  cfg = sgd.with_network(exp.sgd, exp.student.model)
+  return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
+
+
+def _search(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, seed: int,
+            root: pathlib.Path) -> pathlib.Path:
+  """The target store of the search with ``seed``, searched on first use."""
+  return driver.cached_search(exp.data, _search_config(exp, seed), ds, root)
+
+
+def _cka_images(exp: cfglib.ExperimentConfig, ds: datalib.Dataset) -> int:
+  return min(exp.ensemble.cka_images, len(ds.test_images))
+
+
+def member_identity(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, member: Member) -> dict:
+  """What a member's outputs depend on: its training run's identity (which, for a student,
+  includes its search) and the test images its block outputs are kept for."""
+  if member.search_seed is None:
+    run = sgd.run_config(exp.data, ds, _sgd_config(exp, member.train_seed))
+  else:
+    run = student.run_config(exp.data, ds, _search_config(exp, member.search_seed),
+                             _student_config(exp, member.train_seed))
+  return {'run': run, 'cka_images': _cka_images(exp, ds)}
+
+
+def _train(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, member: Member,
+           run_dir: pathlib.Path, searches: pathlib.Path, mesh: jax.sharding.Mesh | None
+           ) -> tuple[airbench.AirbenchNet, cfglib.TrainConfig, dict, float]:
+  """Trains ``member`` (searching first if it is a student) unless finished, in ``run_dir``.
+
+  Returns:
+    (its network, its training config, the run's results with the selected ``variables``,
+    the seconds its search took over every invocation (0 for SGD)).
+  """
+  if member.search_seed is None:
+    cfg = _sgd_config(exp, member.train_seed)
+    results = sgd.train_sgd(exp.data, cfg, run_dir, ds=ds, mesh=mesh)
+    search_seconds = 0.0
+  else:
+    targets = _search(exp, ds, member.search_seed, searches)
+    cfg = _student_config(exp, member.train_seed)
+    results = student.train_student(exp.data, _search_config(exp, member.search_seed), cfg,
+                                    run_dir, targets, ds=ds, mesh=mesh)
+    search_seconds = sum(c['seconds'] for c in
+                         runlog.JsonLines(targets / 'search_log.jsonl').records())
+  model = models.build(cfg.model, ds.num_classes, ds.image_shape[-1])
+  return model, cfg.train, results, search_seconds
+
+
+def member_outputs(model: airbench.AirbenchNet, variables, ds: datalib.Dataset,
+                   train_cfg: cfglib.TrainConfig, cka_images: int) -> dict[str, np.ndarray]:
+  """A trained member's outputs on the test split, as its ensembles read them.
+
+  BatchNorm and batches are those of the run's own evaluation (``train_cfg.bn_batch_stats``,
+  ``train_cfg.eval_batch``), so the argmax of 'probs' gives the run's test accuracy.
+
+  Args:
+    model: the member's network.
+    variables: its selected {'params', 'batch_stats'}.
+    ds: the data set.
+    train_cfg: its training config.
+    cka_images: how many of the first test images' block outputs to keep.
+
+  Returns:
+    {'probs': (N_test, C) float32 softmax of the logits, 'block0', 'block1', 'block2':
+    (cka_images, D_l) float32 each block's output (after its GELU: what the next block
+    consumes, whatever the network's tap), flattened}.
+  """
+  def is_block(module, method_name):
+    return isinstance(module, airbench.Block) and method_name == '__call__'
+
+  @jax.jit
+  def forward(variables, images):
+    x = datalib.normalize(images, ds.mean, ds.std)
+    taps, state = model.apply(variables, x, use_running_average=not train_cfg.bn_batch_stats,
+                              capture_intermediates=is_block,
+                              mutable=['intermediates', 'batch_stats'])
+    blocks = [state['intermediates'][name]['__call__'][0][0] for name in _BLOCKS]
+    return jax.nn.softmax(taps[-1].astype(np.float32)), blocks
+
+  probs, blocks = [], []
+  for start in range(0, len(ds.test_images), train_cfg.eval_batch):
+    p, b = forward(variables, ds.test_images[start:start + train_cfg.eval_batch])
+    probs.append(np.asarray(p))
+    if start < cka_images:
+      blocks.append([np.asarray(x).reshape(len(x), -1) for x in b])
+  out = {'probs': np.concatenate(probs)}
+  for name, per_batch in zip(_BLOCKS, zip(*blocks)):
+    out[name] = np.concatenate(per_batch)[:cka_images]
+  return out
+
+
+def _write_npz(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
+  """Writes ``arrays`` atomically (a kill never leaves half a file)."""
+  tmp = path.with_name(path.name + '.tmp')
+  with open(tmp, 'wb') as f:
+    np.savez(f, **arrays)
+  os.replace(tmp, path)
+
+
+def run_member(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, member: Member,
+               workdir: str | pathlib.Path, mesh: jax.sharding.Mesh | None = None
+               ) -> tuple[dict, dict[str, np.ndarray]]:
+  """``member``'s record and outputs (:func:`member_outputs`), trained unless finished (on
+  ``mesh``, axis 'batch'; default every device).
+
+  A finished member (``workdir/members/<name>/member.json`` of this
+  :func:`member_identity`) is read; otherwise its search and training resume from what is on
+  disk (a run of another config is refused, naming the settings that differ).
+
+  Returns:
+    (record: 'name', 'search_seed', 'train_seed', the run's 'test_accuracy' and
+    'holdout_accuracy', 'search_seconds', 'train_seconds'; outputs).
+  """
+  workdir = pathlib.Path(workdir)
+  directory = workdir / 'members' / member.name
+  identity = cfglib.hash_dict(member_identity(exp, ds, member))
+  if (directory / _RECORD).exists():
+    record = runlog.read_json(directory / _RECORD)
+    if record['identity'] == identity:
+      with np.load(directory / _OUTPUTS) as f:
+        return record, dict(f)
+  model, train_cfg, results, search_seconds = _train(
+      exp, ds, member, directory / 'run', workdir / 'searches', mesh)
+  outputs = member_outputs(model, results['variables'], ds, train_cfg, _cka_images(exp, ds))
+  _write_npz(directory / _OUTPUTS, outputs)
+  record = {'name': member.name, 'identity': identity, 'search_seed': member.search_seed,
+            'train_seed': member.train_seed, 'test_accuracy': results['test_accuracy'],
+            'holdout_accuracy': results['holdout_accuracy'], 'search_seconds': search_seconds,
+            'train_seconds': results['train_seconds']}
+  runlog.write_json(directory / _RECORD, record)
+  return record, outputs
+
+
+def family_results(members: Sequence[Member], records: dict, outputs: dict,
+                   labels: np.ndarray, bins: int) -> dict:
+  """The measures of one family from its members' records and outputs (by member name).
+
+  Returns:
+    'members' (names), 'member_accuracy' (each member's, from its softmax), 'curve'
+    (:func:`~decouple_jax.analysis.ensembles.ensemble_curve`), 'gain' (accuracy of all K
+    minus the mean member's), 'disagreement' and 'normalised_disagreement'
+    (:func:`~decouple_jax.analysis.ensembles.disagreement`; the latter None if no member
+    errs), 'pairwise_disagreement' (K, K),
+    'cka' (mean pairwise linear CKA per block), 'search_seconds' (of its distinct searches)
+    and 'train_seconds' (of its members); accuracies and disagreements as fractions.
+  """
+  names = [m.name for m in members]
+  probs = np.stack([outputs[n]['probs'] for n in names])
+  predictions = probs.argmax(-1)
+  curve = ensembles.ensemble_curve(probs, labels, bins)
+  mean, normalised = ensembles.disagreement(predictions, labels)
+  searches = {m.search_seed: records[m.name]['search_seconds'] for m in members}
+  return {
+      'members': names,
+      'member_accuracy': [ensembles.accuracy(p, labels) for p in probs],
+      'curve': curve,
+      'gain': curve['accuracy'][-1] - curve['accuracy'][0],
+      'disagreement': mean,
+      # None (JSON null), not NaN, when no member errs: NaN is not valid JSON.
+      'normalised_disagreement': None if np.isnan(normalised) else normalised,
+      'pairwise_disagreement': ensembles.pairwise_disagreement(predictions).tolist(),
+      'cka': [ensembles.mean_pairwise_cka([outputs[n][block] for n in names])
+              for block in _BLOCKS],
+      'search_seconds': float(sum(searches.values())),
+      'train_seconds': float(sum(records[n]['train_seconds'] for n in names)),
+  }
+
+
+def target_diversity(exp: cfglib.ExperimentConfig, ds: datalib.Dataset,
+                     searches: str | pathlib.Path) -> dict:
+  """The paper's N_eff (Fig. 3; :func:`decouple_jax.analysis.scaling.runs_diversity`) of the K
+  searches' targets (seeds ``search.seed`` .. ``search.seed + K - 1``) of the first
+  ``analysis.n_images`` training images, with ``analysis.threshold``; searched unless cached
+  in ``searches``.
+
+  Returns:
+    {'search_seeds', 'n_images', 'layers', 'threshold', and per layer name (K,) lists
+    'n_eff', 'images', 'kept', 'n_eff_all' for k = 1 .. K searches}.
+  """
+  seeds = [exp.search.seed + i for i in range(exp.ensemble.members)]
+  opened = [TargetStore.open(_search(exp, ds, s, pathlib.Path(searches))) for s in seeds]
+  positions = np.arange(min(exp.analysis.n_images, len(ds.train_images)))
+  return {'search_seeds': seeds, 'n_images': len(positions),
+          **scaling.runs_diversity(
+              lambda layer: [st.read(positions, layers=[layer])[0] for st in opened],
+              [st.best_loss[positions] for st in opened], exp.analysis.threshold)}
+
+
+@locks.holding('workdir')
+def run_ensemble(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
+                 devices: Sequence[jax.Device] | None = None) -> dict:
+  """Trains and measures the ensembles of ``exp.ensemble``; resumable member by member.
+
+  Args:
+    exp: the experiment: its search, student and SGD settings make the members (see
+      :func:`family_members`), ``exp.ensemble`` the families and measures.
+    workdir: the layout of the module docstring; resumed if it exists.
+    devices: what training runs on (a mesh with axis 'batch'); default all. The searches run
+      on every device.
+
+  Returns:
+    The dict also written to ``workdir/results.json``: 'families' ({family:
+    :func:`family_results`}), 'member_records' ({name: :func:`run_member`'s record}),
+    'target_diversity' (:func:`target_diversity`, or None without a family of K searches),
+    the numbers of members and test images, and the config. ``table.md`` gets
+    :func:`format_table` of it, ``ensemble.png`` :func:`decouple_jax.analysis.plots.plot_ensembles`.
+  """
+  workdir = pathlib.Path(workdir)
+  mesh = mesh_1d('batch', list(devices) if devices is not None else jax.devices())
+  ds = datalib.load_dataset(exp.data)
+  families = {f: family_members(exp, f) for f in exp.ensemble.families}
+  records, outputs = {}, {}
+  for members in families.values():
+    for m in members:
+      if m.name not in records:
+        records[m.name], outputs[m.name] = run_member(exp, ds, m, workdir, mesh)
+  searched = {'searches', 'searches_and_seeds'} & set(families)
+  results = {
+      'name': exp.name, 'scale': exp.scale, 'members': exp.ensemble.members,
+      'train_images': len(ds.train_images), 'test_images': len(ds.test_images),
+      'cka_images': _cka_images(exp, ds),
+      'families': {f: family_results(members, records, outputs, ds.test_labels,
+                                     exp.ensemble.ece_bins)
+                   for f, members in families.items()},
+      'member_records': records,
+      'target_diversity': target_diversity(exp, ds, workdir / 'searches') if searched else None,
+      'config': cfglib.to_dict(exp),
+  }
+  runlog.write_json(workdir / 'results.json', results)
+  (workdir / 'table.md').write_text(format_table(results))
+  plots.plot_ensembles(results, workdir / 'ensemble.png',
+                       plots.describe(ds.name, exp.name, exp.scale))
+  return results
+
+
+def _number(value: float | None) -> str:
+  return '-' if value is None else f'{value:.3f}'
+
+
+def _pct(values) -> str:
+  return ' / '.join(f'{100 * v:.2f}' for v in values)
+
+
+def format_table(results: dict) -> str:
+  """The Markdown report of :func:`run_ensemble`'s results."""
+  scale = plots.scale_label(results['scale'])
+  title = (f'# {results["name"]} ({scale}): ensembles, NOT the paper\'s settings'
+           if results['scale'] != 'paper' else f'# {results["name"]}: ensembles')
+  k = results['members']
+  lines = [
+      title, '',
+      f'K = {k} members per family; every measure on the {results["test_images"]} test images '
+      f'({results["train_images"]} training images). The paper has no such table: this '
+      'measures its open question 2, whether diverse searches give diverse models. Member: '
+      'the mean over members; K: the averaged softmax of all K. Disagreement: mean over pairs '
+      'of the fraction of images predicted differently, and divided by the members\' mean '
+      f'error. CKA: mean pairwise linear CKA of block outputs on {results["cka_images"]} test '
+      f'images. ECE: expected calibration error, {results["config"]["ensemble"]["ece_bins"]} '
+      'confidence bins.', '',
+      '| family | accuracy (%): member -> K | gain (points) | NLL: member -> K | '
+      'ECE (%): member -> K | disagreement (%) | / error | CKA block 0 / 1 / 2 | '
+      'search s | train s | scale |',
+      '|---|---|---|---|---|---|---|---|---|---|---|',
+  ]
+  for family, f in results['families'].items():
+    c = f['curve']
+    lines.append(
+        f'| {FAMILY_NAMES[family]} | {100 * c["accuracy"][0]:.2f} -> '
+        f'{100 * c["accuracy"][-1]:.2f} | {100 * f["gain"]:+.2f} | {c["nll"][0]:.4f} -> '
+        f'{c["nll"][-1]:.4f} | {100 * c["ece"][0]:.2f} -> {100 * c["ece"][-1]:.2f} | '
+        f'{100 * f["disagreement"]:.2f} | {_number(f["normalised_disagreement"])} | '
+        + ' / '.join(f'{v:.3f}' for v in f['cka']) +
+        f' | {f["search_seconds"]:.0f} | {f["train_seconds"]:.0f} | {scale} |')
+  lines += ['', f'Ensemble accuracy (%) by size k = 1 .. {k} (mean over every k-subset of '
+            'members), and each member\'s:', '',
+            '| family | by k | members |', '|---|---|---|']
+  for family, f in results['families'].items():
+    lines.append(f'| {FAMILY_NAMES[family]} | {_pct(f["curve"]["accuracy"])} | '
+                 f'{_pct(f["member_accuracy"])} |')
+  diversity = results['target_diversity']
+  if diversity is not None:
+    lines += ['', f'Target diversity: the paper\'s N_eff of the {k} searches\' targets (search '
+              f'seeds {", ".join(map(str, diversity["search_seeds"]))}), mean over the first '
+              f'{diversity["n_images"]} training images, for k = 1 .. {k} searches; every '
+              f'search\'s target, and (in brackets) those giving the true class p > '
+              f'{diversity["threshold"]:g}:', '']
+    for layer in diversity['layers']:
+      d = diversity[layer]
+      fmt = lambda values: ' / '.join('-' if v is None else f'{v:.2f}' for v in values)
+      lines.append(f'- {layer}: {fmt(d["n_eff_all"])} ({fmt(d["n_eff"])})')
+  lines += ['', 'Search seconds count each distinct search of a family once (the student-seed '
+            'family shares one); a search seed also seeds the untrained search network\'s '
+            'random filters.', '']
+  return '\n'.join(lines)

@@ -1,0 +1,30 @@
+"""Ensembles of search-based students and of SGD models (the paper's open question 2).
+
+  python launch/ensemble.py --config=configs/mnist.py:cpu --workdir=runs/mnist_ensemble
+
+K = --config.ensemble.members (default 4) members per family of --config.ensemble.families:
+students on K searches (one student seed; or, 'searches_and_seeds', K of them), K student
+seeds on one search, and K SGD runs of the student's network. Resumable member by member.
+Writes WORKDIR/results.json, WORKDIR/table.md (printed at the end) and WORKDIR/ensemble.png.
+"""
+
+from absl import flags
+from ml_collections import config_flags
+
+from decouple_jax import cli
+from decouple_jax import config as cfglib
+from decouple_jax import ensemble
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'A configs/*.py file:variant.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (resumed if it exists).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  del argv
+  exp = cfglib.from_dict(cfglib.ExperimentConfig, _CONFIG.value)
+  print(ensemble.format_table(ensemble.run_ensemble(exp, _WORKDIR.value)))
+
+
+if __name__ == '__main__':
+  cli.run(main)
