@@ -426,8 +426,8 @@ def test_cooperating_writers_share_a_directory(holder, tmp_path):
 # ----------------------------------------------------------------------------------------------
 # Launch scripts.
 
-SCRIPTS = ('analyze.py', 'feedback.py', 'fetch_data.py', 'reproduce.py', 'search.py',
-           'train_sgd.py', 'train_student.py')
+SCRIPTS = ('analyze.py', 'ensemble.py', 'feedback.py', 'fetch_data.py', 'reproduce.py',
+           'search.py', 'train_sgd.py', 'train_student.py')
 
 
 def test_launch_scripts_help_and_one_line_errors(mnist_dir, tmp_path):
