@@ -234,7 +234,8 @@ def family_results(members: Sequence[Member], records: dict, outputs: dict,
   """The measures of one family from its members' records and outputs (by member name).
 
   Returns:
-    'members' (names), 'member_accuracy' (each member's, from its softmax), 'curve'
+    'members' (names), 'per_member' ({'accuracy', 'nll', 'ece'}: each member's, from its
+    softmax), 'curve'
     (:func:`~decouple_jax.analysis.ensembles.ensemble_curve`), 'gain' (accuracy of all K
     minus the mean member's), 'disagreement' and 'normalised_disagreement'
     (:func:`~decouple_jax.analysis.ensembles.disagreement`; the latter None if no member
@@ -250,7 +251,10 @@ def family_results(members: Sequence[Member], records: dict, outputs: dict,
   searches = {m.search_seed: records[m.name]['search_seconds'] for m in members}
   return {
       'members': names,
-      'member_accuracy': [ensembles.accuracy(p, labels) for p in probs],
+      'per_member': {'accuracy': [ensembles.accuracy(p, labels) for p in probs],
+                     'nll': [ensembles.nll(p, labels) for p in probs],
+                     'ece': [ensembles.expected_calibration_error(p, labels, bins)
+                             for p in probs]},
       'curve': curve,
       'gain': curve['accuracy'][-1] - curve['accuracy'][0],
       'disagreement': mean,
@@ -374,7 +378,7 @@ def format_table(results: dict) -> str:
             '| family | by k | members |', '|---|---|---|']
   for family, f in results['families'].items():
     lines.append(f'| {FAMILY_NAMES[family]} | {_pct(f["curve"]["accuracy"])} | '
-                 f'{_pct(f["member_accuracy"])} |')
+                 f'{_pct(f["per_member"]["accuracy"])} |')
   diversity = results['target_diversity']
   if diversity is not None:
     lines += ['', f'Target diversity: the paper\'s N_eff of the {k} searches\' targets (search '

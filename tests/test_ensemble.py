@@ -217,8 +217,9 @@ def test_every_family_and_measure_is_there(runs):
     assert all(0 <= c <= 1 + 1e-9 for c in family['cka'])
     assert family['train_seconds'] > 0
     # The softmax is the run's own evaluation: its argmax gives the run's test accuracy.
-    assert family['member_accuracy'] == [results['member_records'][n]['test_accuracy']
-                                         for n in family['members']]
+    assert family['per_member']['accuracy'] == [
+        results['member_records'][n]['test_accuracy'] for n in family['members']]
+    assert family['per_member']['nll'][0] >= 0 and len(family['per_member']['ece']) == 2
   assert results['families']['sgd']['search_seconds'] == 0
   assert results['families']['searches']['search_seconds'] > 0
   diversity = results['target_diversity']

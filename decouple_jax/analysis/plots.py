@@ -321,7 +321,7 @@ def plot_ensembles(results: dict, path: str | pathlib.Path, about: dict) -> path
   numbers = {}
   for (family, f), color in zip(results['families'].items(), _colors()):
     curve = f['curve']
-    acc = [100 * a for a in f['member_accuracy']]
+    acc = [100 * a for a in f['per_member']['accuracy']]
     i, j = np.triu_indices(len(acc), k=1)
     numbers[family] = {
         'k': curve['k'], 'accuracy': [100 * a for a in curve['accuracy']],
