@@ -13,6 +13,7 @@ __all__ = [
     'config_files',   # configs/<x>.py:variant loaded by path
     'data',           # data sets: sources, loading, splits, fetching, augmentation
     'distributed',    # runs of several processes
+    'ensemble',       # ensembles of students on K searches, of student seeds, of SGD seeds
     'feedback',       # search and learning in a loop
     'learn',          # the trainer, the SGD baseline, the student
     'locks',          # one writer per directory

@@ -37,8 +37,10 @@ import numpy as np
 
 from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
+from decouple_jax import identity
 from decouple_jax import locks
 from decouple_jax import models
+from decouple_jax import report
 from decouple_jax import runlog
 from decouple_jax.analysis import ensembles
 from decouple_jax.analysis import plots
@@ -48,6 +50,7 @@ from decouple_jax.learn import student
 from decouple_jax.mesh import mesh_1d
 from decouple_jax.models import airbench
 from decouple_jax.search import driver
+from decouple_jax.search import stores
 from decouple_jax.search.store import TargetStore
 
 _OUTPUTS = 'outputs.npz'
@@ -110,13 +113,14 @@ def _cka_images(exp: cfglib.ExperimentConfig, ds: datalib.Dataset) -> int:
 
 
 def member_identity(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, member: Member) -> dict:
-  """What a member's outputs depend on: its training run's identity (which, for a student,
-  includes its search) and the test images its block outputs are kept for."""
+  """What a member's outputs depend on: its training run's identity
+  (:mod:`decouple_jax.identity`; a student's includes its search) and the test images its
+  block outputs are kept for."""
   if member.search_seed is None:
-    run = sgd.run_config(exp.data, ds, _sgd_config(exp, member.train_seed))
+    run = identity.sgd(exp.data, ds, _sgd_config(exp, member.train_seed))
   else:
-    run = student.run_config(exp.data, ds, _search_config(exp, member.search_seed),
-                             _student_config(exp, member.train_seed))
+    run = identity.student(exp.data, ds, _search_config(exp, member.search_seed),
+                           _student_config(exp, member.train_seed), stores.UNTRAINED)
   return {'run': run, 'cka_images': _cka_images(exp, ds)}
 
 
@@ -201,30 +205,34 @@ def run_member(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, member: Member
   """``member``'s record and outputs (:func:`member_outputs`), trained unless finished (on
   ``mesh``, axis 'batch'; default every device).
 
-  A finished member (``workdir/members/<name>/member.json`` of this
-  :func:`member_identity`) is read; otherwise its search and training resume from what is on
-  disk (a run of another config is refused, naming the settings that differ).
+  A finished member (``workdir/members/<name>/member.json``, see
+  :func:`decouple_jax.identity.finished`) is read; otherwise its search and training resume
+  from what is on disk.
 
   Returns:
     (record: 'name', 'search_seed', 'train_seed', the run's 'test_accuracy' and
-    'holdout_accuracy', 'search_seconds', 'train_seconds'; outputs).
+    'holdout_accuracy', 'search_seconds', 'train_seconds', and its :func:`member_identity`
+    as 'config' and 'config_hash'; outputs).
+
+  Raises:
+    ConfigError: the member's directory holds a member of another config, naming the
+      settings that differ.
   """
   workdir = pathlib.Path(workdir)
   directory = workdir / 'members' / member.name
-  identity = cfglib.hash_dict(member_identity(exp, ds, member))
-  if (directory / _RECORD).exists():
-    record = runlog.read_json(directory / _RECORD)
-    if record['identity'] == identity:
-      with np.load(directory / _OUTPUTS) as f:
-        return record, dict(f)
+  config = member_identity(exp, ds, member)
+  record = identity.finished(directory / _RECORD, config)
+  if record is not None:
+    with np.load(directory / _OUTPUTS) as f:
+      return record, dict(f)
   model, train_cfg, results, search_seconds = _train(
       exp, ds, member, directory / 'run', workdir / 'searches', mesh)
   outputs = member_outputs(model, results['variables'], ds, train_cfg, _cka_images(exp, ds))
   _write_npz(directory / _OUTPUTS, outputs)
-  record = {'name': member.name, 'identity': identity, 'search_seed': member.search_seed,
-            'train_seed': member.train_seed, 'test_accuracy': results['test_accuracy'],
-            'holdout_accuracy': results['holdout_accuracy'], 'search_seconds': search_seconds,
-            'train_seconds': results['train_seconds']}
+  record = identity.record(
+      config, name=member.name, search_seed=member.search_seed, train_seed=member.train_seed,
+      test_accuracy=results['test_accuracy'], holdout_accuracy=results['holdout_accuracy'],
+      search_seconds=search_seconds, train_seconds=results['train_seconds'])
   runlog.write_json(directory / _RECORD, record)
   return record, outputs
 
@@ -345,7 +353,7 @@ def _pct(values) -> str:
 
 def format_table(results: dict) -> str:
   """The Markdown report of :func:`run_ensemble`'s results."""
-  scale = plots.scale_label(results['scale'])
+  scale = report.scale_label(results['scale'])
   title = (f'# {results["name"]} ({scale}): ensembles, NOT the paper\'s settings'
            if results['scale'] != 'paper' else f'# {results["name"]}: ensembles')
   k = results['members']
