@@ -6,18 +6,21 @@ Fitness is a LOSS everywhere: cross-entropy against the label, lower is better, 
 
 from decouple_jax.search import fast
 from decouple_jax.search import gradient
+from decouple_jax.search import layer
+from decouple_jax.search import mutation
 from decouple_jax.search import operators
+from decouple_jax.search import registry
 from decouple_jax.search import stores
-from decouple_jax.search.evolve import Draws
-from decouple_jax.search.evolve import Operators
 from decouple_jax.search.evolve import Population
 from decouple_jax.search.evolve import SearchResult
-from decouple_jax.search.evolve import draw_generation
-from decouple_jax.search.evolve import evolve_layer
+from decouple_jax.search.evolve import search_layer
 from decouple_jax.search.evolve import generation_step
 from decouple_jax.search.evolve import generation_step_with_draws
 from decouple_jax.search.evolve import search_batch
 from decouple_jax.search.evolve import search_image
+from decouple_jax.search.mutation import Draws
+from decouple_jax.search.mutation import draw_generation
+from decouple_jax.search.registry import register
 from decouple_jax.search.sharding import make_mesh
 from decouple_jax.search.sharding import images_per_call
 from decouple_jax.search.sharding import make_search_fn
