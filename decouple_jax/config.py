@@ -341,8 +341,6 @@ def _convert_mapping(elem: Any, value: Any, path: str, base: Any) -> dict:
   """A mapping field: configs keyed by name (the search layers) update the base's, so an
   override may name one layer, and a name the base lacks is refused; plain values (an
   operator's params) replace the base's."""
-  if hasattr(value, 'to_dict'):
-    value = value.to_dict()
   if not isinstance(value, Mapping):
     raise ConfigError(f'{path}: expected a mapping, got {value!r}')
   if not dataclasses.is_dataclass(elem):

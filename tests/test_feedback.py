@@ -21,7 +21,6 @@ from decouple_jax import runlog
 from decouple_jax.learn import bn_stats
 from decouple_jax.learn import student
 from decouple_jax.learn import trainer
-from decouple_jax.search import driver
 from decouple_jax.search import stores
 from decouple_jax.search.store import StoreError, TargetStore
 

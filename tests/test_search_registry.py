@@ -15,11 +15,10 @@ from decouple_jax.learn import student, trainer
 from decouple_jax.search import driver, fast, registry, sharding, stores
 from decouple_jax.search.store import StoreError
 
-SEARCH = cfglib.SearchConfig(
-    model=cfglib.ModelConfig(widths=(4, 4, 4), whiten_images=64),
-    layers={name: dataclasses.replace(l, generations=g)
-            for (name, l), g in zip(cfglib.PAPER_SCHEDULE.items(), (2, 2, 2, 2))},
-    population=12, top_k=2, n_explore=4, n_refine=6, batch_images=8, chunk_size=64)
+import test_search_driver
+
+# The driver tests' search, in one chunk of the 64 images searched here.
+SEARCH = dataclasses.replace(test_search_driver.SEARCH, chunk_size=64)
 STUDENT = cfglib.StudentConfig(
     model=dataclasses.replace(SEARCH.model, tap='pre_gelu', tap_scale=True),
     train=cfglib.TrainConfig(optim=cfglib.OptimConfig(batch_size=64, epochs=1, clip_norm=2.0),

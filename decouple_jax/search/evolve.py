@@ -31,7 +31,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 from flax import struct
-from jax import lax
 
 from decouple_jax.config import LayerSchedule, SearchConfig
 from decouple_jax.models import airbench
