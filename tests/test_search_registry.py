@@ -26,9 +26,9 @@ STUDENT = cfglib.StudentConfig(
 
 
 @registry.register('mutation')
-def heavy_tailed(key, shape, *, df=3.0):
-  """Student-t draws scaled to unit variance: heavier tails than the default Gaussian."""
-  return jax.random.t(key, df, shape) * jnp.sqrt((df - 2.0) / df)
+def heavy_tailed(key, shape, *, std=1.0):
+  """Laplace draws of standard deviation ``std``: heavier tails than the default Gaussian."""
+  return jax.random.laplace(key, shape) * (std / jnp.sqrt(2.0))
 
 
 def with_operator(cfg, kind, name, **params):
@@ -46,10 +46,10 @@ def test_unknown_names_and_parameters_are_config_errors_naming_the_choices():
   with pytest.raises(cfglib.ConfigError, match=r"^search.operators.mutation.name='nope' is not "
                      r"registered; registered: \[.*'gaussian'.*'heavy_tailed'.*\]"):
     registry.resolve(with_operator(SEARCH, 'mutation', 'nope').operators)
-  with pytest.raises(cfglib.ConfigError, match=r"^search.operators.mutation.params: \['dof'\] "
+  with pytest.raises(cfglib.ConfigError, match=r"^search.operators.mutation.params: \['scale'\] "
                      r"are not parameters of 'heavy_tailed'; its parameters: \['key', 'shape', "
-                     r"'df'\]$"):
-    registry.resolve(with_operator(SEARCH, 'mutation', 'heavy_tailed', dof=3.0).operators)
+                     r"'std'\]$"):
+    registry.resolve(with_operator(SEARCH, 'mutation', 'heavy_tailed', scale=3.0).operators)
   with pytest.raises(cfglib.ConfigError, match=r"'anchored' needs \['weight'\]$"):
     registry.resolve(with_operator(SEARCH, 'fitness', 'anchored').operators)
 
@@ -92,7 +92,7 @@ def test_operator_names_and_parameters_enter_the_store_identity(setup):
   data_cfg, ds, _ = setup
   h = lambda cfg: stores.StoreId(data_cfg, cfg, ds).hash()
   variants = [SEARCH, with_operator(SEARCH, 'mutation', 'heavy_tailed'),
-              with_operator(SEARCH, 'mutation', 'heavy_tailed', df=5.0),
+              with_operator(SEARCH, 'mutation', 'heavy_tailed', std=0.5),
               with_operator(SEARCH, 'fitness', 'anchored', weight=1.0),
               with_operator(SEARCH, 'fitness', 'anchored', weight=2.0)]
   assert len({h(cfg) for cfg in variants}) == len(variants)
@@ -118,11 +118,11 @@ def test_a_registered_operator_computing_the_default_gives_the_default_targets(s
 
 def test_a_registered_operator_travels_from_the_config_to_the_student(setup, tmp_path):
   data_cfg, ds, mesh = setup
-  custom = with_operator(SEARCH, 'mutation', 'heavy_tailed', df=3.0)
+  custom = with_operator(SEARCH, 'mutation', 'heavy_tailed', std=1.0)
   store = driver.run_search(data_cfg, custom, tmp_path / 'targets', ds=ds, mesh=mesh)
   default = driver.run_search(data_cfg, SEARCH, tmp_path / 'default', ds=ds, mesh=mesh)
   assert store.spec.config['search']['operators']['mutation'] == {
-      'name': 'heavy_tailed', 'params': {'df': 3.0}}
+      'name': 'heavy_tailed', 'params': {'std': 1.0}}
   assert not np.array_equal(store.load_all()[1], default.load_all()[1])
   results = student.train_student(data_cfg, custom, STUDENT, tmp_path / 'student',
                                   tmp_path / 'targets', ds=ds,

@@ -9,11 +9,11 @@ the operator's parameters as keyword arguments (evosax's ``mutation(key, x, std)
 model)::
 
   @registry.register('mutation')
-  def student_t(key, shape, *, df=3.0):
-    return jax.random.t(key, df, shape) * jnp.sqrt((df - 2) / df)
+  def heavy_tailed(key, shape, *, std=1.0):  # Laplace draws: heavier tails than a Gaussian
+    return jax.random.laplace(key, shape) * (std / jnp.sqrt(2.0))
 
   search_cfg = dataclasses.replace(search_cfg, operators=dataclasses.replace(
-      search_cfg.operators, mutation=config.OperatorConfig('student_t', {'df': 4.0})))
+      search_cfg.operators, mutation=config.OperatorConfig('heavy_tailed', {'std': 0.5})))
 
 The kinds and what the engine passes (one image's population; see
 :mod:`decouple_jax.search.mutation` for how a child is made):
