@@ -55,7 +55,7 @@ from decouple_jax import models
 from decouple_jax import runlog
 from decouple_jax.learn import sgd, student, trainer
 from decouple_jax.models import airbench
-from decouple_jax.search import driver, sharding
+from decouple_jax.search import sharding
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Fractions of the budget: the measurements (sections 2-4) end by MEASURE_END, the search
@@ -200,7 +200,8 @@ def search_engine(report: Report, budget: Budget, deadline: float) -> dict:
         seen[key] = _measure_layer(model, variables, cfg, layer, shape, usable, cpu)
         cost = max(cost, time.perf_counter() - t0)
       layers.append({'layer': layer, 'shape': 'x'.join(map(str, shape)),
-                     'generations': cfg.layers[layer].generations, **seen[key]})
+                     'generations': list(cfg.layers.values())[layer].generations,
+                     **seen[key]})
     entry = {'shape_layer0': 'x'.join(map(str, shapes[0])), 'population': cfg.population,
              'scale': 'paper', 'layers': layers,
              'images_in_flight_per_device': layers[0]['images_in_flight_per_device']
@@ -389,7 +390,7 @@ def mnist_run(report: Report, budget: Budget, data_dir: str, engine: dict, train
   search_seconds = time.monotonic() - t0
   out = {'scale': scale, 'images_searched': searched, 'images_per_call': batch,
          'search_seconds': search_seconds, 'mean_initial_ce': float(result.init_loss.mean()),
-         'mean_best_ce': dict(zip(driver.LAYER_NAMES, result.best_loss.mean(0).tolist()))}
+         'mean_best_ce': dict(zip(search_cfg.layers, result.best_loss.mean(0).tolist()))}
   print(f'MNIST search ({scale}): {searched} images in {search_seconds:.0f} s; mean best CE '
         + ' / '.join(f'{v:.3f}' for v in out['mean_best_ce'].values()), flush=True)
   report.set('mnist_run', out)

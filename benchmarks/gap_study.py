@@ -73,8 +73,8 @@ MNIST_BASE = {'search.blur_target': 'candidate', 'gens': (16, 16, 16, 60),
 
 # name -> (what it tests, overrides applied on top of the study's base). Overrides are dotted
 # ConfigDict paths, plus five shorthands: 'gens', 'alpha' and 'blur' (generations, alpha and
-# blur passes of the 4 search layers), 'width' (search and student block width) and 'epochs'
-# (the student's and SGD's).
+# blur passes of the search layers, in tap order), 'width' (search and student block width) and
+# 'epochs' (the student's and SGD's).
 MNIST_ARMS = {
     'candidate': ('blur the whole child (appendix order)', {'search.blur_target': 'candidate'}),
     'noise': ('blur only the mutation noise (section 3.1)', {'search.blur_target': 'noise'}),
@@ -171,9 +171,9 @@ CIFAR10_ARMS = {
     'base': ('the MNIST study\'s reading on CIFAR-10', {}),
     # Why do targets not generalise? Leads on what the search puts into them.
     'anchor1': ('fitness + 1.0 x distance from the image\'s own activation (beyond the paper)',
-                {'search.anchor_weight': 1.0}),
+                {'search.operators.fitness': {'name': 'anchored', 'params': {'weight': 1.0}}}),
     'anchor3': ('fitness + 3.0 x distance from the image\'s own activation (beyond the paper)',
-                {'search.anchor_weight': 3.0}),
+                {'search.operators.fitness': {'name': 'anchored', 'params': {'weight': 3.0}}}),
     'alpha01': ('the paper\'s MNIST alpha 0.1 at every layer', {'alpha': (0.1, 0.1, 0.1, 0.1)}),
     'gradient': ('gradient descent control, same evaluations as base',
                  {'search.method': 'gradient'}),
@@ -184,8 +184,9 @@ CIFAR10_ARMS = {
     'init001': ('initial input noise 0.01 of the channel std', {'search.init_noise': 0.01}),
     'init0': ('no initial input noise: the population starts as the image itself',
               {'search.init_noise': 0.0}),
-    'init001_anchor1': ('init001 + anchor1', {'search.init_noise': 0.01,
-                                              'search.anchor_weight': 1.0}),
+    'init001_anchor1': ('init001 + anchor1', {
+        'search.init_noise': 0.01,
+        'search.operators.fitness': {'name': 'anchored', 'params': {'weight': 1.0}}}),
     # The student on init001's targets: its KL head spikes at the peak learning rate.
     'init001_lr2': ('init001, student lr 2 (decoupled units)',
                     {'search.init_noise': 0.01, 'student.train.optim.lr': 2.0}),
@@ -235,7 +236,8 @@ CIFAR10_ARMS = {
 def search_evaluations(exp: cfglib.ExperimentConfig) -> float:
   """Fitness evaluations per image of ``exp``'s search: population x generations, summed
   over its layers."""
-  return float(exp.search.population * sum(l.generations for l in exp.search.layers))
+  return float(exp.search.population *
+               sum(l.generations for l in exp.search.layers.values()))
 
 
 def student_epochs(exp: cfglib.ExperimentConfig) -> float:
@@ -328,10 +330,10 @@ def arm_config(study: Study, base, overrides: dict) -> cfglib.ExperimentConfig:
   then ``overrides`` applied."""
   c = base.copy_and_resolve_references()
   for key, value in {**study.base, **overrides}.items():
-    if key == 'gens':
-      c.search.layers = tuple(dict(l, generations=g) for l, g in zip(c.search.layers, value))
-    elif key in ('alpha', 'blur'):
-      c.search.layers = tuple(dict(l, **{key: v}) for l, v in zip(c.search.layers, value))
+    if key in ('gens', 'alpha', 'blur'):
+      field = 'generations' if key == 'gens' else key
+      for layer, v in zip(c.search.layers.values(), value, strict=True):
+        layer[field] = v
     elif key == 'width':
       c.search.model.widths = c.student.model.widths = (value,) * 3
     elif key == 'epochs':

@@ -110,8 +110,9 @@ def engine_step_fn(model, variables, cfg: cfglib.SearchConfig, layer: int):
     def score(c):
       logits = c if layer == airbench.LOGITS else forward(layer, c)[-1]
       return ops.fitness(logits, label)
-    return evolve.generation_step(evolve.Population(h, loss), key, schedule=cfg.layers[layer],
-                                  cfg=cfg, score=score)
+    schedule = list(cfg.layers.values())[layer]
+    return evolve.generation_step(evolve.Population(h, loss), key, alpha=schedule.alpha,
+                                  schedule=schedule, cfg=cfg, score=score)
   return jax.jit(jax.vmap(step))
 
 

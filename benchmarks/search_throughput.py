@@ -38,6 +38,7 @@ from measure import engine_step_fn, initial_forward_fn, search_setup as setup
 from decouple_jax import config
 from decouple_jax import search
 from decouple_jax.search import fast
+from decouple_jax.search import mutation
 from decouple_jax.search import operators as ops
 
 CIFAR_IMAGES = 50_000
@@ -48,7 +49,7 @@ def straightforward_step_fn(model, variables, cfg):
   """Layer 0's generation as a plain, unfused program: one jitted call per step, smoothing
   what ``cfg.blur_target`` says (the noise before it is added, or the child after)."""
   model = model.clone(identity_convs=frozenset())  # every conv computed
-  schedule, k, e = cfg.layers[0], cfg.top_k, cfg.n_explore
+  schedule, k, e = cfg.layers['block0'], cfg.top_k, cfg.n_explore
   vjit = lambda f: jax.jit(jax.vmap(f))
   select = vjit(lambda loss: ops.select(loss, k))
   gather = vjit(lambda h, i: h[i])
@@ -60,7 +61,7 @@ def straightforward_step_fn(model, variables, cfg):
   spread = vjit(ops.spread)
   crossover = vjit(ops.crossover)
   sigma = vjit(lambda s, i: (s[i[:, 0]] + s[i[:, 1]]) / 2)
-  mutate = jax.jit(jax.vmap(ops.mutate, in_axes=(0, 0, None, 0)))
+  mutate = jax.jit(jax.vmap(mutation.perturb, in_axes=(0, 0, None, 0)))
   blur_pass = vjit(lambda h: ops.blur(h, 1, cfg.blur_padding))
   normalise = vjit(lambda h: ops.normalise(h, cfg.norm_eps))
   concat = vjit(lambda *xs: jnp.concatenate(xs))
@@ -96,8 +97,9 @@ def straightforward_step_fn(model, variables, cfg):
 
 def probe_devices(n_images: int, repeats: int, blur_target: str) -> None:
   """(Subprocess with 8 emulated devices.) Whole-search throughput, 8 devices vs 1."""
-  cfg = dataclasses.replace(config.SearchConfig(blur_target=blur_target), layers=tuple(
-      dataclasses.replace(s, generations=g) for s, g in zip(config.PAPER_SCHEDULE, (3, 1, 1, 1))))
+  cfg = dataclasses.replace(config.SearchConfig(blur_target=blur_target), layers={
+      name: dataclasses.replace(s, generations=g)
+      for (name, s), g in zip(config.PAPER_SCHEDULE.items(), (3, 1, 1, 1))})
   model, variables, images, labels, _ = setup(n_images, cfg)
   indices = np.arange(n_images, dtype=np.int32)
   times = {}
@@ -158,7 +160,7 @@ def main():
   print('\n## projected full CIFAR-10 search on this machine (measured step at each layer)')
   t_init = timed(initial_forward_fn(model, variables, cfg), images, repeats=args.repeats) / b
   total = t_init
-  for layer, (s, t) in enumerate(zip(cfg.layers, per_layer)):
+  for layer, (s, t) in enumerate(zip(cfg.layers.values(), per_layer)):
     shape = 'x'.join(map(str, taps[layer].shape[2:]))
     print(f'layer {layer} ({shape:>10s}): {t:8.4f} s/gen x {s.generations:3d} gen = '
           f'{t * s.generations:7.2f} s/image')

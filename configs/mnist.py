@@ -12,7 +12,8 @@
 - ``demo``: ``cpu`` on 3,000 training images, 12 epochs (what ``make demo`` runs; a few minutes).
 - ``smoke``: seconds; for tests. Numbers from it mean nothing.
 
-Override any field, e.g. ``--config.sgd.train.optim.epochs=3``.
+Override any field, e.g. ``--config.sgd.train.optim.epochs=3`` or, a search layer by its tap's
+name, ``--config.search.layers.block1.generations=50``.
 """
 
 import ml_collections
@@ -33,7 +34,8 @@ def get_config(arg: str = 'cpu') -> ml_collections.ConfigDict:
   # Digits change class when mirrored: augmentation (if switched on) only crops.
   c.sgd.train.flip = False
   c.sgd.train.optim.epochs = 1000
-  c.search.layers = tuple(dict(l, alpha=0.1) for l in c.search.layers)
+  for layer in c.search.layers.values():
+    layer.alpha = 0.1
   # MNIST's blank background survives max-pooling as channels that are constant over a
   # batch; BatchNorm then gives ~1/sqrt(eps) gradients in the first steps (see OptimConfig).
   c.sgd.train.optim.clip_norm = 2.0
@@ -59,8 +61,9 @@ def get_config(arg: str = 'cpu') -> ml_collections.ConfigDict:
     # cached p_hat names the true class for every image (at 10: 83%). In 100 generations
     # blocks 1-2 get further with stronger mutations than the paper's MNIST 0.1: alpha 0.2
     # (hold-out 97.40% vs 96.60% at 0.1 with mse_coef 10; 0.3: 97.30%).
-    c.search.layers = tuple(dict(l, generations=g, alpha=a) for l, g, a in
-                            zip(c.search.layers, (4, 100, 100, 60), (0.1, 0.2, 0.2, 0.1)))
+    for name, generations, alpha in (('block0', 4, 0.1), ('block1', 100, 0.2),
+                                     ('block2', 100, 0.2), ('logits', 60, 0.1)):
+      c.search.layers[name].generations, c.search.layers[name].alpha = generations, alpha
     c.search.batch_images = '64'  # a string: the field's default is 'auto'
     c.search.chunk_size = 4096
     # With mean-reduced losses at this lr, lambda 0.03 leaves the head almost untrained in
@@ -94,8 +97,8 @@ def get_config(arg: str = 'cpu') -> ml_collections.ConfigDict:
     c.search.model.widths = (8, 8, 8)
     c.search.model.whiten_images = 64
     c.search.population, c.search.top_k, c.search.n_explore, c.search.n_refine = 12, 2, 4, 6
-    c.search.layers = tuple(dict(l, generations=g)
-                            for l, g in zip(c.search.layers, (2, 1, 1, 1)))
+    for layer, generations in zip(c.search.layers.values(), (2, 1, 1, 1)):
+      layer.generations = generations
     c.search.batch_images = '4'
     c.search.chunk_size = 64
     c.student.model.widths = (8, 8, 8)

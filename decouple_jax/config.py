@@ -8,6 +8,7 @@ ones, so a typo in ``--config.a.b=value`` never passes silently.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import hashlib
 import json
@@ -36,6 +37,7 @@ SEED_NEXT = ('best', 'population')
 BLUR_PADDINGS = ('zeros', 'valid')
 BLUR_TARGETS = ('candidate', 'noise')
 SEARCH_METHODS = ('evolution', 'gradient')
+ALPHA_SCHEDULES = ('constant', 'linear', 'cosine')
 BN_STATS_SOURCES = ('recompute', 'running')
 BN_MODES = ('inference', 'batch')
 STORE_DTYPES = ('float32', 'float16', 'bfloat16')
@@ -57,9 +59,31 @@ def speed_only(default: Any) -> Any:
 
 
 # Every check below raises a message that starts with the field's name; from_dict puts the
-# field's path in front (config.search.layers[0].generations=-1: ...), so the message says
+# field's path in front (config.search.layers.block0.generations=-1: ...), so the message says
 # which flag to change. A new field gets its check by one more call in its class's
 # __post_init__.
+
+
+class FrozenDict(dict):
+  """A mapping field of a frozen config (the search layers, an operator's params): a dict that
+  cannot change and hashes by its items, so a config stays hashable. Change one with
+  ``dataclasses.replace``."""
+
+  def __hash__(self):
+    return hash(tuple(self.items()))
+
+  def __reduce__(self):
+    return FrozenDict, (dict(self),)
+
+  def _refuse(self, *args, **kwargs):
+    raise TypeError('a config mapping cannot change: build a new one (dataclasses.replace)')
+  __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _refuse
+
+
+def tap_names(num_blocks: int) -> tuple[str, ...]:
+  """The taps of a network of ``num_blocks`` blocks, in order: 'block0', 'block1', ... then
+  'logits'. The search layers (``search.layers``) are keyed by them."""
+  return tuple(f'block{i}' for i in range(num_blocks)) + ('logits',)
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
@@ -185,6 +209,11 @@ class ModelConfig:
     _check_amounts(self, 'logit_scale', 'bn_eps', 'whiten_eps', positive=True)
     _check_fraction(self, 'bn_momentum')
     _check_counts(self, 1, 'whiten_images')
+
+  @property
+  def tap_names(self) -> tuple[str, ...]:
+    """This network's taps, e.g. ('block0', 'block1', 'block2', 'logits')."""
+    return tap_names(len(self.widths))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -315,10 +344,12 @@ def _convert(tp: Any, value: Any, path: str, base: Any) -> Any:
     if not isinstance(value, (list, tuple)):
       raise ConfigError(f'{path}: expected a sequence, got {value!r}')
     (elem, *_) = typing.get_args(tp)
-    # Element i of a partial tuple (e.g. of layer schedules) starts from the base's element i.
+    # Element i of a partial tuple starts from the base's element i.
     bases = tuple(base) if isinstance(base, tuple) else ()
     return tuple(_convert(elem, v, f'{path}[{i}]', bases[i] if i < len(bases) else None)
                  for i, v in enumerate(value))
+  if origin in (dict, collections.abc.Mapping):
+    return _convert_mapping(typing.get_args(tp)[1], value, path, base)
   if origin in (typing.Union, types.UnionType):
     return value
   if tp is float and isinstance(value, int) and not isinstance(value, bool):
@@ -326,6 +357,22 @@ def _convert(tp: Any, value: Any, path: str, base: Any) -> Any:
   if tp in (int, float, str, bool) and not isinstance(value, tp):
     raise ConfigError(f'{path}: expected {tp.__name__}, got {value!r}')
   return value
+
+
+def _convert_mapping(elem: Any, value: Any, path: str, base: Any) -> dict:
+  """A mapping field: configs keyed by name (the search layers) update the base's, so an
+  override may name one layer, and a name the base lacks is refused; plain values (an
+  operator's params) replace the base's."""
+  if not isinstance(value, Mapping):
+    raise ConfigError(f'{path}: expected a mapping, got {value!r}')
+  if not dataclasses.is_dataclass(elem):
+    return dict(value)
+  bases = dict(base) if isinstance(base, Mapping) else {}
+  unknown = [k for k in value if k not in bases]
+  if bases and unknown:
+    raise ConfigError(f'{path}: unknown name(s) {unknown}; valid names: {list(bases)}')
+  return {**bases, **{k: _convert(elem, v, f'{path}.{k}', bases.get(k))
+                      for k, v in value.items()}}
 
 
 def from_dict(cls, d: Mapping[str, Any] | Any, path: str = 'config', base: Any = None):
@@ -336,7 +383,7 @@ def from_dict(cls, d: Mapping[str, Any] | Any, path: str = 'config', base: Any =
   ``from_dict(StudentConfig, {'model': {'widths': (16, 16, 16)}})`` keeps the student's own
   model defaults (tap 'pre_gelu', 6 convs per block), not :class:`ModelConfig`'s. Unknown keys
   raise :class:`ConfigError` naming the valid ones; an invalid value raises one naming its
-  path, e.g. ``config.search.layers[0].generations=-1: must be an integer >= 0``.
+  path, e.g. ``config.search.layers.block0.generations=-1: must be an integer >= 0``.
   """
   if dataclasses.is_dataclass(d):
     return d
@@ -362,8 +409,16 @@ def from_dict(cls, d: Mapping[str, Any] | Any, path: str = 'config', base: Any =
 
 def to_dict(cfg) -> dict[str, Any]:
   """A nested dict of a config dataclass; tuples stay tuples, so a ConfigDict made from it
-  accepts ``--config.a.b='(1, 2)'`` overrides (config_flags cannot override lists)."""
-  return dataclasses.asdict(cfg)
+  accepts ``--config.a.b='(1, 2)'`` overrides (config_flags cannot override lists), and
+  mappings (the search layers) are plain dicts, so ``--config.search.layers.block1.alpha=0.2``
+  names one entry."""
+  return _plain(dataclasses.asdict(cfg))
+
+
+def _plain(obj: Any) -> Any:
+  if isinstance(obj, dict):
+    return {k: _plain(v) for k, v in obj.items()}
+  return obj
 
 
 def hash_dict(obj: Any) -> str:
@@ -419,31 +474,111 @@ def differences(expected: Any, found: Any, path: str = '') -> list[str]:
 
 
 @dataclasses.dataclass(frozen=True)
+class AlphaSchedule:
+  """How a layer's mutation strength moves over its generations, as evosax's ``std_schedule``:
+  an optax schedule read at the generation counter
+  (:func:`decouple_jax.search.layer.alpha_schedule`).
+
+  Attributes:
+    name: 'constant' (the paper: ``alpha`` at every generation), 'linear' or 'cosine' (from
+      ``alpha`` at the layer's first generation to ``end`` x ``alpha`` at its last).
+    end: the last generation's alpha as a fraction of ``alpha`` ('linear' and 'cosine').
+  """
+  name: str = 'constant'
+  end: float = 1.0
+
+  def __post_init__(self):
+    _check_choice('name', self.name, ALPHA_SCHEDULES)
+    _check_amounts(self, 'end')
+    if self.name == 'constant' and self.end != 1.0:
+      raise ConfigError(f"end={self.end!r}: a 'constant' schedule has no end; set name to "
+                        "'linear' or 'cosine'")
+
+
+@dataclasses.dataclass(frozen=True)
 class LayerSchedule:
   """Search settings of one search layer (paper appendix A.2; docs/method.md section 3).
 
   Attributes:
     generations: G_l.
-    alpha: mutation strength of refinement children.
+    alpha: mutation strength of refinement children (at the first generation; see
+      ``alpha_schedule``).
     boost: exploratory children mutate with alpha * boost.
     blur: passes of 3x3 average pooling after mutation (0 for the logits).
+    alpha_schedule: how alpha moves over the generations (default: constant).
   """
   generations: int
   alpha: float
   boost: float
   blur: int
+  alpha_schedule: AlphaSchedule = AlphaSchedule()
 
   def __post_init__(self):
     _check_counts(self, 0, 'generations', 'blur')
     _check_amounts(self, 'alpha', 'boost')
 
 
-PAPER_SCHEDULE = (
-    LayerSchedule(generations=300, alpha=0.3, boost=5.0, blur=5),
-    LayerSchedule(generations=100, alpha=0.2, boost=3.0, blur=1),
-    LayerSchedule(generations=100, alpha=0.1, boost=3.0, blur=1),
-    LayerSchedule(generations=10, alpha=0.1, boost=1.0, blur=0),
-)
+# The paper's search layers, keyed by the search network's taps (``ModelConfig.tap_names``).
+PAPER_SCHEDULE = {
+    'block0': LayerSchedule(generations=300, alpha=0.3, boost=5.0, blur=5),
+    'block1': LayerSchedule(generations=100, alpha=0.2, boost=3.0, blur=1),
+    'block2': LayerSchedule(generations=100, alpha=0.1, boost=3.0, blur=1),
+    'logits': LayerSchedule(generations=10, alpha=0.1, boost=1.0, blur=0),
+}
+
+
+def _check_layers(name: str, layers: Mapping[str, Any], taps: tuple[str, ...]) -> dict:
+  """``layers`` in tap order, refused unless it has one :class:`LayerSchedule` per tap."""
+  if set(layers) != set(taps):
+    raise ConfigError(f'{name}: needs one schedule per tap of the search network {list(taps)}, '
+                      f'got {list(layers)}')
+  wrong = [k for k, v in layers.items() if not isinstance(v, LayerSchedule)]
+  if wrong:
+    raise ConfigError(f'{name}: {wrong} must be LayerSchedule(generations, alpha, boost, blur)')
+  return FrozenDict((k, layers[k]) for k in taps)
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorConfig:
+  """One search operator, chosen by name from the registry
+  (:mod:`decouple_jax.search.registry`), and its parameters.
+
+  Attributes:
+    name: a name registered for the operator's kind (``registry.names(kind)`` lists them).
+    params: the operator's keyword arguments (numbers, strings, booleans). The name and
+      params are part of the search config, so of every store's and run's identity.
+  """
+  name: str
+  params: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    object.__setattr__(self, 'params', FrozenDict(self.params))
+    bad = {k: v for k, v in self.params.items()
+           if not isinstance(v, (bool, int, float, str)) or
+           (isinstance(v, float) and not math.isfinite(v))}
+    if bad:
+      raise ConfigError(f'params={bad!r}: an operator parameter must be a finite number, a '
+                        'string or a boolean')
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorsConfig:
+  """The search's operators by kind (signatures in :mod:`decouple_jax.search.registry`); the
+  defaults are the paper's.
+
+  Attributes:
+    mutation: the unit perturbation of every child of a generation ('gaussian').
+    crossover: a child from its two parents ('mean').
+    smoothing: the 3x3 blur of block activations ('box').
+    selection: the parents kept each generation ('top_k').
+    fitness: a candidate's LOSS ('cross_entropy'; 'anchored' adds ``weight`` x its distance
+      from the image's own activation, beyond the paper).
+  """
+  mutation: OperatorConfig = OperatorConfig('gaussian')
+  crossover: OperatorConfig = OperatorConfig('mean')
+  smoothing: OperatorConfig = OperatorConfig('box')
+  selection: OperatorConfig = OperatorConfig('top_k')
+  fitness: OperatorConfig = OperatorConfig('cross_entropy')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -453,7 +588,10 @@ class SearchConfig:
 
   Attributes:
     model: the untrained search network (paper: 1 ConvGroup = 2 convs per block).
-    layers: one :class:`LayerSchedule` per search layer: blocks 0, 1, 2 and the logits.
+    layers: one :class:`LayerSchedule` per search layer, keyed by the search network's taps
+      (``model.tap_names``: 'block0', 'block1', 'block2', 'logits'), so
+      ``--config.search.layers.block1.generations=100`` changes one layer.
+    operators: the operators, by registered name and parameters (:class:`OperatorsConfig`).
     population: n_pop; must equal top_k + n_explore + n_refine (paper: 240).
     top_k: parents kept unchanged each generation (elitism; paper: 20).
     n_explore: exploratory children, mutation alpha * boost (paper: 100).
@@ -474,12 +612,6 @@ class SearchConfig:
     method: how each layer's candidates are improved: 'evolution' (the paper's search) or
       'gradient' (a control: descent on the activation through the same network and fitness,
       one step per candidate evolution would score; :mod:`decouple_jax.search.gradient`).
-    anchor_weight: beyond the paper (0 = the paper's fitness): the fitness of a block
-      candidate adds ``anchor_weight`` times its distance from the image's own activation in
-      the search network (:func:`decouple_jax.search.operators.anchor_distance`, 2 * (1 -
-      correlation)), so the search keeps what the image itself gives and adds only what
-      lowers the loss. The logits layer is not anchored. Losses recorded in the store include
-      the term.
     bn_mode: search-network BatchNorm: 'inference' (initial statistics; candidates stay
       independent; default) or 'batch' (statistics over each image's population).
     norm_eps: epsilon of the per-sample normalisation (1e-5).
@@ -495,7 +627,9 @@ class SearchConfig:
     chunk_size: images per store chunk (the unit of resumption).
   """
   model: ModelConfig = ModelConfig()
-  layers: tuple[LayerSchedule, ...] = PAPER_SCHEDULE
+  layers: dict[str, LayerSchedule] = dataclasses.field(
+      default_factory=lambda: dict(PAPER_SCHEDULE))
+  operators: OperatorsConfig = OperatorsConfig()
   population: int = 240
   top_k: int = 20
   n_explore: int = 100
@@ -506,7 +640,6 @@ class SearchConfig:
   blur_padding: str = 'zeros'
   blur_target: str = 'noise'
   method: str = 'evolution'
-  anchor_weight: float = 0.0
   bn_mode: str = 'inference'
   norm_eps: float = 1e-5
   seed: int = 0
@@ -532,9 +665,8 @@ class SearchConfig:
           f'population={self.population} != top_k {self.top_k} + n_explore '
           f'{self.n_explore} + n_refine {self.n_refine}; make the parts add up '
           f'(e.g. population={self.top_k + self.n_explore + self.n_refine})')
-    if len(self.layers) != 4:
-      raise ConfigError(f'layers: needs 4 schedules (blocks 0-2, logits), got '
-                        f'{len(self.layers)}')
+    object.__setattr__(self, 'layers', _check_layers('layers', self.layers,
+                                                     self.model.tap_names))
     _check_choice('refine_pool', self.refine_pool, REFINE_POOLS)
     _check_choice('seed_next', self.seed_next, SEED_NEXT)
     _check_choice('blur_padding', self.blur_padding, BLUR_PADDINGS)
@@ -542,7 +674,7 @@ class SearchConfig:
     _check_choice('method', self.method, SEARCH_METHODS)
     _check_choice('bn_mode', self.bn_mode, BN_MODES)
     _check_choice('store_dtype', self.store_dtype, STORE_DTYPES)
-    _check_amounts(self, 'init_noise', 'anchor_weight')
+    _check_amounts(self, 'init_noise')
     _check_amounts(self, 'norm_eps', positive=True)
 
 
@@ -661,21 +793,19 @@ class FeedbackConfig:
       deviation in such a channel is multiplied by ~1e6, and noisy inputs gave logits of
       1e30. 1e-4 caps that at 100x and moves a channel of variance 0.01 by 0.5%.
     layers: the search schedule of rounds >= 2 (a trained network starts much closer to its
-      targets); empty: ``search.layers``.
+      targets), keyed as ``search.layers``; empty: ``search.layers``.
   """
   rounds: int = 3
   warm_start: bool = True
   bn_stats: str = 'recompute'
   bn_eps: float = 1e-4
-  layers: tuple[LayerSchedule, ...] = ()
+  layers: dict[str, LayerSchedule] = dataclasses.field(default_factory=FrozenDict)
 
   def __post_init__(self):
+    object.__setattr__(self, 'layers', FrozenDict(self.layers))
     _check_counts(self, 1, 'rounds')
     _check_choice('bn_stats', self.bn_stats, BN_STATS_SOURCES)
     _check_amounts(self, 'bn_eps', positive=True)
-    if self.layers and len(self.layers) != 4:
-      raise ConfigError(f'layers: needs 4 schedules (blocks 0-2, logits) or none, got '
-                        f'{len(self.layers)}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -748,3 +878,5 @@ class ExperimentConfig:
   def __post_init__(self):
     if not self.seeds:
       raise ConfigError('seeds=(): give at least one seed, e.g. (0,)')
+    if self.feedback.layers:
+      _check_layers('feedback.layers', self.feedback.layers, self.search.model.tap_names)

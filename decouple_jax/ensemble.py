@@ -292,6 +292,7 @@ def target_diversity(exp: cfglib.ExperimentConfig, ds: datalib.Dataset,
   positions = np.arange(min(exp.analysis.n_images, len(ds.train_images)))
   return {'search_seeds': seeds, 'n_images': len(positions),
           **scaling.runs_diversity(
+              list(exp.search.layers),
               lambda layer: [st.read(positions, layers=[layer])[0] for st in opened],
               [st.best_loss[positions] for st in opened], exp.analysis.threshold)}
 

@@ -50,6 +50,8 @@ def _value(value: Any) -> Any:
     return of(value)
   if isinstance(value, (tuple, list)):
     return type(value)(_value(v) for v in value)
+  if isinstance(value, dict):  # keyed search layers, operator parameters
+    return {k: _value(v) for k, v in value.items()}
   return value
 
 

@@ -21,8 +21,8 @@ from decouple_jax.search import driver
 DATA = dict(train_limit=96, holdout=64, test_limit=64)
 SEARCH = cfglib.SearchConfig(
     model=cfglib.ModelConfig(widths=(4, 4, 4), whiten_images=64),
-    layers=tuple(dataclasses.replace(l, generations=g)
-                 for l, g in zip(cfglib.PAPER_SCHEDULE, (2, 1, 1, 1))),
+    layers={name: dataclasses.replace(l, generations=g)
+            for (name, l), g in zip(cfglib.PAPER_SCHEDULE.items(), (2, 1, 1, 1))},
     population=12, top_k=2, n_explore=4, n_refine=6, batch_images=4, chunk_size=32)
 # A larger BatchNorm eps: MNIST's batch-constant channels would amplify the two runs'
 # different float reduction orders by ~1/sqrt(eps).

@@ -86,9 +86,10 @@ def test_scaled_search_configs_keep_proportions():
   tiny = scaling.scale_population(base, 5)
   assert (tiny.top_k, tiny.n_explore, tiny.n_refine) == (1, 2, 2)
   gens = scaling.scale_generations(base, 0.5)
-  assert [l.generations for l in gens.layers] == [150, 50, 50, 5]
-  assert [l.generations for l in scaling.scale_generations(base, 0.01).layers] == [3, 1, 1, 1]
-  assert gens.layers[0].alpha == base.layers[0].alpha
+  assert [l.generations for l in gens.layers.values()] == [150, 50, 50, 5]
+  assert [l.generations for l in scaling.scale_generations(base, 0.01).layers.values()] == [
+      3, 1, 1, 1]
+  assert gens.layers['block0'].alpha == base.layers['block0'].alpha
 
 
 def _analyze(workdir, mnist_dir, *extra):

@@ -1,6 +1,10 @@
 """Configs: partial dicts keep their parent's defaults; every field is checked when built."""
 
+import dataclasses
+import json
 import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -29,15 +33,14 @@ def test_partial_model_keeps_the_parents_model_defaults(cls, default):
 
 def test_partial_dicts_keep_defaults_at_every_level():
   exp = _build({'student': {'model': {'widths': (16, 16, 16)}, 'train': {'optim': {'lr': 1.0}}},
-                'search': {'layers': [{'generations': 7}] + [{}] * 3}})
+                'search': {'layers': {'block0': {'generations': 7}}}})
   model = exp.student.model
   assert (model.tap, model.tap_scale, model.convs_per_block) == ('pre_gelu', True, 6)
   assert exp.student.train.optim.lr == 1.0
   assert exp.student.train.optim.epochs == cfglib.OptimConfig().epochs
   paper = cfglib.PAPER_SCHEDULE
-  assert exp.search.layers[0] == cfglib.LayerSchedule(7, paper[0].alpha, paper[0].boost,
-                                                      paper[0].blur)
-  assert exp.search.layers[1:] == paper[1:]
+  assert exp.search.layers == {**paper, 'block0': dataclasses.replace(paper['block0'],
+                                                                     generations=7)}
 
 
 def _variants():
@@ -105,14 +108,20 @@ def test_the_code_uses_the_configs_choices():
 
 
 @pytest.mark.parametrize('d, message', [
-    ({'search': {'layers': [{'generations': -1}] + [{}] * 3}},
-     'config.search.layers[0].generations=-1: must be an integer >= 0'),
-    ({'search': {'layers': [{}, {'alpha': float('nan')}, {}, {}]}},
-     'config.search.layers[1].alpha=nan: must be a finite number >= 0'),
-    ({'search': {'layers': [{}, {}, {}, {'alpha': float('inf')}]}},
-     'config.search.layers[3].alpha=inf: must be a finite number >= 0'),
-    ({'search': {'layers': [{}, {}, {'boost': -1.0}, {}]}},
-     'config.search.layers[2].boost=-1.0: must be a finite number >= 0'),
+    ({'search': {'layers': {'block0': {'generations': -1}}}},
+     'config.search.layers.block0.generations=-1: must be an integer >= 0'),
+    ({'search': {'layers': {'block1': {'alpha': float('nan')}}}},
+     'config.search.layers.block1.alpha=nan: must be a finite number >= 0'),
+    ({'search': {'layers': {'logits': {'alpha': float('inf')}}}},
+     'config.search.layers.logits.alpha=inf: must be a finite number >= 0'),
+    ({'search': {'layers': {'block2': {'boost': -1.0}}}},
+     'config.search.layers.block2.boost=-1.0: must be a finite number >= 0'),
+    ({'search': {'layers': {'block1': {'alpha_schedule': {'name': 'step'}}}}},
+     "config.search.layers.block1.alpha_schedule.name='step' is not one of"),
+    ({'search': {'layers': {'block1': {'alpha_schedule': {'end': 0.5}}}}},
+     "config.search.layers.block1.alpha_schedule.end=0.5: a 'constant' schedule has no end"),
+    ({'search': {'operators': {'mutation': {'params': {'df': [3]}}}}},
+     'config.search.operators.mutation.params='),
     ({'sgd': {'train': {'optim': {'epochs': -3}}}},
      'config.sgd.train.optim.epochs=-3: must be an integer >= 1'),
     ({'student': {'train': {'optim': {'batch_size': 0}}}},
@@ -153,8 +162,58 @@ def test_direct_construction_is_checked_too():
 def test_unknown_and_missing_fields_are_named():
   with pytest.raises(cfglib.ConfigError, match=r"config.sgd: unknown field\(s\) \['nope'\]"):
     _build({'sgd': {'nope': 1}})
-  with pytest.raises(cfglib.ConfigError, match=r"config.search.layers\[4\]: .*'alpha'"):
-    _build({'search': {'layers': [{}] * 4 + [{'generations': 1}]}})
+  with pytest.raises(cfglib.ConfigError, match=r"^config.search.layers: unknown name\(s\) "
+                     r"\['block3'\]; valid names: \['block0', 'block1', 'block2', 'logits'\]$"):
+    _build({'search': {'layers': {'block3': {'generations': 1}}}})
+  with pytest.raises(cfglib.ConfigError, match=r"^layers: needs one schedule per tap of the "
+                     r"search network \['block0', 'block1', 'block2', 'logits'\], got \['block0'\]$"):
+    cfglib.SearchConfig(layers={'block0': cfglib.PAPER_SCHEDULE['block0']})
+
+
+# A launch script that prints the search layers it was given: the real flag path (absl,
+# config_flags, decouple_jax.cli's checks, from_dict).
+_PRINT_LAYERS = '''
+import json
+from ml_collections import config_flags
+from decouple_jax import cli, config as cfglib
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'config')
+
+def main(argv):
+  exp = cfglib.from_dict(cfglib.ExperimentConfig, _CONFIG.value)
+  print(json.dumps(cfglib.to_dict(exp.search)['layers']))
+
+cli.run(main)
+'''
+
+
+def _print_layers(tmp_path, *overrides):
+  script = tmp_path / 'launch' / 'print_layers.py'
+  script.parent.mkdir(exist_ok=True)
+  script.write_text(_PRINT_LAYERS)
+  return subprocess.run([sys.executable, str(script), '--config=configs/mnist.py:smoke',
+                         *overrides], cwd=CONFIGS.parent, capture_output=True, text=True,
+                        timeout=120)
+
+
+def test_one_search_layer_is_overridden_by_its_tap_name_on_the_command_line(tmp_path):
+  proc = _print_layers(tmp_path, '--config.search.layers.block1.generations=100',
+                       '--config.search.layers.block1.alpha=0.2',
+                       '--config.search.layers.block1.alpha_schedule.name=cosine',
+                       '--config.search.layers.block1.alpha_schedule.end=0.1')
+  assert proc.returncode == 0, proc.stderr
+  layers = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert list(layers) == ['block0', 'block1', 'block2', 'logits']
+  assert layers['block1'] == {'generations': 100, 'alpha': 0.2, 'boost': 3.0, 'blur': 1,
+                              'alpha_schedule': {'name': 'cosine', 'end': 0.1}}
+  assert layers['block2']['generations'] == 1  # the smoke variant's, untouched
+
+
+def test_an_unknown_layer_name_on_the_command_line_is_one_line_naming_the_layers(tmp_path):
+  proc = _print_layers(tmp_path, '--config.search.layers.block5.alpha=0.2')
+  assert proc.returncode != 0
+  assert proc.stderr.strip().splitlines() == [
+      "error: --config.search.layers.block5.alpha=0.2: config.search.layers has no field "
+      "'block5'; its fields: block0, block1, block2, logits"]
 
 
 def test_cifar10_cpu_aug_is_cpu_with_table_2s_augmentation_and_the_same_search():

@@ -21,7 +21,6 @@ from decouple_jax import runlog
 from decouple_jax.learn import bn_stats
 from decouple_jax.learn import student
 from decouple_jax.learn import trainer
-from decouple_jax.search import driver
 from decouple_jax.search import stores
 from decouple_jax.search.store import StoreError, TargetStore
 
@@ -38,8 +37,8 @@ def _exp(mnist_dir, **feedback_fields) -> cfglib.ExperimentConfig:
       search=cfglib.SearchConfig(
           model=MODEL, population=6, top_k=2, n_explore=2, n_refine=2, batch_images=4,
           chunk_size=32, blur_target='noise',
-          layers=tuple(dataclasses.replace(l, generations=g)
-                       for l, g in zip(cfglib.PAPER_SCHEDULE, (1, 2, 2, 2)))),
+          layers={name: dataclasses.replace(l, generations=g)
+                  for (name, l), g in zip(cfglib.PAPER_SCHEDULE.items(), (1, 2, 2, 2))}),
       student=cfglib.StudentConfig(
           model=dataclasses.replace(MODEL, convs_per_block=4, tap='pre_gelu', tap_scale=True),
           train=TRAIN, kl_weight=1.0),
@@ -90,7 +89,7 @@ def test_two_rounds_run_and_record_every_number(looped):
   assert (first['start'], second['start']) == ('fresh', 'warm')
   for r in results['rounds']:
     assert 0 <= r['test_accuracy'] <= 1 and len(r['r2_train']) == 3
-    assert list(r['mean_best_loss']) == list(driver.LAYER_NAMES)
+    assert list(r['mean_best_loss']) == ['block0', 'block1', 'block2', 'logits']
     assert r['search_seconds'] > 0 and r['train_seconds'] > 0
   assert 0 <= results['sgd']['test_accuracy'] <= 1
   assert (workdir / 'feedback.png').exists()

@@ -42,7 +42,8 @@ SGD = cfglib.SGDConfig(
 SEARCH = cfglib.SearchConfig(
     model=cfglib.ModelConfig(widths=(4, 4, 4), whiten_images=64), population=12, top_k=2,
     n_explore=4, n_refine=6, chunk_size=32,
-    layers=tuple(dataclasses.replace(l, generations=0) for l in cfglib.PAPER_SCHEDULE))
+    layers={name: dataclasses.replace(l, generations=0)
+            for name, l in cfglib.PAPER_SCHEDULE.items()})
 STUDENT = cfglib.StudentConfig(
     model=dataclasses.replace(SEARCH.model, convs_per_block=2, tap='pre_gelu', tap_scale=True),
     train=dataclasses.replace(SGD.train, optim=dataclasses.replace(SGD.train.optim, epochs=1)))
@@ -259,8 +260,8 @@ def test_eta_leaves_out_the_first_step(monkeypatch):
 
 def test_search_losses_are_never_negative(real):
   _, ds = real
-  layers = SEARCH.layers[:3] + (cfglib.LayerSchedule(3, 1e6, 1.0, 0),)
-  cfg = dataclasses.replace(SEARCH, layers=layers)
+  cfg = dataclasses.replace(SEARCH, layers={**SEARCH.layers,
+                                            'logits': cfglib.LayerSchedule(3, 1e6, 1.0, 0)})
   model, variables = models.init_for_dataset(cfg.model, ds, cfg.seed)
   x = data.normalize(ds.train_images[:8], ds.mean, ds.std)
   result = jax.jit(lambda x, y, i: evolve.search_batch(model, variables, cfg, x, y, i))(

@@ -22,8 +22,11 @@ from test_search_operators import np_blur, np_children, np_fitness, np_normalise
 MNIST = pathlib.Path(__file__).resolve().parents[1] / 'data' / 'mnist'
 CFG = config.SearchConfig(
     model=config.ModelConfig(widths=(8, 8, 8)), population=12, top_k=3, n_explore=4,
-    n_refine=5, layers=(config.LayerSchedule(6, 0.3, 5.0, 2), config.LayerSchedule(3, 0.2, 3.0, 1),
-                        config.LayerSchedule(3, 0.1, 3.0, 1), config.LayerSchedule(4, 0.1, 1.0, 0)))
+    n_refine=5, layers={'block0': config.LayerSchedule(6, 0.3, 5.0, 2),
+                        'block1': config.LayerSchedule(3, 0.2, 3.0, 1),
+                        'block2': config.LayerSchedule(3, 0.1, 3.0, 1),
+                        'logits': config.LayerSchedule(4, 0.1, 1.0, 0)})
+LAYER0, LOGITS = CFG.layers['block0'], CFG.layers['logits']
 
 
 # --- one generation against NumPy ------------------------------------------------------------
@@ -58,15 +61,15 @@ def np_generation(h, loss, draws, cfg, schedule, np_score):
 def test_generation_equals_numpy_with_same_draws(shape, refine_pool, blur_target):
   cfg = dataclasses.replace(CFG, refine_pool=refine_pool, blur_padding='valid',
                             blur_target=blur_target)
-  schedule = cfg.layers[0 if len(shape) == 3 else 3]
+  schedule = LAYER0 if len(shape) == 3 else LOGITS
   rng = np.random.default_rng(1)
   head = rng.normal(size=(int(np.prod(shape)), 10)).astype(np.float32) * 0.1
   h = rng.normal(size=(cfg.population, *shape)).astype(np.float32)
   loss = rng.permutation(cfg.population).astype(np.float32)
-  draws = evolve.draw_generation(jax.random.key(2), cfg, shape)
+  draws = search.draw_generation(jax.random.key(2), cfg, shape)
   score = lambda c: ops.fitness(c.reshape(len(c), -1) @ head, 4)
-  step = jax.jit(functools.partial(evolve.generation_step_with_draws, schedule=schedule, cfg=cfg,
-                                   score=score))
+  step = jax.jit(functools.partial(evolve.generation_step_with_draws, alpha=schedule.alpha,
+                                   schedule=schedule, cfg=cfg, score=score))
   got = step(evolve.Population(jnp.asarray(h), jnp.asarray(loss)), draws)
   np_score = lambda c: np_fitness(c.reshape(len(c), -1) @ head.astype(np.float64), 4)
   draws = jax.tree.map(np.asarray, draws)
@@ -83,8 +86,8 @@ def test_batch_bn_mode_scores_the_whole_population():
   pop = evolve.Population(jnp.zeros((12, 10)), jnp.arange(12.0))
   for mode in ('inference', 'batch'):
     cfg = dataclasses.replace(CFG, bn_mode=mode)
-    jax.eval_shape(lambda p: evolve.generation_step(p, jax.random.key(0), schedule=cfg.layers[3],
-                                                    cfg=cfg, score=score), pop)
+    jax.eval_shape(lambda p: evolve.generation_step(p, jax.random.key(0), alpha=LOGITS.alpha,
+                                                    schedule=LOGITS, cfg=cfg, score=score), pop)
   assert seen == [CFG.n_explore + CFG.n_refine, CFG.population]
 
 
@@ -109,28 +112,28 @@ def problem():
   return model, variables, images, labels, indices
 
 
-def _layer0(model, variables, images, labels, skip, ops_=evolve.Operators()):
+def _layer0(model, variables, images, labels, skip):
   """Layer 0 of image 0 from its initial population: (initial population, score, key)."""
   taps = model.apply(variables, jnp.asarray(images[:1].repeat(CFG.population, 0)),
                      use_running_average=True)
   pop = evolve.Population(taps[0], ops.fitness(taps[-1], labels[0]))
   forward = evolve.network_forward(model.clone(identity_convs=skip), variables, 'inference')
   score = lambda h: ops.fitness(forward(0, h)[-1], labels[0])
-  return pop, functools.partial(evolve.generation_step, schedule=CFG.layers[0], cfg=CFG,
-                                score=score, ops=ops_)
+  return pop, functools.partial(evolve.generation_step, alpha=LAYER0.alpha, schedule=LAYER0,
+                                cfg=CFG, score=score)
 
 
 def test_scan_equals_python_loop(problem):
   model, variables, images, labels, _ = problem
   pop, step = _layer0(model, variables, images, labels, models.identity_convs(variables))
   key = jax.random.key(7)
-  scanned, curve = jax.jit(lambda p: evolve.evolve_layer(
-      p, key, schedule=CFG.layers[0], cfg=CFG, score=step.keywords['score']))(pop)
+  scanned, curve = jax.jit(lambda p: evolve.search_layer(
+      p, key, schedule=LAYER0, cfg=CFG, score=step.keywords['score']))(pop)
   looped, jitted_step = pop, jax.jit(step)
   # A scan body and a jitted step are two programs: every child's forward (6 convs summing
   # 9 x 8 terms each) may round otherwise.
   terms = 6 * 9 * 8
-  for g in range(CFG.layers[0].generations):
+  for g in range(LAYER0.generations):
     looped = jitted_step(looped, jax.random.fold_in(key, g))
     assert_close(curve[g], looped.loss.min(), terms)
   assert_close(scanned.h, looped.h, terms)
@@ -140,7 +143,7 @@ def test_scan_equals_python_loop(problem):
 def test_jit_equals_no_jit():
   rng = np.random.default_rng(3)
   head = jnp.asarray(rng.normal(size=(10, 10)), jnp.float32)
-  step = functools.partial(evolve.generation_step, schedule=CFG.layers[3], cfg=CFG,
+  step = functools.partial(evolve.generation_step, alpha=LOGITS.alpha, schedule=LOGITS, cfg=CFG,
                            score=lambda c: ops.fitness(c @ head, 2))
   pop = evolve.Population(jnp.asarray(rng.normal(size=(12, 10)), jnp.float32), jnp.arange(12.0))
   eager, jitted = step(pop, jax.random.key(1)), jax.jit(step)(pop, jax.random.key(1))
@@ -227,7 +230,7 @@ def test_result_shapes_and_losses_are_consistent(problem, searched):
   model, variables, _, labels, _ = problem
   r = searched['r8']
   assert [t.shape for t in r.targets] == [(4, 13, 13, 8), (4, 6, 6, 8), (4, 3, 3, 8), (4, 10)]
-  assert [c.shape for c in r.curves] == [(4, s.generations) for s in CFG.layers]
+  assert [c.shape for c in r.curves] == [(4, s.generations) for s in CFG.layers.values()]
   assert r.best_loss.shape == (4, 4) and r.init_loss.shape == (4,)
   for layer in range(4):
     # A target's loss, re-scored through the rest of the network, is its reported loss.
@@ -266,20 +269,20 @@ def reference_search(model, variables, cfg, image, label, index):
     return [np.asarray(t, np.float64) for t in jitted(layer)(jnp.asarray(h, jnp.float32))]
 
   image_key = jax.random.fold_in(jax.random.key(cfg.seed), index)
-  noise = np.asarray(evolve.Operators().normal(jax.random.fold_in(image_key, 0),
+  noise = np.asarray(search.fast.normal(jax.random.fold_in(image_key, 0),
                                                (cfg.population, *image.shape)))
   noisy = image + cfg.init_noise * image.std(axis=(0, 1)) * noise
   taps = forward(-1, noisy)
   h, loss = taps[0], np_fitness(taps[-1], label)
   init_loss = loss.min()
   targets, best_loss, curves = [], [], []
-  for layer, schedule in enumerate(cfg.layers):
+  for layer, schedule in enumerate(cfg.layers.values()):
     def np_score(c, layer=layer):
       return np_fitness(c if layer == 3 else forward(layer, c)[-1], label)
     curve = []
     for g in range(schedule.generations):
       key = jax.random.fold_in(jax.random.fold_in(image_key, layer + 1), g)
-      draws = jax.tree.map(np.asarray, evolve.draw_generation(key, cfg, h.shape[1:]))
+      draws = jax.tree.map(np.asarray, search.draw_generation(key, cfg, h.shape[1:]))
       h, loss = np_generation(h, loss, draws, cfg, schedule, np_score)
       curve.append(loss.min())
     best = np.argmin(loss)
@@ -328,14 +331,14 @@ def test_gradient_control_takes_one_step_per_child_and_never_worsens(problem, la
   def counting(h):  # counts candidates scored at run time, inside the scan too
     jax.debug.callback(lambda n: evaluated.append(int(n)), h.shape[0])
     return score(h)
-  out, curve = jax.jit(lambda p: search.gradient.descend_layer(
-      p, jax.random.key(0), schedule=cfg.layers[layer], cfg=cfg, score=counting,
-      ops=evolve.Operators()))(pop)
+  schedule = list(cfg.layers.values())[layer]
+  out, curve = jax.jit(lambda p: evolve.search_layer(
+      p, jax.random.key(0), schedule=schedule, cfg=cfg, score=counting))(pop)
   jax.effects_barrier()
   children = cfg.n_explore + cfg.n_refine
   # Evolution scores G * C children; the descent takes as many steps, plus the last candidate.
-  assert sum(evaluated) == cfg.layers[layer].generations * children + 1
-  assert out.h.shape == pop.h.shape and curve.shape == (cfg.layers[layer].generations,)
+  assert sum(evaluated) == schedule.generations * children + 1
+  assert out.h.shape == pop.h.shape and curve.shape == (schedule.generations,)
   np.testing.assert_allclose(score(out.h[:1]), out.loss[:1], rtol=1e-5)
   assert np.all(np.diff(curve) <= 0) and curve[-1] == out.loss[0]
   assert out.loss[0] < pop.loss.min() - 0.05
@@ -344,11 +347,12 @@ def test_gradient_control_takes_one_step_per_child_and_never_worsens(problem, la
 
 
 def test_anchored_fitness_keeps_targets_near_the_image_and_scores_the_sum(problem, searched):
-  """search.anchor_weight: a block target's reported loss is its cross-entropy plus the weight
-  times its distance from the image's own activation, and the targets stay nearer to it than
-  the paper's fitness leaves them."""
+  """The 'anchored' fitness: a block target's reported loss is its cross-entropy plus the
+  weight times its distance from the image's own activation, and the targets stay nearer to it
+  than the paper's fitness leaves them."""
   model, variables, images, labels, indices = problem
-  cfg = dataclasses.replace(CFG, anchor_weight=2.0)
+  cfg = dataclasses.replace(CFG, operators=dataclasses.replace(
+      CFG.operators, fitness=config.OperatorConfig('anchored', {'weight': 2.0})))
   r = search.search_in_batches(search.make_search_fn(model, variables, cfg), 8, images, labels,
                                indices)
   clean = model.apply(variables, jnp.asarray(images), use_running_average=True)
@@ -361,3 +365,33 @@ def test_anchored_fitness_keeps_targets_near_the_image_and_scores_the_sum(proble
     np.testing.assert_allclose(r.best_loss[:, layer], ce + 2.0 * d_anchored, rtol=1e-5)
     d_paper = distance(jnp.asarray(searched['r8'].targets[layer]), clean[layer])
     assert float(d_anchored.mean()) < float(d_paper.mean())
+
+
+# --- the shared layer loop and its alpha schedule ----------------------------------------------
+
+@pytest.mark.parametrize('name, end', [('constant', 1.0), ('linear', 0.25), ('cosine', 0.1)])
+def test_the_layer_loop_reads_alpha_at_the_generation_counter(name, end):
+  """layer.run hands generation g the schedule's alpha at g: from alpha down to end x alpha."""
+  schedule = config.LayerSchedule(5, 0.4, 1.0, 0, config.AlphaSchedule(name, end))
+  recorder = search.layer.Method(  # records each generation's alpha, returns them as h
+      init=lambda pop: (0, jnp.zeros(5)),
+      step=lambda s, key, alpha: (s[0] + 1, s[1].at[s[0]].set(alpha)),
+      best_loss=lambda s: s[1][0], finish=lambda s, pop: pop.replace(h=s[1]))
+  pop = evolve.Population(jnp.zeros((3, 2)), jnp.arange(3.0))
+  out, _ = jax.jit(lambda p: search.layer.run(p, jax.random.key(0), schedule=schedule,
+                                              method=recorder))(pop)
+  alphas = np.asarray(out.h)
+  np.testing.assert_allclose(alphas[[0, -1]], [0.4, 0.4 * end], rtol=1e-6)
+  assert np.all(np.diff(alphas) <= 1e-7) and (name == 'constant') == np.all(alphas == 0.4)
+
+
+def test_a_decaying_alpha_changes_the_search_and_the_constant_one_is_the_default(problem):
+  model, variables, images, labels, indices = problem
+  run = lambda cfg: search.make_search_fn(model, variables, cfg,
+                                          mesh=search.make_mesh(jax.devices()[:1]))(
+      images[:1], labels[:1], indices[:1])
+  decaying = dataclasses.replace(CFG, layers={**CFG.layers, 'block0': dataclasses.replace(
+      LAYER0, alpha_schedule=config.AlphaSchedule('cosine', 0.1))})
+  base, decayed = run(CFG), run(decaying)
+  assert not np.array_equal(base.targets[0], decayed.targets[0])
+  assert decayed.curves[0].shape == base.curves[0].shape

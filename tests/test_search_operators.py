@@ -7,6 +7,7 @@ import pytest
 
 from decouple_jax import models
 from decouple_jax.search import fast
+from decouple_jax.search import mutation
 from decouple_jax.search import operators as ops
 from numerics import assert_close
 
@@ -62,7 +63,8 @@ def np_children(pool, parents, noise, alpha, finish):
 def test_crossover_and_mutate_exact_values():
   a, b = np.array([[1.0, 3.0]], np.float32), np.array([[3.0, 7.0]], np.float32)
   np.testing.assert_array_equal(ops.crossover(a, b), [[2.0, 5.0]])
-  out = ops.mutate(a, np.array([[2.0]], np.float32), 0.5, np.array([[1.0, -2.0]], np.float32))
+  out = mutation.perturb(a, np.array([[2.0]], np.float32), 0.5,
+                         np.array([[1.0, -2.0]], np.float32))
   np.testing.assert_array_equal(out, [[2.0, 1.0]])
 
 
@@ -81,19 +83,6 @@ def test_init_population_scales_noise_by_channel_std():
   np.testing.assert_array_equal(got[..., 0], noise[..., 0] * 0.0)  # constant channel: no noise
   np.testing.assert_allclose(got[..., 1], image[..., 1] + 0.1 * image[..., 1].std() * noise[..., 1],
                              rtol=1e-6)
-  keyed = jax.jit(ops.init_population_from_key, static_argnums=(2, 3))(
-      jax.random.key(1), jnp.asarray(image), 3, 0.1)
-  drawn = jax.random.normal(jax.random.key(1), (3, 4, 4, 2))
-  # The sampler fused into the scaling: a few elementwise ops may contract (FMA) otherwise.
-  assert_close(keyed, ops.init_population(jnp.asarray(image), drawn, 0.1), terms=4)
-
-
-def test_mutate_from_key_uses_the_keys_draws():
-  h, sigma = jnp.asarray(_f32(4, 10)), jnp.asarray(_f32(4, 1))
-  key = jax.random.key(2)
-  # Fused with its draws, the mutation may contract (FMA) otherwise: a few roundings.
-  assert_close(ops.mutate_from_key(key, h, sigma, 0.3),
-               ops.mutate(h, sigma, 0.3, jax.random.normal(key, (4, 10))), terms=4)
 
 
 def test_center_removes_the_class_mean():
@@ -188,27 +177,13 @@ def test_make_children_equals_numpy_with_same_draws(kind):
     np_finish = lambda x: np_normalise(np_blur(x, 2, 'zeros'), 1e-5)
   else:
     finish, np_finish = ops.center, lambda x: x - x.mean(axis=1, keepdims=True)
-  run = lambda *a: ops.make_children(*a, 0.7, finish)
+  run = lambda *a: mutation.make_children(*a, 0.7, finish)
   got = run(jnp.asarray(pool), jnp.asarray(parents), jnp.asarray(noise))
   jitted = jax.jit(run)(jnp.asarray(pool), jnp.asarray(parents), jnp.asarray(noise))
   expected = np_children(pool.astype(np.float64), parents, noise, 0.7, np_finish)
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
   # jit fuses otherwise: the blur's sums (2 passes of 9 terms) and the std's (4 x 5 x 3).
   assert_close(jitted, got, terms=2 * 9 + 4 * 5 * 3)
-
-
-def test_make_children_from_key_uses_the_keys_draws():
-  pool = jnp.asarray(_f32(5, 10))
-  key = jax.random.key(4)
-
-  @jax.jit
-  def both(key, pool):
-    k_parents, k_noise = jax.random.split(key)
-    expected = ops.make_children(pool, ops.draw_parents(k_parents, np.full(7, 5)),
-                                 jax.random.normal(k_noise, (7, 10)), 0.2)
-    return ops.make_children_from_key(key, pool, 7, 0.2), expected
-  # One jit, two fusions of the same few elementwise ops (and the class mean's 10 terms).
-  assert_close(*both(key, pool), terms=10)
 
 
 # --- fast paths -------------------------------------------------------------------------------

@@ -37,7 +37,6 @@ from decouple_jax.learn import student
 from decouple_jax.search import driver
 from decouple_jax.search import sharding
 from decouple_jax.search import stores
-from decouple_jax.search.driver import LAYER_NAMES
 
 
 def scale_population(cfg: cfglib.SearchConfig, population: int) -> cfglib.SearchConfig:
@@ -55,8 +54,8 @@ def scale_population(cfg: cfglib.SearchConfig, population: int) -> cfglib.Search
 
 def scale_generations(cfg: cfglib.SearchConfig, multiplier: float) -> cfglib.SearchConfig:
   """``cfg`` with every layer's generations multiplied by ``multiplier`` (at least 1)."""
-  layers = tuple(dataclasses.replace(l, generations=max(1, round(multiplier * l.generations)))
-                 for l in cfg.layers)
+  layers = {name: dataclasses.replace(l, generations=max(1, round(multiplier * l.generations)))
+            for name, l in cfg.layers.items()}
   return dataclasses.replace(cfg, layers=layers)
 
 
@@ -83,10 +82,10 @@ class Searcher:
     self._done: dict[cfglib.SearchConfig, dict] = {}
 
   def __call__(self, cfg: cfglib.SearchConfig) -> dict:
-    """{'targets': 4 arrays (n, *S_l), 'best_loss': (n, 4), 'init_loss': (n,),
-    'curves': 4 arrays (n, G_l)} of ``cfg`` (searched once per config)."""
+    """{'targets': L arrays (n, *S_l), 'best_loss': (n, L), 'init_loss': (n,),
+    'curves': L arrays (n, G_l)} of ``cfg``'s L search layers (searched once per config)."""
     if cfg not in self._done:
-      gens = '/'.join(str(l.generations) for l in cfg.layers)
+      gens = '/'.join(str(l.generations) for l in cfg.layers.values())
       bar = runlog.progress(total=len(self.images), unit='img',
                             desc=f'search (population {cfg.population}, generations {gens}, '
                             f'seed {cfg.seed})')
@@ -126,7 +125,7 @@ def search_scaling(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
     {'layers', 'n_images', 'base': {'population', 'generations'},
      'population': {'sizes', 'parts': [top_k, n_explore, n_refine] per size, 'mean_best_loss':
        (len(populations), 4), 'mean_init_loss', 'mean_curves'},
-     'generations': {'multipliers', 'per_layer': (len(generations), 4) generations,
+     'generations': {'multipliers', 'per_layer': (len(generations), L) generations,
        'mean_best_loss': (len(generations), 4), 'mean_init_loss', 'mean_curves'}},
     losses in nats averaged over the images; 'mean_curves' holds each setting's mean best
     loss after every generation of every layer.
@@ -140,14 +139,15 @@ def search_scaling(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
     stats = [_mean_losses(searcher(c)) for c in cfgs]
     return {k: [s[k] for s in stats] for k in stats[0]}
   return {
-      'layers': list(LAYER_NAMES), 'n_images': n_images,
+      'layers': list(search_cfg.layers), 'n_images': n_images,
       'base': {'population': search_cfg.population,
-               'generations': [l.generations for l in search_cfg.layers]},
+               'generations': [l.generations for l in search_cfg.layers.values()]},
       'population': {'sizes': list(populations),
                      'parts': [[c.top_k, c.n_explore, c.n_refine] for c in by_population],
                      **sweep(by_population)},
       'generations': {'multipliers': list(generations),
-                      'per_layer': [[l.generations for l in c.layers] for c in by_generations],
+                      'per_layer': [[l.generations for l in c.layers.values()]
+                                    for c in by_generations],
                       **sweep(by_generations)},
   }
 
@@ -208,18 +208,20 @@ def search_diversity(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfi
   seeds = [search_cfg.seed + r for r in range(n_runs)]
   results = [searcher(dataclasses.replace(search_cfg, seed=s)) for s in seeds]
   return {'n_images': n_images, 'seeds': seeds, 'runs': list(range(1, n_runs + 1)),
-          **runs_diversity(lambda layer: [r['targets'][layer] for r in results],
+          **runs_diversity(list(search_cfg.layers),
+                           lambda layer: [r['targets'][layer] for r in results],
                            [r['best_loss'] for r in results], threshold)}
 
 
-def runs_diversity(targets: Callable[[int], Sequence[np.ndarray]],
+def runs_diversity(layer_names: Sequence[str], targets: Callable[[int], Sequence[np.ndarray]],
                    best_loss: Sequence[np.ndarray], threshold: float) -> dict:
   """Per search layer, the effective number of distinct targets among R runs' targets of the
   same n images (:func:`kept_effective_numbers`, for k = 1 .. R runs).
 
   Args:
+    layer_names: the search's L layers (``search_cfg.layers``).
     targets: ``targets(layer)`` -> R arrays (n, ...): each run's best candidate of that layer.
-    best_loss: R arrays (n, 4): each run's best loss per layer (nats).
+    best_loss: R arrays (n, L): each run's best loss per layer (nats).
     threshold: the true-class probability a candidate must exceed to be kept.
 
   Returns:
@@ -227,8 +229,8 @@ def runs_diversity(targets: Callable[[int], Sequence[np.ndarray]],
     image kept a candidate), 'images', 'kept' and 'n_eff_all' (N_eff of every run's
     candidate, no threshold)}.
   """
-  out = {'layers': list(LAYER_NAMES), 'threshold': threshold}
-  for layer, name in enumerate(LAYER_NAMES):
+  out = {'layers': list(layer_names), 'threshold': threshold}
+  for layer, name in enumerate(layer_names):
     layer_targets = np.stack(targets(layer))
     loss = np.stack([b[:, layer] for b in best_loss])
     n_eff, images, kept = kept_effective_numbers(layer_targets, loss, threshold)
@@ -287,6 +289,7 @@ def accuracy_vs_compute(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Pat
                      'test_accuracy': [accuracy(scale_population(exp.search, p))
                                        for p in populations]},
       'generations': {'multipliers': list(generations),
-                      'per_layer': [[l.generations for l in c.layers] for c in by_generations],
+                      'per_layer': [[l.generations for l in c.layers.values()]
+                                    for c in by_generations],
                       'test_accuracy': [accuracy(c) for c in by_generations]},
   }

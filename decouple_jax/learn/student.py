@@ -1,7 +1,8 @@
 """The student (paper section 4.2; docs/method.md section 4): a network that regresses onto the
 cached searched targets.
 
-Loss per batch, with S the supervised blocks ({0, 1, 2}, or {1, 2} for 'skip_block0'):
+Loss per batch, with S the supervised blocks (every block: {0, 1, 2} for the three-block
+family, or all but block 0 for 'skip_block0'):
 
   (1/|S|) * sum_{l in S} mse_coef * MSE(tap_l(x), target_l(x))
   + kl_weight * KL(softmax(target_logits) || softmax(head(stop_gradient(block2(x)))))
@@ -33,10 +34,10 @@ from decouple_jax.search import stores
 from decouple_jax.search.store import device_targets
 
 
-def supervised_blocks(variant: str) -> tuple[int, ...]:
-  """Blocks whose outputs regress onto targets: 'all_layers' -> (0, 1, 2), 'skip_block0' ->
-  (1, 2)."""
-  return {'all_layers': (0, 1, 2), 'skip_block0': (1, 2)}[variant]
+def supervised_blocks(variant: str, num_blocks: int) -> tuple[int, ...]:
+  """Blocks whose outputs regress onto targets, of ``num_blocks``: 'all_layers' -> every one
+  (0, 1, 2 for three), 'skip_block0' -> all but block 0."""
+  return tuple(range({'all_layers': 0, 'skip_block0': 1}[variant], num_blocks))
 
 
 def squared_error(pred: jax.Array, target: jax.Array, reduction: str) -> jax.Array:
@@ -59,22 +60,24 @@ def kl_to_searched(target_logits: jax.Array, logits: jax.Array) -> jax.Array:
 def student_loss_fn(model: models.AirbenchNet, cfg: cfglib.StudentConfig) -> trainer.LossFn:
   """The student's loss for :func:`decouple_jax.learn.trainer.fit`.
 
-  ``batch.extras`` are the searched targets at the batch's positions: (B, H_l, W_l, w_l) for
-  blocks 0..2 and (B, K) logits.
+  ``batch.extras`` are the searched targets at the batch's positions, one per tap:
+  (B, H_l, W_l, w_l) for each block, then (B, K) logits.
   """
   if not model.detach_head:
     raise ValueError('the student needs AirbenchNet(detach_head=True): the head must sit '
                      'behind stop_gradient')
-  blocks = supervised_blocks(cfg.variant)
+  num_blocks = len(model.widths)
+  blocks = supervised_blocks(cfg.variant, num_blocks)
 
   def loss_fn(params, batch_stats, batch: trainer.Batch):
     taps, updates = model.apply({'params': params, 'batch_stats': batch_stats}, batch.images,
                                 use_running_average=False, mutable=['batch_stats'])
-    mse = {l: squared_error(taps[l], batch.extras[l], cfg.mse_reduction) for l in (0, 1, 2)}
+    mse = {l: squared_error(taps[l], batch.extras[l], cfg.mse_reduction)
+           for l in range(num_blocks)}
     body = sum(cfg.mse_coef * mse[l] for l in blocks) / len(blocks)
-    kl = kl_to_searched(batch.extras[3], taps[3])
+    kl = kl_to_searched(batch.extras[-1], taps[-1])
     metrics = {f'mse_block{l}': v for l, v in mse.items()}
-    metrics.update(kl=kl, train_accuracy=jnp.mean(jnp.argmax(taps[3], -1) == batch.labels))
+    metrics.update(kl=kl, train_accuracy=jnp.mean(jnp.argmax(taps[-1], -1) == batch.labels))
     return body + cfg.kl_weight * kl, (updates['batch_stats'], metrics)
   return loss_fn
 

@@ -28,26 +28,22 @@ from decouple_jax import distributed
 from decouple_jax import identity
 from decouple_jax import models
 from decouple_jax import runlog
-from decouple_jax.search import evolve
 from decouple_jax.search import sharding
 from decouple_jax.search import stores
 from decouple_jax.search.store import TargetStore
-
-LAYER_NAMES = ('block0', 'block1', 'block2', 'logits')
 
 
 def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
                directory: str | pathlib.Path, *, ds: datalib.Dataset | None = None,
                mesh: jax.sharding.Mesh | None = None, split: str = 'train',
-               network: tuple | None = None, ops: evolve.Operators = evolve.Operators(),
-               memory_bytes: int | None = None) -> TargetStore:
+               network: tuple | None = None, memory_bytes: int | None = None) -> TargetStore:
   """Searches every image of ``split`` of ``data_cfg`` into the store at ``directory``.
 
   Args:
     data_cfg: the data set.
-    search_cfg: the search.
+    search_cfg: the search, its operators by name too (``search_cfg.operators``).
     directory: the target store (created, or resumed if it holds this search's store; a
-      store of another config, network, operators or split is refused). A complete store with
+      store of another config, network, operators' code or split is refused). A complete store with
       its summary is returned as it is.
     ds: the already loaded data set, if any.
     mesh: 1-D device mesh, axis 'images' (default: this process's devices).
@@ -56,7 +52,6 @@ def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
     network: (model, variables) of the network to search in, e.g. a trained student (its
       taps are then what is searched); default the untrained network of
       ``search_cfg.model``, initialised from ``search_cfg.seed``.
-    ops: the search's operators; a store records which ones made it.
     memory_bytes: usable memory per device for sizing ``search_cfg.batch_images`` (see
       :func:`decouple_jax.search.sharding.images_per_call`); default the device's.
 
@@ -73,7 +68,7 @@ def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
   else:
     model, variables = network
     network_id = cfglib.hash_tree(variables)
-  store_id = stores.StoreId(data_cfg, search_cfg, ds, split, network_id, stores.operators_id(ops))
+  store_id = stores.StoreId(data_cfg, search_cfg, ds, split, network_id)
   store = stores.create_or_open(directory, store_id, model)
   # Which chunks are missing and whether the store was summarised, as process 0 sees them:
   # the processes must decide alike, or one would wait for the others forever.
@@ -86,7 +81,7 @@ def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
     return store
   images, labels, index = stores.split_arrays(ds, split)
   todo = distributed.share(missing)
-  search_fn = sharding.make_search_fn(model, variables, search_cfg, mesh, ops=ops)
+  search_fn = sharding.make_search_fn(model, variables, search_cfg, mesh)
   log = runlog.JsonLines(directory / 'search_log.jsonl')
   bar = runlog.progress(total=sum(np.subtract(*store.chunk_range(c)[::-1]) for c in todo),
                         desc=f'search {split}', unit='img')
@@ -99,7 +94,8 @@ def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
     def progress(part):
       best.append(part.best_loss)
       bar.update(len(part.best_loss))
-      bar.set_postfix({n: f'{v:.3f}' for n, v in zip(LAYER_NAMES, np.concatenate(best).mean(0))})
+      bar.set_postfix({n: f'{v:.3f}' for n, v in zip(search_cfg.layers,
+                                                      np.concatenate(best).mean(0))})
     result = search_fn.search(
         np.asarray(datalib.normalize(images[start:stop], ds.mean, ds.std)),
         labels[start:stop], index[start:stop], memory_bytes=memory_bytes, on_batch=progress)
@@ -108,7 +104,7 @@ def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
     log.write({'chunk': c, 'process': jax.process_index(), 'images': stop - start,
                'seconds': time.perf_counter() - t0, 'init_loss': float(result.init_loss.mean()),
                **{f'best_loss_{n}': float(v)
-                  for n, v in zip(LAYER_NAMES, result.best_loss.mean(0))}})
+                  for n, v in zip(search_cfg.layers, result.best_loss.mean(0))}})
   bar.close()
   seconds = time.perf_counter() - t_start
   distributed.barrier(f'search {directory}')
@@ -117,22 +113,23 @@ def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
   if distributed.is_main():
     devices = search_fn.mesh.size * jax.process_count()
     batch = search_fn.sized_batch(ds.image_shape)  # None if this process searched nothing
-    summary = search_summary(store, done, seconds, devices,
+    summary = search_summary(store, list(search_cfg.layers), done, seconds, devices,
                              batch and batch // search_fn.mesh.size)
     runlog.write_json(directory / 'summary.json', identity.record(store_id.config(), **summary))
   distributed.barrier(f'summary {directory}')
   return store
 
 
-def search_summary(store: TargetStore, images_this_run: int, seconds: float,
-                   devices: int, images_per_device: int | None) -> dict:
-  """Mean initial and per-layer best losses over the store, and this run's speed
-  (``images_per_device``: searched at once, None if this process searched nothing)."""
+def search_summary(store: TargetStore, layer_names: list[str], images_this_run: int,
+                   seconds: float, devices: int, images_per_device: int | None) -> dict:
+  """Mean initial and per-layer best losses over the store (by ``layer_names``, the search's
+  layers), and this run's speed (``images_per_device``: searched at once, None if this process
+  searched nothing)."""
   best = store.best_loss
   return {
       'images': store.spec.num_images,
       'mean_init_loss': float(np.nanmean(store.init_loss)),
-      'mean_best_loss': {n: float(v) for n, v in zip(LAYER_NAMES, np.nanmean(best, 0))},
+      'mean_best_loss': {n: float(v) for n, v in zip(layer_names, np.nanmean(best, 0))},
       'images_this_run': images_this_run,
       'seconds_this_run': seconds,
       'images_per_s': images_this_run / seconds if seconds > 0 else None,

@@ -4,9 +4,11 @@ the operators.
 Three levels, each a pure function of explicit state (evosax style):
 
 * :func:`generation_step`: one generation of one image's population at one layer;
-* :func:`evolve_layer`: ``lax.scan`` of generation steps over a layer's G_l generations;
-* :func:`search_image` / :func:`search_batch`: initial population, then the four layers in
-  turn, each seeded from the previous one; ``search_batch`` is ``vmap`` over images.
+* :func:`search_layer`: a layer's G_l generations (of evolution, or of the gradient control)
+  under ``lax.scan``;
+* :func:`search_image` / :func:`search_batch`: initial population, then the layers (one per
+  tap of the network: blocks, then logits) in turn, each seeded from the previous one;
+  ``search_batch`` is ``vmap`` over images.
 
 Fitness is a LOSS everywhere (cross-entropy against the label; lower is better; NaN -> +inf).
 
@@ -16,49 +18,28 @@ uses ``fold_in(image_key, 0)``, layer l ``fold_in(image_key, l + 1)`` and its ge
 searched in or on the number of devices (its values do only by float rounding; see
 :mod:`decouple_jax.search.sharding`).
 
-The pieces of a generation are swappable through :class:`Operators` (e.g. the plain
-``reduce_window`` blur instead of the matrix one).
+The operators are chosen by name in ``cfg.operators`` (:mod:`decouple_jax.search.registry`);
+how a child is made is :mod:`decouple_jax.search.mutation`'s, and the loop over a layer's
+generations, shared with the gradient control, :mod:`decouple_jax.search.layer`'s.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
-from jax import lax
 
 from decouple_jax.config import LayerSchedule, SearchConfig
 from decouple_jax.models import airbench
 from decouple_jax.search import fast
 from decouple_jax.search import gradient
+from decouple_jax.search import layer
+from decouple_jax.search import mutation
 from decouple_jax.search import operators as ops_lib
-
-
-class Operators(NamedTuple):
-  """The swappable pieces of a generation; the defaults are the engine's.
-
-  Attributes:
-    normal: (key, shape) -> float32 standard normal draws.
-    crossover: (h1, h2) -> child.
-    mutate: (h, sigma, alpha, noise) -> mutated h.
-    blur: (h (P, H, W, C), passes, padding) -> h.
-    normalise: (h (P, H, W, C), eps) -> h.
-    center: logits (P, K) -> logits.
-    fitness: (logits (P, K), label) -> LOSS (P,), lower is better, NaN -> +inf.
-    select: (loss (P,), k) -> indices (k,) of the k lowest losses, best first.
-  """
-  normal: Callable = fast.normal
-  crossover: Callable = ops_lib.crossover
-  mutate: Callable = ops_lib.mutate
-  blur: Callable = fast.blur
-  normalise: Callable = ops_lib.normalise
-  center: Callable = ops_lib.center
-  fitness: Callable = ops_lib.fitness
-  select: Callable = ops_lib.select
+from decouple_jax.search import registry
 
 
 @struct.dataclass
@@ -73,28 +54,16 @@ class Population:
   loss: jax.Array
 
 
-class Draws(NamedTuple):
-  """All random draws of one generation: C = C_exp + C_ref children, explorers first.
-
-  Attributes:
-    parents: (C, 2) int32 parent indices: explorers' into the top-k parents, refiners' into
-      the refinement pool.
-    noise: (C, *S) standard normal mutation noise.
-  """
-  parents: jax.Array
-  noise: jax.Array
-
-
 @struct.dataclass
 class SearchResult:
   """The searched targets of a batch of B images, and how well they score (as LOSSES).
 
   Attributes:
-    targets: 4 arrays, the best candidate of each search layer: (B, H_0, W_0, w_0),
-      (B, H_1, W_1, w_1), (B, H_2, W_2, w_2), (B, K).
-    best_loss: (B, 4) loss of each layer's best candidate at the end of that layer.
+    targets: the best candidate of each search layer (L of them, the network's taps):
+      (B, H_0, W_0, w_0), (B, H_1, W_1, w_1), (B, H_2, W_2, w_2), (B, K).
+    best_loss: (B, L) loss of each layer's best candidate at the end of that layer.
     init_loss: (B,) best loss of the initial (noisy-input) population.
-    curves: 4 arrays (B, G_l): the best loss after each generation of layer l.
+    curves: L arrays (B, G_l): the best loss after each generation of layer l.
   """
   targets: tuple[jax.Array, ...]
   best_loss: jax.Array
@@ -102,107 +71,75 @@ class SearchResult:
   curves: tuple[jax.Array, ...]
 
 
-def refine_pool_size(cfg: SearchConfig) -> int:
-  """Size of the pool refinement parents are drawn from."""
-  if cfg.refine_pool == 'parents_and_explorers':
-    return cfg.top_k + cfg.n_explore
-  return cfg.top_k
-
-
-def draw_generation(key: jax.Array, cfg: SearchConfig, shape: tuple[int, ...],
-                    normal: Callable = fast.normal) -> Draws:
-  """The draws of one generation for candidates of ``shape`` (without the population axis).
-
-  One draw call each for parents and noise: fewer PRNG call sites compile faster.
-  """
-  k_parents, k_noise = jax.random.split(key)
-  pool_sizes = np.repeat([cfg.top_k, refine_pool_size(cfg)], [cfg.n_explore, cfg.n_refine])
-  return Draws(parents=ops_lib.draw_parents(k_parents, pool_sizes),
-               noise=normal(k_noise, (cfg.n_explore + cfg.n_refine, *shape)))
-
-
-def _finish(h: jax.Array, schedule: LayerSchedule, cfg: SearchConfig, ops: Operators):
-  """What follows mutation: [blur +] normalisation for activations, centring for logits."""
-  if ops_lib.is_logits(h):
-    return ops.center
-  if cfg.blur_target == 'noise':
-    return lambda x: ops.normalise(x, cfg.norm_eps)
-  return lambda x: ops.normalise(ops.blur(x, schedule.blur, cfg.blur_padding), cfg.norm_eps)
-
-
-def _mutation_noise(noise: jax.Array, schedule: LayerSchedule, cfg: SearchConfig,
-                    ops: Operators) -> jax.Array:
-  """The draws as the mutation adds them: smoothed first under ``blur_target='noise'``.
-
-  Blurring the noise or the whole child adds the same smoothed noise; they differ only in
-  whether the parents' mean is smoothed too, which compounds along a lineage.
-  """
-  if cfg.blur_target == 'noise' and not ops_lib.is_logits(noise):
-    return ops.blur(noise, schedule.blur, cfg.blur_padding)
-  return noise
-
-
-def generation_step_with_draws(pop: Population, draws: Draws, *, schedule: LayerSchedule,
-                               cfg: SearchConfig, score: Callable[[jax.Array], jax.Array],
-                               ops: Operators = Operators()) -> Population:
-  """One generation: elitist top-k, explorers, refiners, then score.
+def generation_step_with_draws(pop: Population, draws: mutation.Draws, *, alpha,
+                               schedule: LayerSchedule, cfg: SearchConfig,
+                               score: Callable[[jax.Array], jax.Array]) -> Population:
+  """One generation: elitist top-k, explorers, refiners (:func:`~decouple_jax.search.mutation.
+  offspring`), then score.
 
   Args:
     pop: the population, P = cfg.population candidates with known losses.
-    draws: this generation's :class:`Draws`.
-    schedule: the layer's alpha, boost and blur passes.
-    cfg: population split, refinement pool, blur padding, normalisation eps, BN mode.
+    draws: this generation's :class:`~decouple_jax.search.mutation.Draws`.
+    alpha: this generation's alpha (:func:`decouple_jax.search.layer.alpha_schedule`).
+    schedule: the layer's boost and blur passes.
+    cfg: population split, refinement pool, blur padding, normalisation eps, BN mode, and the
+      operators (``cfg.operators``).
     score: candidates (N, *S) -> LOSS (N,). With inference BatchNorm only the children are
       scored (the parents' losses are known); with bn_mode 'batch' a candidate's loss depends
       on its population, so the whole new population is scored together.
-    ops: the operators.
 
   Returns:
     The next population: parents (best first), then explorers, then refiners.
   """
-  finish = _finish(pop.h, schedule, cfg, ops)
-  children = functools.partial(ops_lib.make_children, finish=finish,
-                               crossover=ops.crossover, mutate=ops.mutate)
-  noise = _mutation_noise(draws.noise, schedule, cfg, ops)
-  top = ops.select(pop.loss, cfg.top_k)
-  parents = pop.h[top]
-  e = cfg.n_explore
-  explorers = children(parents, draws.parents[:e], noise[:e], schedule.alpha * schedule.boost)
-  kept = jnp.concatenate([parents, explorers])
-  pool = kept if cfg.refine_pool == 'parents_and_explorers' else parents
-  refiners = children(pool, draws.parents[e:], noise[e:], schedule.alpha)
-  h = jnp.concatenate([kept, refiners])
+  ops = registry.resolve(cfg.operators)
+  top = ops.selection(pop.loss, cfg.top_k)
+  h = mutation.offspring(pop.h[top], draws, alpha, schedule=schedule, cfg=cfg, ops=ops)
   if cfg.bn_mode == 'batch':
     return Population(h, score(h))
   return Population(h, jnp.concatenate([pop.loss[top], score(h[cfg.top_k:])]))
 
 
-def generation_step(pop: Population, key: jax.Array, *, schedule: LayerSchedule,
-                    cfg: SearchConfig, score: Callable[[jax.Array], jax.Array],
-                    ops: Operators = Operators()) -> Population:
+def generation_step(pop: Population, key: jax.Array, *, alpha, schedule: LayerSchedule,
+                    cfg: SearchConfig, score: Callable[[jax.Array], jax.Array]) -> Population:
   """:func:`generation_step_with_draws` with the draws taken from ``key``."""
-  draws = draw_generation(key, cfg, pop.h.shape[1:], ops.normal)
-  return generation_step_with_draws(pop, draws, schedule=schedule, cfg=cfg, score=score,
-                                    ops=ops)
+  draws = mutation.draw_generation(key, cfg, pop.h.shape[1:])
+  return generation_step_with_draws(pop, draws, alpha=alpha, schedule=schedule, cfg=cfg,
+                                    score=score)
 
 
-def evolve_layer(pop: Population, key: jax.Array, *, schedule: LayerSchedule,
-                 cfg: SearchConfig, score: Callable[[jax.Array], jax.Array],
-                 ops: Operators = Operators()) -> tuple[Population, jax.Array]:
-  """``schedule.generations`` generation steps under ``lax.scan``.
+def evolution(schedule: LayerSchedule, cfg: SearchConfig,
+              score: Callable[[jax.Array], jax.Array]) -> layer.Method:
+  """The paper's search as a :class:`~decouple_jax.search.layer.Method`: the state is the
+  population, a step is :func:`generation_step`."""
+  step = functools.partial(generation_step, schedule=schedule, cfg=cfg, score=score)
+  return layer.Method(init=lambda pop: pop,
+                      step=lambda pop, key, alpha: step(pop, key, alpha=alpha),
+                      best_loss=lambda pop: jnp.min(pop.loss), finish=lambda pop, _: pop)
 
-  Generation g draws from ``fold_in(key, g)``; the other arguments are those of
-  :func:`generation_step_with_draws`.
+
+# How each search method improves a layer (config.SEARCH_METHODS): a layer.Method from the
+# layer's schedule, the search config and the layer's score.
+METHODS = {'evolution': evolution, 'gradient': gradient.descent}
+
+
+def search_layer(pop: Population, key: jax.Array, *, schedule: LayerSchedule,
+                 cfg: SearchConfig, score: Callable[[jax.Array], jax.Array]
+                 ) -> tuple[Population, jax.Array]:
+  """One layer's search by ``cfg.method``: its generations under the shared loop
+  (:func:`decouple_jax.search.layer.run`), generation g drawing from ``fold_in(key, g)``.
+
+  Args:
+    pop: the layer's starting population.
+    key: the layer's key.
+    schedule: the layer's generations, alpha (and its schedule), boost and blur passes.
+    cfg: the search configuration.
+    score: candidates (N, *S) -> LOSS (N,).
 
   Returns:
     The final population and the best loss after each generation, (G,).
   """
-  step = functools.partial(generation_step, schedule=schedule, cfg=cfg, score=score, ops=ops)
-
-  def body(pop, g):
-    pop = step(pop, jax.random.fold_in(key, g))
-    return pop, jnp.min(pop.loss)
-  return lax.scan(body, pop, jnp.arange(schedule.generations))
+  method = METHODS[cfg.method](schedule, cfg, score)
+  return layer.run(pop, key, schedule=schedule, method=method)
 
 
 def base_key(cfg: SearchConfig) -> jax.Array:
@@ -230,56 +167,54 @@ def network_forward(model: airbench.AirbenchNet, variables, bn_mode: str
 
 
 def search_image(model: airbench.AirbenchNet, variables, cfg: SearchConfig, image: jax.Array,
-                 label: jax.Array, index: jax.Array, *,
-                 ops: Operators = Operators()) -> SearchResult:
+                 label: jax.Array, index: jax.Array) -> SearchResult:
   """The full layer-wise search for one image (docs/method.md section 3).
 
   Args:
     model: the search network (untrained, or any network of the family); set its
       ``identity_convs`` from these ``variables`` to skip identity convs.
     variables: its {'params', 'batch_stats'}.
-    cfg: the search configuration.
+    cfg: the search configuration (its operators too, ``cfg.operators``).
     image: (H, W, C) normalised image.
     label: () int32 class.
     index: () int32 dataset index (selects the image's random stream).
-    ops: the operators.
 
   Returns:
-    A :class:`SearchResult` without the batch axis: targets (*S_l), best_loss (4,),
-    init_loss (), curves (G_l,). Block targets are values of the network's taps.
+    A :class:`SearchResult` without the batch axis: targets (*S_l), best_loss (L,),
+    init_loss (), curves (G_l,), one per layer of ``cfg.layers`` (the network's taps, in
+    order). Block targets are values of the network's taps.
   """
+  ops = registry.resolve(cfg.operators)
   forward = network_forward(model, variables, cfg.bn_mode)
   image_key = jax.random.fold_in(base_key(cfg), index)
+  # The initial population's noise is Gaussian whatever the mutation (the paper's noisy copies).
   noisy = ops_lib.init_population(
-      image, ops.normal(jax.random.fold_in(image_key, 0), (cfg.population, *image.shape)),
+      image, fast.normal(jax.random.fold_in(image_key, 0), (cfg.population, *image.shape)),
       cfg.init_noise)
   taps = forward(-1, noisy)
-  pop = Population(taps[0], ops.fitness(taps[-1], label))
+  # The image's own taps in this network, for a fitness that reads the candidates.
+  clean = forward(-1, image[None]) if ops.reads_candidates else None
+  reference = lambda layer: None if clean is None else clean[layer][0]
+  pop = Population(taps[0], ops.fitness(taps[-1], label, taps[0], reference(0)))
   init_loss = jnp.min(pop.loss)
-  # The image's own taps in this network: what an anchored fitness measures distance from.
-  clean = forward(-1, image[None]) if cfg.anchor_weight else None
+  logits_layer = len(cfg.layers) - 1
   targets, best_loss, curves = [], [], []
-  layer_fn = evolve_layer if cfg.method == 'evolution' else gradient.descend_layer
-  for layer, schedule in enumerate(cfg.layers):
-    def score(h, layer=layer):
-      logits = h if layer == airbench.LOGITS else forward(layer, h)[-1]
-      loss = ops.fitness(logits, label)
-      if clean is None or layer == airbench.LOGITS:
-        return loss
-      return loss + cfg.anchor_weight * ops_lib.anchor_distance(h, clean[layer][0],
-                                                                cfg.norm_eps)
-    if clean is not None:
-      # The carried losses were scored at the previous layer, without this layer's anchor.
+  for l, schedule in enumerate(cfg.layers.values()):
+    def score(h, l=l):
+      logits = h if l == logits_layer else forward(l, h)[-1]
+      return ops.fitness(logits, label, h, reference(l))
+    if ops.reads_candidates:
+      # The carried losses were scored as the previous layer's candidates.
       pop = pop.replace(loss=score(pop.h))
-    pop, curve = layer_fn(pop, jax.random.fold_in(image_key, layer + 1),
-                          schedule=schedule, cfg=cfg, score=score, ops=ops)
+    pop, curve = search_layer(pop, jax.random.fold_in(image_key, l + 1), schedule=schedule,
+                              cfg=cfg, score=score)
     best = jnp.argmin(pop.loss)
     targets.append(pop.h[best])
     best_loss.append(pop.loss[best])
     curves.append(curve)
-    if layer < airbench.LOGITS:
+    if l < logits_layer:
       # Downstream of the whole population, so batch statistics (bn_mode 'batch') see it.
-      down = forward(layer, pop.h)[0]
+      down = forward(l, pop.h)[0]
       if cfg.seed_next == 'best':
         pop = Population(jnp.broadcast_to(down[best], down.shape),
                          jnp.full_like(pop.loss, pop.loss[best]))
@@ -290,11 +225,10 @@ def search_image(model: airbench.AirbenchNet, variables, cfg: SearchConfig, imag
 
 
 def search_batch(model: airbench.AirbenchNet, variables, cfg: SearchConfig, images: jax.Array,
-                 labels: jax.Array, indices: jax.Array, *,
-                 ops: Operators = Operators()) -> SearchResult:
+                 labels: jax.Array, indices: jax.Array) -> SearchResult:
   """:func:`search_image` for a batch: images (B, H, W, C), labels (B,), indices (B,).
 
   Returns a :class:`SearchResult` with a leading batch axis B on every array.
   """
-  one = functools.partial(search_image, model, variables, cfg, ops=ops)
+  one = functools.partial(search_image, model, variables, cfg)
   return jax.vmap(one)(images, labels, indices)

@@ -7,6 +7,9 @@
    ``lax.reduce_window`` sweeps, which XLA's CPU backend runs slowly.
 2. Normal draws with the threefry hash fused into the mutation (:func:`normal`).
 
+Both are the engine's default operators ('gaussian' mutation, 'box' smoothing;
+:mod:`decouple_jax.search.registry`).
+
 The third, skipping the untrained network's identity convolutions, is an option of the model
 itself (:attr:`decouple_jax.models.AirbenchNet.identity_convs`), so the search runs the model's
 own forward.
@@ -21,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from decouple_jax.search import registry
 
 
 def _rotate_left(x: jax.Array, r: int) -> jax.Array:
@@ -41,6 +46,7 @@ def _threefry2x32(k1, k2, x0, x1):
   return x0, x1
 
 
+@registry.register('mutation', 'gaussian')
 def normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   """The draws of ``jax.random.normal(key, shape)`` (float32) under
   ``jax.threefry_partitionable(False)``, computed faster on CPU: the same bits, turned into
@@ -89,6 +95,7 @@ def blur_matrix(n: int, passes: int, padding: str = 'zeros') -> np.ndarray:
   return np.linalg.matrix_power(step, passes).astype(np.float32)
 
 
+@registry.register('smoothing', 'box')
 def blur(h: jax.Array, passes: int, padding: str = 'zeros') -> jax.Array:
   """Same as :func:`decouple_jax.search.operators.blur` on (P, H, W, C), as two matmuls."""
   if passes == 0:

@@ -4,8 +4,9 @@ Every operator acts on ONE image's population of candidates: ``(P, H, W, C)`` NH
 activations or ``(P, K)`` logits. Batching over images is ``jax.vmap``.
 
 Operators that need randomness take their draws as arguments, so a test can feed the same draws
-to a NumPy reference; each has a keyed convenience (``*_from_key``) that only draws and calls it
-(:func:`draw_parents` makes the index draws).
+to a NumPy reference (:func:`draw_parents` makes the index draws). The engine's defaults and the
+anchored fitness are registered by name (:mod:`decouple_jax.search.registry`); how a child is
+made from them is :mod:`decouple_jax.search.mutation`'s.
 
 Fitness is a LOSS everywhere: the cross-entropy of a candidate's logits against the image's
 label. Lower is better; NaN counts as +inf, so a diverged candidate is never selected.
@@ -16,13 +17,11 @@ the equal, faster matrix form of :mod:`decouple_jax.search.fast`.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-Sampler = Callable[[jax.Array, tuple[int, ...]], jax.Array]
+from decouple_jax.search import registry
 
 
 def is_logits(h: jax.Array) -> bool:
@@ -57,33 +56,10 @@ def init_population(image: jax.Array, noise: jax.Array, init_noise: float) -> ja
   return image + init_noise * spread(image[None]) * noise
 
 
-def init_population_from_key(key: jax.Array, image: jax.Array, n_pop: int, init_noise: float,
-                             normal: Sampler = jax.random.normal) -> jax.Array:
-  """:func:`init_population` with its (n_pop, H, W, C) noise drawn from ``key``."""
-  return init_population(image, normal(key, (n_pop, *image.shape)), init_noise)
-
-
+@registry.register('crossover', 'mean')
 def crossover(h1: jax.Array, h2: jax.Array) -> jax.Array:
   """The mean of two parents (any matching shapes)."""
   return (h1 + h2) / 2
-
-
-def mutate(h: jax.Array, sigma: jax.Array, alpha: float, noise: jax.Array) -> jax.Array:
-  """Gaussian mutation: h + alpha * sigma * noise.
-
-  Args:
-    h: (C, *S) candidates.
-    sigma: per-candidate scale broadcasting against h, e.g. (C, 1, 1, Ch) or (C, 1).
-    alpha: mutation strength.
-    noise: (C, *S) standard normal draws.
-  """
-  return h + alpha * sigma * noise
-
-
-def mutate_from_key(key: jax.Array, h: jax.Array, sigma: jax.Array, alpha: float,
-                    normal: Sampler = jax.random.normal) -> jax.Array:
-  """:func:`mutate` with its noise drawn from ``key``."""
-  return mutate(h, sigma, alpha, normal(key, h.shape))
 
 
 def center(h: jax.Array) -> jax.Array:
@@ -118,6 +94,7 @@ def normalise(h: jax.Array, eps: float) -> jax.Array:
   return (h - mean) * lax.rsqrt(var + eps)
 
 
+@registry.register('fitness', 'cross_entropy')
 def fitness(logits: jax.Array, label: jax.Array) -> jax.Array:
   """Cross-entropy LOSS of each candidate (lower is better; NaN -> +inf).
 
@@ -155,6 +132,30 @@ def anchor_distance(h: jax.Array, reference: jax.Array, eps: float) -> jax.Array
   return jnp.mean(jnp.square(diff), axis=(1, 2, 3))
 
 
+@registry.register('fitness', 'anchored')
+def anchored_fitness(logits: jax.Array, label: jax.Array, candidates: jax.Array,
+                     reference: jax.Array, *, weight: float, eps: float = 1e-5) -> jax.Array:
+  """Beyond the paper: :func:`fitness` plus ``weight`` x :func:`anchor_distance` of block
+  candidates from the image's own activation, so the search keeps what the image itself gives
+  and adds only what lowers the loss. The logits layer is not anchored.
+
+  Args:
+    logits: (P, K) the candidates' final logits; label: () int.
+    candidates: (P, H, W, C) block candidates, or (P, K) logits (then no anchor).
+    reference: the image's own activation at that layer, (H, W, C) (or (K,)).
+    weight: the anchor's weight (0 is the paper's fitness).
+    eps: the normalisation's epsilon.
+
+  Returns:
+    (P,) LOSS; stores searched with it record the sum.
+  """
+  loss = fitness(logits, label)
+  if is_logits(candidates):
+    return loss
+  return loss + weight * anchor_distance(candidates, reference, eps)
+
+
+@registry.register('selection', 'top_k')
 def select(loss: jax.Array, k: int) -> jax.Array:
   """Indices (k,) of the k lowest losses, best first (ties: lower index first)."""
   return lax.top_k(-loss, k)[1]
@@ -175,35 +176,3 @@ def draw_parents(key: jax.Array, pool_sizes) -> jax.Array:
   pool_sizes = jnp.asarray(pool_sizes, jnp.uint32)
   bits = jax.random.bits(key, (pool_sizes.shape[0], 2), jnp.uint32)
   return (bits % pool_sizes[:, None]).astype(jnp.int32)
-
-
-def make_children(pool: jax.Array, parents: jax.Array, noise: jax.Array, alpha: float,
-                  finish: Callable[[jax.Array], jax.Array] = lambda h: h,
-                  crossover: Callable = crossover, mutate: Callable = mutate) -> jax.Array:
-  """Children of parent pairs: crossover, mutation scaled by the parents' mean spread, finish.
-
-  Args:
-    pool: (N, *S) candidates the parents come from.
-    parents: (C, 2) int indices into ``pool``.
-    noise: (C, *S) standard normal draws.
-    alpha: mutation strength.
-    finish: applied last, e.g. blur + normalisation for activations, centring for logits.
-    crossover, mutate: the operators to use (defaults: this module's).
-
-  Returns:
-    (C, *S) children.
-  """
-  i, j = parents[:, 0], parents[:, 1]
-  scale = spread(pool)
-  sigma = (scale[i] + scale[j]) / 2
-  return finish(mutate(crossover(pool[i], pool[j]), sigma, alpha, noise))
-
-
-def make_children_from_key(key: jax.Array, pool: jax.Array, n_children: int, alpha: float,
-                           finish: Callable[[jax.Array], jax.Array] = lambda h: h,
-                           normal: Sampler = jax.random.normal) -> jax.Array:
-  """:func:`make_children` with parents and noise drawn from ``key``."""
-  k_parents, k_noise = jax.random.split(key)
-  parents = draw_parents(k_parents, jnp.full((n_children,), pool.shape[0]))
-  noise = normal(k_noise, (n_children, *pool.shape[1:]))
-  return make_children(pool, parents, noise, alpha, finish)

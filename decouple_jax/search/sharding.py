@@ -50,12 +50,12 @@ class SearchFn:
   """
 
   def __init__(self, model: airbench.AirbenchNet, variables, search_cfg: SearchConfig,
-               mesh: jax.sharding.Mesh, ops: evolve.Operators):
+               mesh: jax.sharding.Mesh):
     skip = airbench.identity_convs(variables) if search_cfg.skip_identity_convs else frozenset()
     # Always XLA's conv (the fastest forward, and the search only runs forward): the targets
     # do not depend on conv_impl, which the store's identity leaves out.
     model = model.clone(identity_convs=skip, conv_impl='xla')
-    search = functools.partial(evolve.search_batch, model, cfg=search_cfg, ops=ops)
+    search = functools.partial(evolve.search_batch, model, cfg=search_cfg)
     self.mesh = mesh
     self.cfg = search_cfg
     self._run = jax.jit(jax.shard_map(
@@ -135,8 +135,7 @@ class SearchFn:
 
 
 def make_search_fn(model: airbench.AirbenchNet, variables, search_cfg: SearchConfig,
-                   mesh: jax.sharding.Mesh | None = None, *,
-                   ops: evolve.Operators = evolve.Operators()) -> SearchFn:
+                   mesh: jax.sharding.Mesh | None = None) -> SearchFn:
   """The jitted, sharded search of a batch of images (:class:`SearchFn`).
 
   Identity convolutions are found once here, on these concrete ``variables``, and skipped by
@@ -146,12 +145,10 @@ def make_search_fn(model: airbench.AirbenchNet, variables, search_cfg: SearchCon
     model: the search network: the untrained one of ``search_cfg.model``, or any network of
       the family (a trained student, say), whose taps are then what is searched.
     variables: its {'params', 'batch_stats'} (replicated on every device).
-    search_cfg: the search configuration.
+    search_cfg: the search configuration, its operators too (``search_cfg.operators``).
     mesh: a 1-D mesh with axis 'images' (default: this process's devices, :func:`make_mesh`).
-    ops: the search's operators (:class:`decouple_jax.search.evolve.Operators`); swap any of
-      them to search with your own.
   """
-  return SearchFn(model, variables, search_cfg, mesh if mesh is not None else make_mesh(), ops)
+  return SearchFn(model, variables, search_cfg, mesh if mesh is not None else make_mesh())
 
 
 def images_per_call(search_fn: SearchFn, search_cfg: SearchConfig,

@@ -1,12 +1,14 @@
 """Which target store belongs to which search, and where it lives.
 
 A store's targets depend on exactly five things, and a store records all five (:class:`StoreId`):
-the data (by content, :func:`decouple_jax.data.identity`), the search settings, the network it
-was searched in (``network_id``: :data:`UNTRAINED`, or :func:`~decouple_jax.config.hash_tree`
-of a trained network's variables, as the feedback loop searches in its students), the operators
-(:func:`operators_id`) and the engine version. Everything else (where the files are, and the speed-only
-settings: how many images run at once, how the convs are computed) leaves the targets unchanged,
-so a store stays reusable across them. A store of another id is refused, naming the settings that differ.
+the data (by content, :func:`decouple_jax.data.identity`), the search settings (the operators'
+names and parameters among them), the network it was searched in (``network_id``:
+:data:`UNTRAINED`, or :func:`~decouple_jax.config.hash_tree` of a trained network's variables,
+as the feedback loop searches in its students), the code of operators registered outside the
+library (:func:`decouple_jax.search.registry.operators_id`) and the engine version. Everything
+else (where the files are, and the speed-only settings: how many images run at once, how the
+convs are computed) leaves the targets unchanged, so a store stays reusable across them. A store
+of another id is refused, naming the settings that differ.
 
 Where stores live:
 
@@ -21,7 +23,6 @@ which store is which and opens it.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import pathlib
 
 import jax
@@ -31,7 +32,7 @@ from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
 from decouple_jax import identity
 from decouple_jax import models
-from decouple_jax.search import evolve
+from decouple_jax.search import registry
 from decouple_jax.search.store import StoreError, StoreSpec, TargetStore, indices_hash
 
 SPLITS = ('train', 'holdout')
@@ -70,21 +71,6 @@ def split_arrays(ds: datalib.Dataset, split: str) -> tuple[np.ndarray, np.ndarra
   return tuple(getattr(ds, f'{split}_{part}') for part in ('images', 'labels', 'index'))
 
 
-def _qualified_name(fn) -> str:
-  if isinstance(fn, functools.partial):
-    return f'{_qualified_name(fn.func)}(*{fn.args!r}, **{fn.keywords!r})'
-  return f'{getattr(fn, "__module__", "?")}.{getattr(fn, "__qualname__", type(fn).__name__)}'
-
-
-def operators_id(ops: evolve.Operators) -> str:
-  """'default' for the engine's operators, else a hash of the swapped ones' qualified names
-  (rename an operator of your own when you change what it does)."""
-  default = evolve.Operators()
-  swapped = {f: _qualified_name(getattr(ops, f)) for f in ops._fields
-             if getattr(ops, f) is not getattr(default, f)}
-  return 'default' if not swapped else f'custom-{cfglib.hash_dict(swapped)}'
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class StoreId:
   """What a store's targets depend on (see the module docstring).
@@ -97,14 +83,12 @@ class StoreId:
     network_id: :data:`UNTRAINED` or the :func:`~decouple_jax.config.hash_tree` of the
       variables of the network searched in (targets of one trained network are never mixed
       with another's).
-    operators: :func:`operators_id` of the search's operators.
   """
   data_cfg: cfglib.DataConfig
   search_cfg: cfglib.SearchConfig
   ds: datalib.Dataset
   split: str = 'train'
   network_id: str = UNTRAINED
-  operators: str = 'default'
 
   def __post_init__(self):
     _check_split(self.split)
@@ -121,7 +105,8 @@ class StoreId:
     data_part = {k: v for k, v in datalib.identity(self.data_cfg, self.ds).items()
                  if k != 'test_limit'}
     return {'data': data_part, 'search': identity.of(self.search_cfg),
-            'network': self.network_id, 'operators': self.operators,
+            'network': self.network_id,
+            'operators': registry.operators_id(self.search_cfg.operators),
             'engine_version': ENGINE_VERSION}
 
   def hash(self) -> str:
