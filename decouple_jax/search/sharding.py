@@ -191,8 +191,7 @@ def images_per_call(search_fn: SearchFn, search_cfg: SearchConfig,
 
 def search_images(images: np.ndarray, labels: np.ndarray, indices: np.ndarray,
                   search_cfg: SearchConfig, network: tuple, *,
-                  mesh: jax.sharding.Mesh | None = None,
-                  ops: evolve.Operators = evolve.Operators(), memory_bytes: int | None = None,
+                  mesh: jax.sharding.Mesh | None = None, memory_bytes: int | None = None,
                   on_batch: Callable[[evolve.SearchResult], None] | None = None
                   ) -> evolve.SearchResult:
   """The search of N images in memory: arrays in, targets per layer out.
@@ -208,16 +207,16 @@ def search_images(images: np.ndarray, labels: np.ndarray, indices: np.ndarray,
     search_cfg: the search.
     network: (model, variables) searched in, e.g. ``models.init_for_dataset(search_cfg.model,
       ds, search_cfg.seed)`` (the untrained search network) or a trained student.
-    mesh, ops: as for :func:`make_search_fn`.
+    mesh: as for :func:`make_search_fn` (the operators are ``search_cfg.operators``).
     memory_bytes: usable bytes per device for sizing the batch (see :func:`images_per_call`).
     on_batch: called with each batch's results (host arrays) as they come, e.g. for progress.
 
   Returns:
     The :class:`~decouple_jax.search.evolve.SearchResult`, NumPy arrays: ``targets`` per layer
-    (N, *S_l), ``best_loss`` (N, 4), ``init_loss`` (N,), ``curves`` per layer (N, G_l).
+    (N, *S_l), ``best_loss`` (N, L), ``init_loss`` (N,), ``curves`` per layer (N, G_l).
   """
   model, variables = network
-  return make_search_fn(model, variables, search_cfg, mesh, ops=ops).search(
+  return make_search_fn(model, variables, search_cfg, mesh).search(
       images, labels, indices, memory_bytes=memory_bytes, on_batch=on_batch)
 
 
