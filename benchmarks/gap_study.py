@@ -447,7 +447,11 @@ def compute_curve(study: Study, curve: Curve, rows: dict, refs: dict, base) -> d
           'seconds': seconds.tolist(), 'holdout_accuracy': holdout.tolist(),
           'test_accuracy': [100 * rows[n]['test_accuracy'] for n in names],
           'sgd_each_holdout_accuracy': sgd_each, 'sgd_holdout_accuracy': sgd, 'width': width,
-          'fit': _power_fit(x, sgd - holdout, seconds)}
+          'fit': _power_fit(x, sgd - holdout, seconds),
+          # The trend of the 3 largest computes alone: a curve that flattens makes the fit over
+          # every point promise too much.
+          'fit_upper': (_power_fit(x[-3:], (sgd - holdout)[-3:], seconds[-3:])
+                        if len(x) > 3 else None)}
 
 
 def curve_figure(study: Study, curve: dict) -> str:
@@ -469,18 +473,22 @@ def describe_curve(study: Study, curve: dict) -> str:
     against = f'hold-out points below SGD\'s {curve["sgd_holdout_accuracy"]:.2f}%'
   text = (f'Gap against {curve["kind"]} compute (arms {", ".join(curve["arms"])}; width '
           f'{curve["width"]}; {curve["unit"]}: {against}): {points}.')
-  fit = curve['fit']
-  if fit is None:
+  if curve['fit'] is None:
     return text + ' Too few points with a positive gap for a fit.'
-  text += (f' Least-squares fit in log-log: gap = {fit["coef"]:.3g} * x^{fit["slope"]:.3f} '
-           f'(x = {curve["unit"]})')
-  for points in (1.0, 0.5):
-    at = fit[f'x_for_{points}_point']
-    text += (f'; the gap does not shrink with {curve["kind"]} compute' if at is None else
-             f'; {points} point at x ~ {at:,.0f} '
-             f'(~{fit[f"seconds_for_{points}_point"]:,.0f} s of {curve["kind"]} for these '
-             'images, extrapolated)')
-  return text + f'. Figure: `results/{curve_figure(study, curve)}`.'
+  for fit, which in ((curve['fit'], 'every point'),
+                     (curve.get('fit_upper'), 'the 3 largest computes alone')):
+    if fit is None:
+      continue
+    text += (f' Least-squares fit in log-log over {which}: gap = {fit["coef"]:.3g} * '
+             f'x^{fit["slope"]:.3f} (x = {curve["unit"]})')
+    for points in (1.0, 0.5):
+      at = fit[f'x_for_{points}_point']
+      text += (f'; the gap does not shrink with {curve["kind"]} compute' if at is None else
+               f'; {points} point at x ~ {at:,.0f} '
+               f'(~{fit[f"seconds_for_{points}_point"]:,.0f} s of {curve["kind"]} for these '
+               'images, extrapolated)')
+    text += '.'
+  return text + f' Figure: `results/{curve_figure(study, curve)}`.'
 
 
 def _f(values, digits=2) -> str:

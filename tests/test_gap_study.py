@@ -79,7 +79,11 @@ def test_the_compute_curve_recovers_a_power_law_and_is_plotted(gap_study, tmp_pa
   # gap = 20 / sqrt(x) reaches 1 point at x = 400 and 0.5 at 1600; seconds = 2 x + 5.
   assert fit['x_for_1.0_point'] == pytest.approx(400)
   assert fit['seconds_for_0.5_point'] == pytest.approx(3205)
-  assert '1.0 point at x ~ 400 ' in gap_study.describe_curve(study, curve)
+  text = gap_study.describe_curve(study, curve)
+  assert 'over every point: gap = 20 * x^-0.500' in text and '1.0 point at x ~ 400 ' in text
+  # 4 points: the 3 largest computes are fitted alone too (the same law here).
+  assert curve['fit_upper']['slope'] == pytest.approx(-0.5)
+  assert 'over the 3 largest computes alone: gap = 20 * x^-0.500' in text
 
   about = plots.describe('m', 'c', 'scaled down')
   png = plots.plot_gap_vs_compute(curve, tmp_path / 'gap.png', about)

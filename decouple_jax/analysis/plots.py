@@ -276,7 +276,8 @@ def plot_gap_vs_compute(curve: dict, path: str | pathlib.Path, about: dict) -> p
     curve: ``kind`` ('search' or 'student'), ``compute`` (each point's compute, in ``unit``),
       ``seconds`` (each point's search or student seconds), ``holdout_accuracy`` (%),
       ``sgd_holdout_accuracy`` (%, the SGD the gap is taken to), and ``fit``:
-      ``{'coef': a, 'slope': b}`` of gap = a * compute**b (points), or None.
+      ``{'coef': a, 'slope': b}`` of gap = a * compute**b (points), or None; optionally
+      ``fit_upper``, the same fitted to the largest computes alone.
     path: the PNG to write; the JSON beside it holds ``curve``.
     about: :func:`describe` of the study.
   """
@@ -287,10 +288,11 @@ def plot_gap_vs_compute(curve: dict, path: str | pathlib.Path, about: dict) -> p
   for xi, y, s in zip(x, gap, curve['seconds']):
     ax.annotate(f'{s:.0f} s', (xi, y), textcoords='offset points', xytext=(5, 4),
                 fontsize='small')
-  if curve['fit'] is not None:
-    xs = np.geomspace(x.min(), x.max() * 8, 50)
-    a, b = curve['fit']['coef'], curve['fit']['slope']
-    ax.plot(xs, a * xs ** b, 'k--', label=f'fit: {a:.3g} * x^{b:.2f}')
+  for key, style, which in (('fit', 'k--', 'every point'), ('fit_upper', 'k:', '3 largest')):
+    if curve.get(key) is not None:
+      xs = np.geomspace(x.min(), x.max() * 8, 50)
+      a, b = curve[key]['coef'], curve[key]['slope']
+      ax.plot(xs, a * xs ** b, style, label=f'fit, {which}: {a:.3g} * x^{b:.2f}')
   ax.axhline(1.0, color='gray', ls=':', label='1 point')
   ax.set_xscale('log', base=2)
   ax.set_yscale('log')
