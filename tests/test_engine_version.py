@@ -36,8 +36,8 @@ RTOL = 1e-3
 
 TINY = cfglib.SearchConfig(
     model=cfglib.ModelConfig(widths=(8, 8, 8), whiten_images=64),
-    layers=tuple(dataclasses.replace(l, generations=g)
-                 for l, g in zip(cfglib.PAPER_SCHEDULE, (3, 2, 2, 2))),
+    layers={name: dataclasses.replace(l, generations=g)
+            for (name, l), g in zip(cfglib.PAPER_SCHEDULE.items(), (3, 2, 2, 2))},
     population=12, top_k=2, n_explore=4, n_refine=6, batch_images=8, chunk_size=16)
 
 
