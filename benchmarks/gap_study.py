@@ -61,7 +61,7 @@ from decouple_jax.learn import diagnostics
 from decouple_jax.learn import sgd
 from decouple_jax.learn import student
 from decouple_jax.search import driver
-from decouple_jax.search import stores
+from decouple_jax.search import store_ids
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -355,7 +355,7 @@ def student_row(study: Study, exp: cfglib.ExperimentConfig, ds: datalib.Dataset,
              if study.search_holdout else None)
   summary = runlog.read_json(targets / 'summary.json')
   run = workdir / 'students' / identity.hash_of(
-      identity.student(exp.data, ds, exp.search, exp.student, stores.UNTRAINED))
+      identity.student(exp.data, ds, exp.search, exp.student, store_ids.UNTRAINED))
   results = student.train_student(exp.data, exp.search, exp.student, run, targets,
                                   holdout_targets=holdout, ds=ds)
   d = results['diagnostics']
@@ -372,10 +372,10 @@ def student_row(study: Study, exp: cfglib.ExperimentConfig, ds: datalib.Dataset,
   if holdout is not None:
     model, variables = models.init_for_dataset(exp.search.model, ds, exp.search.seed)
     row['r2_holdout'] = d['r2_holdout']
-    store_id = lambda split: stores.StoreId(exp.data, exp.search, ds, split)
+    store_id = lambda split: store_ids.StoreId(exp.data, exp.search, ds, split)
     row['targets'] = diagnostics.target_diagnostics(
-        model, variables, ds, stores.open_complete(targets, store_id('train')),
-        stores.open_complete(holdout, store_id('holdout')),
+        model, variables, ds, store_ids.open_finished(targets, store_id('train')),
+        store_ids.open_finished(holdout, store_id('holdout')),
         batch_size=exp.student.train.eval_batch)
   return row
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
-from decouple_jax.search import store as store_lib
+from decouple_jax.search import target_store
 
 
 def folder_loads(directory: str, name: str) -> tuple[float, float]:
@@ -45,19 +45,19 @@ def store_verification(megabytes: int, chunks: int = 8) -> tuple[float, float]:
   per_image = (15 * 15 * 256 + 10) * 4
   n = max(chunks, megabytes * 2**20 // per_image // chunks * chunks)
   shapes = ((15, 15, 256), (10,))
-  spec = store_lib.StoreSpec(shapes=shapes, dtype='float32', num_images=n,
-                             chunk_size=n // chunks, config_hash='io', data_name='bench',
-                             seed=0, index_hash=store_lib.indices_hash(np.arange(n)))
+  spec = target_store.StoreSpec(shapes=shapes, dtype='float32', num_images=n,
+                                chunk_size=n // chunks, config_hash='io', data_name='bench',
+                                seed=0, index_hash=target_store.indices_hash(np.arange(n)))
   rng = np.random.default_rng(0)
   with tempfile.TemporaryDirectory() as d:
-    st = store_lib.TargetStore.create_or_open(d, spec, np.arange(n))
+    st = target_store.TargetStore.create_or_open(d, spec, np.arange(n))
     for c in range(st.num_chunks):
       start, stop = st.chunk_range(c)
       st.write_chunk(c, [rng.normal(size=(stop - start, *s)).astype(np.float32)
                          for s in shapes], np.zeros((stop - start, 2), np.float32),
                      np.zeros(stop - start, np.float32))
     t0 = time.perf_counter()
-    store_lib.TargetStore.create_or_open(d, spec, np.arange(n))
+    target_store.TargetStore.create_or_open(d, spec, np.arange(n))
     return n * per_image, time.perf_counter() - t0
 
 

@@ -27,7 +27,7 @@ from decouple_jax.config import ConfigError
 from decouple_jax.data import DataError
 from decouple_jax.learn.trainer import TrainError
 from decouple_jax.runlog import RecordError
-from decouple_jax.search.store import StoreError
+from decouple_jax.search.target_store import StoreError
 
 # Errors whose message already says what is wrong and how to fix it.
 KNOWN_ERRORS = (ConfigError, DataError, StoreError, TrainError, RecordError,

@@ -50,8 +50,8 @@ from decouple_jax.learn import student
 from decouple_jax.mesh import mesh_1d
 from decouple_jax.models import airbench
 from decouple_jax.search import driver
-from decouple_jax.search import stores
-from decouple_jax.search.store import TargetStore
+from decouple_jax.search import store_ids
+from decouple_jax.search.target_store import TargetStore
 
 _OUTPUTS = 'outputs.npz'
 _RECORD = 'member.json'
@@ -120,7 +120,7 @@ def member_identity(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, member: M
     run = identity.sgd(exp.data, ds, _sgd_config(exp, member.train_seed))
   else:
     run = identity.student(exp.data, ds, _search_config(exp, member.search_seed),
-                           _student_config(exp, member.train_seed), stores.UNTRAINED)
+                           _student_config(exp, member.train_seed), store_ids.UNTRAINED)
   return {'run': run, 'cka_images': _cka_images(exp, ds)}
 
 

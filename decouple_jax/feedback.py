@@ -45,7 +45,7 @@ from decouple_jax.learn import sgd
 from decouple_jax.learn import student
 from decouple_jax.search import driver
 from decouple_jax.search import sharding
-from decouple_jax.search import stores
+from decouple_jax.search import store_ids
 
 _VARIABLES = 'student_variables.msgpack'
 
@@ -98,8 +98,8 @@ def run_round(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, workdir: str | 
   rdir = round_dir(workdir, r)
   search_cfg = round_search_config(exp, r)
   network = None if r == 1 else search_network(exp, ds, previous)
-  network_id = stores.UNTRAINED if network is None else cfglib.hash_tree(network[1])
-  targets = stores.store_dir(rdir)
+  network_id = store_ids.UNTRAINED if network is None else cfglib.hash_tree(network[1])
+  targets = store_ids.store_dir(rdir)
   meshes = meshes or {}
   driver.run_search(exp.data, search_cfg, targets, ds=ds, network=network,
                     mesh=meshes.get('search'))

@@ -11,7 +11,7 @@ A finished run leaves a JSON *record* holding its identity (``config``) and hash
 this identity's and finished, None if there is none yet, and a :class:`~decouple_jax.config.
 ConfigError` naming the settings that differ if it is another run's. The kinds of run:
 
-  search store      identity ``StoreId.config()`` (:mod:`decouple_jax.search.stores`), built
+  search store      identity ``StoreId.config()`` (:mod:`decouple_jax.search.store_ids`), built
                     on :func:`of`; record ``STORE/summary.json``
   SGD run           :func:`sgd`; record ``WORKDIR/results.json`` (a checkpoint records it too,
                     checked on resume with :func:`check_same`)

@@ -54,7 +54,7 @@ from decouple_jax.learn import student
 from decouple_jax.mesh import mesh_1d
 from decouple_jax.search import driver
 from decouple_jax.search import sharding
-from decouple_jax.search import stores
+from decouple_jax.search import store_ids
 
 _WALL = 'wall_seconds.json'
 
@@ -96,11 +96,11 @@ def _without_variables(results: dict) -> dict:
 def _search(runner: _Runner, exp: cfglib.ExperimentConfig, ds: datalib.Dataset, split: str,
             mesh: jax.sharding.Mesh) -> tuple[pathlib.Path, dict]:
   """(store directory, search summary) of ``split``, searched unless already complete."""
-  directory = stores.store_dir(runner.workdir / 'search', split)
+  directory = store_ids.store_dir(runner.workdir / 'search', split)
   summary = directory / 'summary.json'
 
   def done():
-    return identity.finished(summary, stores.StoreId(exp.data, exp.search, ds, split).config())
+    return identity.finished(summary, store_ids.StoreId(exp.data, exp.search, ds, split).config())
 
   def run():
     driver.run_search(exp.data, exp.search, directory, ds=ds, mesh=mesh, split=split)
@@ -143,7 +143,7 @@ def _student(runner: _Runner, exp: cfglib.ExperimentConfig, ds: datalib.Dataset,
       name,
       lambda: identity.finished(
           run_dir / 'results.json',
-          identity.student(exp.data, ds, exp.search, cfg, stores.UNTRAINED),
+          identity.student(exp.data, ds, exp.search, cfg, store_ids.UNTRAINED),
           required='diagnostics'),
       lambda: _without_variables(student.train_student(
           exp.data, exp.search, cfg, run_dir, targets, holdout_targets=holdout_targets, ds=ds,

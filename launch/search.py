@@ -10,7 +10,7 @@ from decouple_jax import config as cfglib
 from decouple_jax import runlog
 from decouple_jax import search
 from decouple_jax import cli
-from decouple_jax.search import stores
+from decouple_jax.search import store_ids
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'A configs/*.py file:variant.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory; targets go to WORKDIR/targets.')
@@ -20,7 +20,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   del argv
   exp = cfglib.from_dict(cfglib.ExperimentConfig, _CONFIG.value)
-  directory = stores.store_dir(_WORKDIR.value)
+  directory = store_ids.store_dir(_WORKDIR.value)
   search.run_search(exp.data, exp.search, directory)
   summary = runlog.read_json(directory / 'summary.json')
   best = ' / '.join(f'{v:.3f}' for v in summary['mean_best_loss'].values())

@@ -16,7 +16,7 @@ from ml_collections import config_flags
 from decouple_jax import config as cfglib
 from decouple_jax import learn
 from decouple_jax import cli
-from decouple_jax.search import stores
+from decouple_jax.search import store_ids
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'A configs/*.py file:variant.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (resumed if it exists).')
@@ -30,10 +30,10 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   del argv
   exp = cfglib.from_dict(cfglib.ExperimentConfig, _CONFIG.value)
-  targets = _TARGETS.value or stores.store_dir(_WORKDIR.value)
+  targets = _TARGETS.value or store_ids.store_dir(_WORKDIR.value)
   holdout = _HOLDOUT_TARGETS.value
-  if holdout is None and stores.holdout_beside(targets).exists():
-    holdout = stores.holdout_beside(targets)
+  if holdout is None and store_ids.holdout_beside(targets).exists():
+    holdout = store_ids.holdout_beside(targets)
   results = learn.train_student(exp.data, exp.search, exp.student, _WORKDIR.value, targets,
                                 holdout_targets=holdout)
   d = results['diagnostics']

@@ -13,7 +13,7 @@ import pytest
 from decouple_jax import config as cfglib
 from decouple_jax import config_files
 from decouple_jax.models import airbench, conv
-from decouple_jax.search import store
+from decouple_jax.search import target_store
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'configs'
 
@@ -101,7 +101,7 @@ def test_enumerated_fields_refused_with_their_choices(where, field, value, choic
 
 def test_the_code_uses_the_configs_choices():
   # One constant per enumerated field: the model and the store check against the same tuples.
-  assert conv.IMPLS is cfglib.CONV_IMPLS and store.DTYPES is cfglib.STORE_DTYPES
+  assert conv.IMPLS is cfglib.CONV_IMPLS and target_store.DTYPES is cfglib.STORE_DTYPES
   net = airbench.AirbenchNet(num_classes=10, in_channels=1, head='flaten')
   with pytest.raises(ValueError, match=r"head must be one of \('flatten', 'maxpool'\)"):
     net.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))

@@ -8,7 +8,7 @@ from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
 from decouple_jax import models
 from decouple_jax.learn import diagnostics
-from decouple_jax.search import store as store_lib
+from decouple_jax.search import target_store
 
 
 def test_r_squared_exact_values():
@@ -32,10 +32,10 @@ def test_r_squared_statistics_add_over_batches():
 def test_phat_accuracy_reads_the_cached_logits(tmp_path, dtype):
   logits = np.array([[3.0, 0, 0], [0, 2.0, 0], [0, 0, 1.0], [1.0, 0, 0]])
   shapes = ((2, 2, 1), (3,))
-  spec = store_lib.StoreSpec(shapes=shapes, dtype=dtype, num_images=4, chunk_size=4,
-                             config_hash='c', data_name='mnist', seed=0,
-                             index_hash=store_lib.indices_hash(np.arange(4)))
-  st = store_lib.TargetStore.create_or_open(tmp_path, spec, np.arange(4))
+  spec = target_store.StoreSpec(shapes=shapes, dtype=dtype, num_images=4, chunk_size=4,
+                                config_hash='c', data_name='mnist', seed=0,
+                                index_hash=target_store.indices_hash(np.arange(4)))
+  st = target_store.TargetStore.create_or_open(tmp_path, spec, np.arange(4))
   st.write_chunk(0, [np.zeros((4, 2, 2, 1)), logits], np.zeros((4, 2), np.float32),
                  np.zeros(4, np.float32))
   assert diagnostics.phat_accuracy(st, np.array([0, 1, 1, 0])) == 0.75
@@ -92,14 +92,14 @@ def test_random_feature_floor_is_the_probe_on_the_untrained_networks_head_input(
 def _store(directory, targets, logits):
   """A complete store of ``targets`` (block arrays) and ``logits`` at positions 0..N-1."""
   n = len(logits)
-  spec = store_lib.StoreSpec(shapes=tuple(t.shape[1:] for t in (*targets, logits)),
-                             dtype='float32', num_images=n, chunk_size=n, config_hash='c',
-                             data_name='mnist', seed=0,
-                             index_hash=store_lib.indices_hash(np.arange(n)))
-  st = store_lib.TargetStore.create_or_open(directory, spec, np.arange(n))
+  spec = target_store.StoreSpec(shapes=tuple(t.shape[1:] for t in (*targets, logits)),
+                                dtype='float32', num_images=n, chunk_size=n, config_hash='c',
+                                data_name='mnist', seed=0,
+                                index_hash=target_store.indices_hash(np.arange(n)))
+  st = target_store.TargetStore.create_or_open(directory, spec, np.arange(n))
   st.write_chunk(0, [*targets, logits], np.zeros((n, len(targets) + 1), np.float32),
                  np.zeros(n, np.float32))
-  return store_lib.TargetStore.open(directory)
+  return target_store.TargetStore.open(directory)
 
 
 def test_target_diagnostics_measure_closeness_and_a_label_the_targets_carry(tmp_path):

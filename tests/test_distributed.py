@@ -17,8 +17,8 @@ import pytest
 from decouple_jax import data
 from decouple_jax import runlog
 from decouple_jax.learn import sgd, trainer
-from decouple_jax.search import driver, sharding, stores
-from decouple_jax.search.store import StoreError, TargetStore
+from decouple_jax.search import driver, sharding, store_ids
+from decouple_jax.search.target_store import StoreError, TargetStore
 
 import distributed_worker as worker
 
@@ -86,7 +86,7 @@ def run(mnist_dir, tmp_path_factory):
 def test_two_processes_finish_a_store_as_one_process_would(run):
   store = TargetStore.open(run['shared'] / 'targets')
   assert store.is_complete()
-  for a, b in zip(run['reference'].load_all(), store.load_all()):
+  for a, b in zip(run['reference'].read(), store.read()):
     np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(run['reference'].best_loss, store.best_loss)
   # The killed run wrote chunk 0; the two processes searched the other two, one each.
@@ -98,9 +98,9 @@ def test_two_processes_finish_a_store_as_one_process_would(run):
 
 
 def test_a_cooperating_writer_of_another_config_is_refused(run):
-  other = stores.StoreId(run['data_cfg'], dataclasses.replace(worker.SEARCH, seed=1), run['ds'])
+  other = store_ids.StoreId(run['data_cfg'], dataclasses.replace(worker.SEARCH, seed=1), run['ds'])
   with pytest.raises(StoreError, match='config.search.seed: expected 1, found 0'):
-    stores.create_or_open(run['shared'] / 'targets', other, cooperate=True)
+    store_ids.open_for_search(run['shared'] / 'targets', other, cooperate=True)
 
 
 def test_two_processes_train_as_one_process_on_two_devices(run):

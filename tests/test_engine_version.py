@@ -1,6 +1,7 @@
-"""``stores.ENGINE_VERSION`` moves with the targets: the targets of a tiny fixed search are pinned
-to the version, so a change to the search code that changes them fails here until the version
-is bumped (and its pins added), and stores of the old code are refused instead of mixed in.
+"""``store_ids.ENGINE_VERSION`` moves with the targets: the targets of a tiny fixed search are
+pinned to the version, so a change to the search code that changes them fails here until the
+version is bumped (and its pins added), and stores of the old code are refused instead of mixed
+in.
 
 Why pins within a tolerance, and not a version derived from the code or a hash of the targets:
 - a hash of the targets is not portable: CPU families round XLA's sums in other orders (an
@@ -24,7 +25,7 @@ import pytest
 from decouple_jax import config as cfglib
 from decouple_jax import data
 from decouple_jax import search
-from decouple_jax.search import stores
+from decouple_jax.search import store_ids
 
 # Per ENGINE_VERSION, the statistics of the tiny search below: its mean best loss per layer
 # (block0, block1, block2, logits; nats) and the RMS of its targets per layer.
@@ -46,7 +47,7 @@ def _statistics(data_cfg, ds, search_cfg, directory) -> dict:
                             mesh=search.make_mesh(jax.devices()[:1]))
   return {'best_loss': np.mean(store.best_loss, 0).tolist(),
           'target_rms': [float(np.sqrt(np.mean(np.square(t, dtype=np.float64))))
-                         for t in store.load_all()[:len(TINY.layers)]]}
+                         for t in store.read()[:len(TINY.layers)]]}
 
 
 @pytest.fixture(scope='module')
@@ -58,13 +59,13 @@ def mnist16(mnist_dir):
 def test_targets_of_a_tiny_search_are_pinned_to_the_engine_version(mnist16, tmp_path):
   data_cfg, ds = mnist16
   got = _statistics(data_cfg, ds, TINY, tmp_path / 'pinned')
-  pinned = PINNED.get(stores.ENGINE_VERSION)
-  assert pinned is not None, (f'ENGINE_VERSION {stores.ENGINE_VERSION} has no pins in {__file__}; '
-                              f'add {stores.ENGINE_VERSION}: {got}')
+  pinned = PINNED.get(store_ids.ENGINE_VERSION)
+  assert pinned is not None, (f'ENGINE_VERSION {store_ids.ENGINE_VERSION} has no pins in '
+                              f'{__file__}; add {store_ids.ENGINE_VERSION}: {got}')
   for key, want in pinned.items():
     np.testing.assert_allclose(got[key], want, rtol=RTOL, err_msg=(
         f'the targets changed ({key}): if the search changed on purpose, bump '
-        f'search/stores.py ENGINE_VERSION to {stores.ENGINE_VERSION + 1} and pin {got}'))
+        f'search/store_ids.py ENGINE_VERSION to {store_ids.ENGINE_VERSION + 1} and pin {got}'))
   # The pins can fail: another seed is another search, and moves them past the tolerance.
   other = _statistics(data_cfg, ds, dataclasses.replace(TINY, seed=TINY.seed + 1),
                       tmp_path / 'other')

@@ -21,8 +21,8 @@ from decouple_jax import runlog
 from decouple_jax.learn import bn_stats
 from decouple_jax.learn import student
 from decouple_jax.learn import trainer
-from decouple_jax.search import stores
-from decouple_jax.search.store import StoreError, TargetStore
+from decouple_jax.search import store_ids
+from decouple_jax.search.target_store import StoreError, TargetStore
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MODEL = cfglib.ModelConfig(widths=(8, 8, 8), whiten_images=64)
@@ -85,7 +85,7 @@ def test_two_rounds_run_and_record_every_number(looped):
   exp, workdir, results = looped
   assert [r['round'] for r in results['rounds']] == [1, 2]
   first, second = results['rounds']
-  assert first['network'] == stores.UNTRAINED and second['network'] != stores.UNTRAINED
+  assert first['network'] == store_ids.UNTRAINED and second['network'] != store_ids.UNTRAINED
   assert (first['start'], second['start']) == ('fresh', 'warm')
   for r in results['rounds']:
     assert 0 <= r['test_accuracy'] <= 1 and len(r['r2_train']) == 3
@@ -110,9 +110,10 @@ def test_a_store_is_refused_for_another_rounds_network(looped):
   ds = data.load_dataset(exp.data)
   round2 = feedback.round_dir(workdir, 2) / 'targets'
   with pytest.raises(StoreError, match='config_hash'):
-    stores.open_complete(round2, stores.StoreId(exp.data, exp.search, ds))  # round 1's network
-  stores.open_complete(round2, stores.StoreId(exp.data, exp.search, ds,
-                                              network_id=results['rounds'][1]['network']))
+    # round 1's network
+    store_ids.open_finished(round2, store_ids.StoreId(exp.data, exp.search, ds))
+  store_ids.open_finished(round2, store_ids.StoreId(exp.data, exp.search, ds,
+                                                    network_id=results['rounds'][1]['network']))
 
 
 def test_the_kl_term_trains_only_the_head_of_a_warm_started_round(looped):

@@ -18,7 +18,7 @@ import pytest
 from decouple_jax import runlog
 from decouple_jax.learn import sgd, trainer
 from decouple_jax.search import driver
-from decouple_jax.search.store import StoreError, TargetStore
+from decouple_jax.search.target_store import StoreError, TargetStore
 
 from test_reliability import LIB, ONE, SEARCH, SGD, real  # pylint: disable=unused-import  # fixture
 
@@ -190,7 +190,7 @@ os.pwrite = pwrite
 # The store's directory deleted before its second chunk is written.
 _TARGETS_DELETED = '''
 import shutil
-from decouple_jax.search.store import TargetStore
+from decouple_jax.search.target_store import TargetStore
 write_chunk, calls = TargetStore.write_chunk, []
 def deleting(self, *args, **kwargs):
   calls.append(1)

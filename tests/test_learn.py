@@ -13,7 +13,7 @@ from decouple_jax import data
 from decouple_jax import memory
 from decouple_jax import models
 from decouple_jax.learn import optim, sgd, student, trainer
-from decouple_jax.search import store as store_lib
+from decouple_jax.search import target_store
 
 TINY_MODEL = cfglib.ModelConfig(widths=(8, 8, 8), convs_per_block=2, whiten_images=64)
 # One device keeps these tests fast on 2 cores; data parallelism has its own test below.
@@ -202,16 +202,16 @@ def test_student_loss_values():
 
 def _tiny_store(tmp_path, ds, model, dtype='float32'):
   shapes = models.tap_shapes(model, ds.image_shape)
-  spec = store_lib.StoreSpec(shapes=shapes, dtype=dtype, num_images=len(ds.train_images),
-                             chunk_size=64, config_hash='c', data_name=ds.name, seed=0,
-                             index_hash=store_lib.indices_hash(ds.train_index))
-  st = store_lib.TargetStore.create_or_open(tmp_path, spec, ds.train_index)
+  spec = target_store.StoreSpec(shapes=shapes, dtype=dtype, num_images=len(ds.train_images),
+                                chunk_size=64, config_hash='c', data_name=ds.name, seed=0,
+                                index_hash=target_store.indices_hash(ds.train_index))
+  st = target_store.TargetStore.create_or_open(tmp_path, spec, ds.train_index)
   rng = np.random.default_rng(1)
   for c in range(st.num_chunks):
     a, b = st.chunk_range(c)
     st.write_chunk(c, [rng.normal(size=(b - a, *s)) for s in shapes],
                    np.zeros((b - a, 4), np.float32), np.zeros(b - a, np.float32))
-  return store_lib.TargetStore.open(tmp_path)
+  return target_store.TargetStore.open(tmp_path)
 
 
 def test_streamed_targets_train_like_device_targets(tiny_mnist, tmp_path):
@@ -219,7 +219,7 @@ def test_streamed_targets_train_like_device_targets(tiny_mnist, tmp_path):
   model, variables = models.init_for_dataset(cfg.model, tiny_mnist, 0, detach_head=True)
   st = _tiny_store(tmp_path / 'store', tiny_mnist, model)
   loss_fn = student.student_loss_fn(model, cfg)
-  on_device = trainer.TrainData.from_dataset(tiny_mnist, extras=st.load_all())
+  on_device = trainer.TrainData.from_dataset(tiny_mnist, extras=st.read())
   streamed = trainer.TrainData.from_dataset(
       tiny_mnist, stream=functools.partial(st.read, dtype=st.value_dtype))
   runs = [trainer.fit(model, variables, loss_fn, d, cfg.train, tmp_path / name,
@@ -234,7 +234,7 @@ def test_student_refuses_targets_of_another_config(tiny_mnist, tmp_path):
   cfg = dataclasses.replace(STUDENT, train=TINY_TRAIN)
   model = models.build(cfg.model, 10, 1)
   _tiny_store(tmp_path / 'store', tiny_mnist, model)  # config_hash 'c': not this config's
-  with pytest.raises(store_lib.StoreError, match='config_hash'):
+  with pytest.raises(target_store.StoreError, match='config_hash'):
     student.train_student(data_cfg, cfglib.SearchConfig(model=TINY_MODEL), cfg,
                           tmp_path / 'run', tmp_path / 'store', ds=tiny_mnist, mesh=ONE)
 

@@ -24,9 +24,9 @@ import tqdm
 import decouple_jax
 from decouple_jax import analysis, config as cfglib, data, identity, locks, models, reproduce, runlog
 from decouple_jax.learn import sgd, student, trainer
-from decouple_jax.search import driver, evolve, stores
+from decouple_jax.search import driver, evolve, store_ids
 from decouple_jax.search import operators as ops
-from decouple_jax.search.store import StoreError, TargetStore
+from decouple_jax.search.target_store import StoreError, TargetStore
 
 from cifar_archives import write_cifar_archive
 from test_data import _write_idx_gz
@@ -85,7 +85,7 @@ def _store(directory, data_cfg, ds, poison_chunk=None, written=None):
   disk or a stray write would (its checksum no longer matches). ``written``: a value the
   writer itself puts at block 1 of the first image, as a search that diverged would (its
   checksum covers it)."""
-  st = stores.create_or_open(directory, stores.StoreId(data_cfg, SEARCH, ds))
+  st = store_ids.open_for_search(directory, store_ids.StoreId(data_cfg, SEARCH, ds))
   rng = np.random.default_rng(0)
   for c in st.missing_chunks():
     start, stop = st.chunk_range(c)
@@ -151,10 +151,10 @@ def test_fingerprint_follows_content_not_place(real, moved, other):
 def test_store_of_another_data_set_is_refused(real, moved, other, tmp_path):
   targets = _store(tmp_path / 'targets', *other)
   with pytest.raises(StoreError) as e:
-    stores.open_complete(targets, stores.StoreId(real[0], SEARCH, real[1]))
+    store_ids.open_finished(targets, store_ids.StoreId(real[0], SEARCH, real[1]))
   assert 'config.data.fingerprint: expected' in str(e.value)
   ours = _store(tmp_path / 'ours', *real)
-  assert stores.open_complete(ours, stores.StoreId(moved[0], SEARCH, moved[1])).is_complete()
+  assert store_ids.open_finished(ours, store_ids.StoreId(moved[0], SEARCH, moved[1])).is_complete()
 
 
 def test_moved_verified_data_keeps_finished_runs(sgd_run, moved, tmp_path):

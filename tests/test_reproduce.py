@@ -14,8 +14,8 @@ import pytest
 from decouple_jax import config as cfglib
 from decouple_jax import data
 from decouple_jax import report
-from decouple_jax.search import store as store_lib
-from decouple_jax.search import stores
+from decouple_jax.search import target_store
+from decouple_jax.search import store_ids
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -81,7 +81,7 @@ def pipeline(tmp_path_factory, mnist_dir):
 def test_launch_search_and_train_sgd(pipeline):
   w, out = pipeline['workdir'], pipeline['out']
   assert 'searched 256 images' in out['search']
-  assert store_lib.TargetStore.open(w / 'search' / 'targets').is_complete()
+  assert target_store.TargetStore.open(w / 'search' / 'targets').is_complete()
   assert 'SGD test accuracy' in out['sgd']
   assert (w / 'seed0' / 'sgd_convs2' / 'results.json').exists()
 
@@ -115,9 +115,9 @@ def test_reproduce_reuses_finished_runs_and_adds_the_rest(pipeline, mnist_dir):
   # The hold-out store serves hold-out images only: as training targets it is refused.
   exp = cfglib.from_dict(cfglib.ExperimentConfig, first['config'])
   ds = data.load_dataset(dataclasses.replace(exp.data, dir=str(mnist_dir)))
-  with pytest.raises(store_lib.StoreError, match='index_hash'):
-    stores.open_complete(stores.store_dir(w / 'search', 'holdout'),
-                         stores.StoreId(exp.data, exp.search, ds))
+  with pytest.raises(target_store.StoreError, match='index_hash'):
+    store_ids.open_finished(store_ids.store_dir(w / 'search', 'holdout'),
+                            store_ids.StoreId(exp.data, exp.search, ds))
 
 
 @pytest.mark.slow

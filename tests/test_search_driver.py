@@ -11,8 +11,8 @@ from decouple_jax import data
 from decouple_jax import memory
 from decouple_jax import models
 from decouple_jax import runlog
-from decouple_jax.search import driver, sharding, stores
-from decouple_jax.search.store import StoreError, TargetStore
+from decouple_jax.search import driver, sharding, store_ids
+from decouple_jax.search.target_store import StoreError, TargetStore
 
 SEARCH = cfglib.SearchConfig(
     model=cfglib.ModelConfig(widths=(8, 8, 8), whiten_images=64),
@@ -52,7 +52,7 @@ def test_killed_search_resumes_to_the_same_store(setup, tmp_path, monkeypatch):
   resumed = driver.run_search(data_cfg, SEARCH, tmp_path / 'killed', ds=ds, mesh=mesh)
   summary = runlog.read_json(tmp_path / 'killed' / 'summary.json')
   assert summary['images_this_run'] == 64  # only the two missing chunks were searched
-  for a, b in zip(full.load_all(), resumed.load_all()):
+  for a, b in zip(full.read(), resumed.read()):
     np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(full.best_loss, resumed.best_loss)
 
@@ -69,7 +69,7 @@ def test_store_of_another_search_config_is_refused(setup, tmp_path):
 
 def test_batch_size_does_not_change_the_store_hash(setup):
   data_cfg, ds, _ = setup
-  h = lambda search_cfg, data_cfg=data_cfg: stores.StoreId(data_cfg, search_cfg, ds).hash()
+  h = lambda search_cfg, data_cfg=data_cfg: store_ids.StoreId(data_cfg, search_cfg, ds).hash()
   assert h(SEARCH) == h(dataclasses.replace(SEARCH, batch_images=3))
   assert h(SEARCH) == h(dataclasses.replace(SEARCH, batch_images='auto'))
   # The search runs forward only: how the conv's gradient is formed cannot change a target.
@@ -85,7 +85,7 @@ def test_store_of_another_engine_version_is_refused(setup, tmp_path, monkeypatch
   data_cfg, ds, mesh = setup
   small = dataclasses.replace(SEARCH, chunk_size=96)
   driver.run_search(data_cfg, small, tmp_path, ds=ds, mesh=mesh)
-  monkeypatch.setattr(stores, 'ENGINE_VERSION', stores.ENGINE_VERSION + 1)
+  monkeypatch.setattr(store_ids, 'ENGINE_VERSION', store_ids.ENGINE_VERSION + 1)
   with pytest.raises(StoreError, match='config_hash'):
     driver.run_search(data_cfg, small, tmp_path, ds=ds, mesh=mesh)
 
@@ -117,6 +117,6 @@ def test_in_memory_search_equals_the_stored_targets_bitwise(setup, tmp_path):
   result = sharding.search_images(
       np.asarray(data.normalize(ds.train_images, ds.mean, ds.std)), ds.train_labels,
       ds.train_index, SEARCH, network, mesh=mesh)
-  for stored, searched in zip(store.load_all(), result.targets):
+  for stored, searched in zip(store.read(), result.targets):
     np.testing.assert_array_equal(stored, searched)
   np.testing.assert_array_equal(store.best_loss, result.best_loss)

@@ -12,8 +12,8 @@ from decouple_jax import config as cfglib
 from decouple_jax import data
 from decouple_jax import models
 from decouple_jax.learn import student, trainer
-from decouple_jax.search import driver, fast, registry, sharding, stores
-from decouple_jax.search.store import StoreError
+from decouple_jax.search import driver, fast, registry, sharding, store_ids
+from decouple_jax.search.target_store import StoreError
 
 import test_search_driver
 
@@ -83,20 +83,20 @@ def test_editing_a_registered_operator_gives_its_stores_a_new_identity(setup):
   ids = []
   for body in (source, source.replace('shape)\n', 'shape) * 1.5\n')):
     registry.register('mutation', 'notebook_noise')(_function(body))
-    ids.append(stores.StoreId(data_cfg, cfg, ds).hash())
+    ids.append(store_ids.StoreId(data_cfg, cfg, ds).hash())
   registry.register('mutation', 'notebook_noise')(_function(source))
-  assert ids[0] != ids[1] and stores.StoreId(data_cfg, cfg, ds).hash() == ids[0]
+  assert ids[0] != ids[1] and store_ids.StoreId(data_cfg, cfg, ds).hash() == ids[0]
 
 
 def test_operator_names_and_parameters_enter_the_store_identity(setup):
   data_cfg, ds, _ = setup
-  h = lambda cfg: stores.StoreId(data_cfg, cfg, ds).hash()
+  h = lambda cfg: store_ids.StoreId(data_cfg, cfg, ds).hash()
   variants = [SEARCH, with_operator(SEARCH, 'mutation', 'heavy_tailed'),
               with_operator(SEARCH, 'mutation', 'heavy_tailed', std=0.5),
               with_operator(SEARCH, 'fitness', 'anchored', weight=1.0),
               with_operator(SEARCH, 'fitness', 'anchored', weight=2.0)]
   assert len({h(cfg) for cfg in variants}) == len(variants)
-  assert stores.StoreId(data_cfg, SEARCH, ds).config()['operators'] == 'library'
+  assert store_ids.StoreId(data_cfg, SEARCH, ds).config()['operators'] == 'library'
 
 
 def test_a_registered_operator_computing_the_default_gives_the_default_targets(setup):
@@ -123,7 +123,7 @@ def test_a_registered_operator_travels_from_the_config_to_the_student(setup, tmp
   default = driver.run_search(data_cfg, SEARCH, tmp_path / 'default', ds=ds, mesh=mesh)
   assert store.spec.config['search']['operators']['mutation'] == {
       'name': 'heavy_tailed', 'params': {'std': 1.0}}
-  assert not np.array_equal(store.load_all()[1], default.load_all()[1])
+  assert not np.array_equal(store.read()[1], default.read()[1])
   results = student.train_student(data_cfg, custom, STUDENT, tmp_path / 'student',
                                   tmp_path / 'targets', ds=ds,
                                   mesh=trainer.mesh_1d('batch', jax.devices()[:1]))

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from decouple_jax import locks
-from decouple_jax.search import store
-from decouple_jax.search.store import StoreError, TargetStore
+from decouple_jax.search import target_store
+from decouple_jax.search.target_store import StoreError, TargetStore
 
 TESTS = pathlib.Path(__file__).resolve().parent
 SHAPES = ((5, 5, 3), (2, 2, 3), (1, 1, 3), (10,))
@@ -27,9 +27,9 @@ VALUE_DTYPE = {'float32': np.float32, 'float16': np.float16, 'bfloat16': ml_dtyp
 
 def make_spec(indices=None, **overrides):
   indices = np.arange(100, 100 + N) if indices is None else indices
-  spec = store.StoreSpec(shapes=SHAPES, dtype='float32', num_images=N, chunk_size=CHUNK,
-                         config_hash='cfg0', data_name='mnist', seed=0,
-                         index_hash=store.indices_hash(indices))
+  spec = target_store.StoreSpec(shapes=SHAPES, dtype='float32', num_images=N, chunk_size=CHUNK,
+                                config_hash='cfg0', data_name='mnist', seed=0,
+                                index_hash=target_store.indices_hash(indices))
   return dataclasses.replace(spec, **overrides), indices
 
 
@@ -74,7 +74,7 @@ def test_round_trip(tmp_path, dtype):
 
   ro = TargetStore.open(tmp_path, expect={'data_name': 'mnist', 'dtype': dtype})
   targets, best_loss, init_loss = full_data(ro.spec)
-  loaded = ro.load_all()
+  loaded = ro.read()
   tol = {'float32': 0.0, 'float16': 2.0**-11, 'bfloat16': 2.0**-8}[dtype]  # half an ulp
   for got, want in zip(loaded, targets):
     assert got.dtype == np.float32
@@ -103,21 +103,24 @@ def test_read_chosen_layers_and_whole_layers(tmp_path):
   fill(create(tmp_path, dtype='bfloat16'))
   ro = TargetStore.open(tmp_path)
   assert ro.value_dtype == np.dtype(ml_dtypes.bfloat16)
-  whole = ro.load_all()
+  whole = ro.read()
   positions = np.array([7, 2, 2])
   logits, block0 = ro.read(positions, layers=[-1, 0])
   np.testing.assert_array_equal(logits, whole[3][positions])
   np.testing.assert_array_equal(block0, whole[0][positions])
   assert ro.read(positions, layers=[]) == ()
-  np.testing.assert_array_equal(ro.read_layer(-1), whole[3])
-  native = ro.read_layer(1, dtype=ro.value_dtype)
+  # positions=None: every image, in store order; the host copy outlives the store's files.
+  logits, block1 = ro.read(layers=[-1, 1])
+  np.testing.assert_array_equal(logits, whole[3])
+  assert logits.flags.owndata
+  (native,) = ro.read(layers=[1], dtype=ro.value_dtype)
   assert native.dtype == ro.value_dtype
-  np.testing.assert_array_equal(native.astype(np.float32), whole[1])
+  np.testing.assert_array_equal(native.astype(np.float32), block1)
+  assert ro.read(layers=[]) == ()
   for bad in (4, -5):
-    with pytest.raises(StoreError, match=rf'layers \[{bad}\] are out of range'):
-      ro.read(positions, layers=[bad])
-    with pytest.raises(StoreError, match='out of range'):
-      ro.read_layer(bad)
+    for rows in (positions, None):
+      with pytest.raises(StoreError, match=rf'layers \[{bad}\] are out of range'):
+        ro.read(rows, layers=[bad])
 
 
 class Killed(Exception):
@@ -134,13 +137,13 @@ def test_resume_after_interrupted_write_is_byte_identical(tmp_path, monkeypatch,
   st = create(tmp_path / 'run')
   fill(st, [0])
   if point == 'mid_data':  # layer 0 of the chunk written, the rest not
-    write, calls = store._pwrite, []
+    write, calls = target_store._pwrite, []
     def pwrite(*args):
       if calls:
         raise Killed
       calls.append(args)
       write(*args)
-    monkeypatch.setattr(store, '_pwrite', pwrite)
+    monkeypatch.setattr(target_store, '_pwrite', pwrite)
   elif point == 'before_commit':  # all data durable, metadata untouched
     monkeypatch.setattr(TargetStore, '_commit', _raise)
   else:  # the new meta.json written to its temp file, not yet renamed
@@ -163,7 +166,7 @@ directory, tests_dir, stall_at = sys.argv[1:]
 sys.path.insert(0, tests_dir)
 import test_store as t
 from decouple_jax import locks
-from decouple_jax.search import store
+from decouple_jax.search import target_store
 
 def stall_on_call(f, n):
   calls = []
@@ -178,7 +181,7 @@ def stall_on_call(f, n):
 st = t.create(directory)
 t.fill(st, [0])
 if stall_at == 'data':  # after layer 0 of chunk 1
-  store._pwrite = stall_on_call(store._pwrite, 1)
+  target_store._pwrite = stall_on_call(target_store._pwrite, 1)
 else:  # after the temp metadata is written, before it is renamed over meta.json
   os.replace = stall_on_call(os.replace, 0)
 t.fill(st, [1])
@@ -381,21 +384,21 @@ def test_incomplete_store_reads_refused(tmp_path):
   assert np.isnan(ro.best_loss[4:8]).all() and np.isnan(ro.init_loss[4:8]).all()
   assert not np.isnan(ro.best_loss[:4]).any()
   with pytest.raises(StoreError, match='incomplete'):
-    ro.load_all()
+    ro.read()
   with pytest.raises(StoreError, match='incomplete'):
-    store.device_targets(ro, max_bytes=1 << 30)
+    ro.put_on_devices(max_bytes=1 << 30)
   with pytest.raises(StoreError, match='positions span'):
     ro.read(np.array([N]))
   with pytest.raises(StoreError, match='1-D integer'):
     ro.read(np.array([0.0]))
 
 
-def test_device_targets_respects_budget(tmp_path):
+def test_put_on_devices_respects_budget(tmp_path):
   fill(create(tmp_path, dtype='bfloat16'))
   st = TargetStore.open(tmp_path)
-  assert store.device_targets(st, max_bytes=st.nbytes - 1) is None
-  arrays = store.device_targets(st, max_bytes=st.nbytes)
+  assert st.put_on_devices(max_bytes=st.nbytes - 1) is None
+  arrays = st.put_on_devices(max_bytes=st.nbytes)
   assert [a.shape for a in arrays] == [(N, *s) for s in SHAPES]
   assert all(isinstance(a, jax.Array) and a.dtype == jax.numpy.bfloat16 for a in arrays)
-  for a, host in zip(arrays, st.load_all(dtype=ml_dtypes.bfloat16)):
+  for a, host in zip(arrays, st.read(dtype=ml_dtypes.bfloat16)):
     np.testing.assert_array_equal(np.asarray(a), host)

@@ -36,7 +36,7 @@ from decouple_jax.analysis import diversity
 from decouple_jax.learn import student
 from decouple_jax.search import driver
 from decouple_jax.search import sharding
-from decouple_jax.search import stores
+from decouple_jax.search import store_ids
 
 
 def scale_population(cfg: cfglib.SearchConfig, population: int) -> cfglib.SearchConfig:
@@ -274,7 +274,7 @@ def accuracy_vs_compute(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Pat
   workdir = pathlib.Path(workdir)
 
   def accuracy(search_cfg: cfglib.SearchConfig) -> float:
-    config = identity.student(exp.data, ds, search_cfg, exp.student, stores.UNTRAINED)
+    config = identity.student(exp.data, ds, search_cfg, exp.student, store_ids.UNTRAINED)
     run = workdir / identity.hash_of(config) / 'student'
     results = identity.finished(run / 'results.json', config, required='diagnostics')
     if results is None:

@@ -26,8 +26,8 @@ from decouple_jax.analysis import diversity
 from decouple_jax.learn import sgd
 from decouple_jax.learn import student
 from decouple_jax.learn import trainer
-from decouple_jax.search import stores
-from decouple_jax.search.store import TargetStore
+from decouple_jax.search import store_ids
+from decouple_jax.search.target_store import TargetStore
 
 # What is logged per block, in the order the plots read them.
 MEASURES = ('cosine_distance', 'within_entropy', 'between_entropy')
@@ -158,9 +158,9 @@ def run_trajectories(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path,
     {method label: the run's ``metrics.jsonl`` records}, as the plots take them.
   """
   workdir = pathlib.Path(workdir)
-  train_store = stores.open_complete(train_targets, stores.StoreId(exp.data, exp.search, ds))
-  holdout_store = stores.open_complete(holdout_targets,
-                                       stores.StoreId(exp.data, exp.search, ds, 'holdout'))
+  train_store = store_ids.open_finished(train_targets, store_ids.StoreId(exp.data, exp.search, ds))
+  holdout_store = store_ids.open_finished(holdout_targets,
+                                          store_ids.StoreId(exp.data, exp.search, ds, 'holdout'))
   callback = make_epoch_callback(
       ds, probes_from_stores(ds, exp.analysis.probe_images, train_store, holdout_store),
       batch_size=exp.student.train.eval_batch, bn_batch_stats=exp.student.train.bn_batch_stats)

@@ -24,7 +24,7 @@ import optax
 from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
 from decouple_jax.models import airbench
-from decouple_jax.search.store import TargetStore
+from decouple_jax.search.target_store import TargetStore
 
 # Sufficient statistics of R^2 over images: (SSE, per-element sum of the targets (D,), their
 # per-element sum of squares (D,), number of images). They add up over batches.
@@ -64,15 +64,11 @@ def add_r2_stats(a: R2Stats, b: R2Stats) -> R2Stats:
   return tuple(x + y for x, y in zip(a, b))
 
 
-def stored_logits(store: TargetStore) -> np.ndarray:
-  """(N, K) float32: the store's cached logits (its last layer), read without the block
-  targets, which are far larger and not needed here."""
-  return store.read_layer(-1)
-
-
 def phat_accuracy(store: TargetStore, labels: np.ndarray) -> float:
   """Fraction of the store's images whose cached logits' argmax is ``labels`` (N,)."""
-  return float(np.mean(np.argmax(stored_logits(store), -1) == np.asarray(labels)))
+  # The logits alone: the block targets are far larger and not needed here.
+  (logits,) = store.read(layers=[-1])
+  return float(np.mean(np.argmax(logits, -1) == np.asarray(labels)))
 
 
 @functools.partial(jax.jit, static_argnames=('num_classes', 'epochs'))

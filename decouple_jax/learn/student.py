@@ -30,8 +30,7 @@ from decouple_jax import models
 from decouple_jax import runlog
 from decouple_jax.learn import diagnostics
 from decouple_jax.learn import trainer
-from decouple_jax.search import stores
-from decouple_jax.search.store import device_targets
+from decouple_jax.search import store_ids
 
 
 def supervised_blocks(variant: str, num_blocks: int) -> tuple[int, ...]:
@@ -139,7 +138,7 @@ def train_student(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
                   targets: str | pathlib.Path, *,
                   holdout_targets: str | pathlib.Path | None = None,
                   ds: datalib.Dataset | None = None, mesh=None, epoch_callback=None,
-                  network_id: str = stores.UNTRAINED, init_variables=None) -> dict:
+                  network_id: str = store_ids.UNTRAINED, init_variables=None) -> dict:
   """:func:`fit_student` on the searched targets in the store ``targets``; resumable from
   ``workdir``.
 
@@ -163,13 +162,13 @@ def train_student(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
     selected student.
   """
   ds = ds if ds is not None else datalib.load_dataset(data_cfg)
-  store_id = lambda split: stores.StoreId(data_cfg, search_cfg, ds, split, network_id)
-  store = stores.open_complete(targets, store_id('train'))
+  store_id = lambda split: store_ids.StoreId(data_cfg, search_cfg, ds, split, network_id)
+  store = store_ids.open_finished(targets, store_id('train'))
   # Opened before training, so a wrong path fails now rather than after the last epoch.
-  holdout_store = (stores.open_complete(holdout_targets, store_id('holdout'))
+  holdout_store = (store_ids.open_finished(holdout_targets, store_id('holdout'))
                    if holdout_targets is not None else None)
-  on_device = device_targets(store, int(student_cfg.device_targets_gb * 2**30))
-  # Streamed targets keep the store dtype, as device_targets does, so both paths feed the
+  on_device = store.put_on_devices(int(student_cfg.device_targets_gb * 2**30))
+  # Streamed targets keep the store dtype, as put_on_devices does, so both paths feed the
   # train step the same dtypes.
   start = 'fresh' if init_variables is None else cfglib.hash_tree(init_variables)
   results = fit_student(

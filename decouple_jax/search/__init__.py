@@ -10,7 +10,7 @@ from decouple_jax.search import layer
 from decouple_jax.search import mutation
 from decouple_jax.search import operators
 from decouple_jax.search import registry
-from decouple_jax.search import stores
+from decouple_jax.search import store_ids
 from decouple_jax.search.evolve import Population
 from decouple_jax.search.evolve import SearchResult
 from decouple_jax.search.evolve import search_layer
@@ -28,11 +28,10 @@ from decouple_jax.search.sharding import search_images
 from decouple_jax.search.sharding import search_in_batches
 from decouple_jax.search.driver import run_search
 from decouple_jax.search.driver import search_summary
-from decouple_jax.search.store import StoreError
-from decouple_jax.search.store import StoreSpec
-from decouple_jax.search.store import TargetStore
-from decouple_jax.search.store import device_targets
-from decouple_jax.search.store import indices_hash
+from decouple_jax.search.target_store import StoreError
+from decouple_jax.search.target_store import StoreSpec
+from decouple_jax.search.target_store import TargetStore
+from decouple_jax.search.target_store import indices_hash
 
 __all__ = [
     'Draws',
@@ -41,7 +40,6 @@ __all__ = [
     'StoreError',
     'StoreSpec',
     'TargetStore',
-    'device_targets',
     'draw_generation',
     'fast',
     'generation_step',
@@ -63,5 +61,5 @@ __all__ = [
     'search_in_batches',
     'search_layer',
     'search_summary',
-    'stores',
+    'store_ids',
 ]

@@ -4,8 +4,7 @@
 (:meth:`decouple_jax.search.sharding.SearchFn.search`) of each missing chunk (the store's unit
 of resumption), written to the store. A killed run started again redoes at most the chunks in
 flight and, since every image's randomness derives from (seed, dataset index), ends with the
-same store. Which
-store a search fills and where it lives is :mod:`decouple_jax.search.stores`'.
+same store. Which store a search fills and where it lives: :mod:`decouple_jax.search.store_ids`.
 
 Several processes (``jax.distributed``, one per host) fill one store on a shared filesystem
 together: each searches its share of the missing chunks on its own devices and commits them
@@ -29,8 +28,8 @@ from decouple_jax import identity
 from decouple_jax import models
 from decouple_jax import runlog
 from decouple_jax.search import sharding
-from decouple_jax.search import stores
-from decouple_jax.search.store import TargetStore
+from decouple_jax.search import store_ids
+from decouple_jax.search.target_store import TargetStore
 
 
 def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
@@ -64,12 +63,12 @@ def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
   ds = ds if ds is not None else datalib.load_dataset(data_cfg)
   if network is None:
     model, variables = models.init_for_dataset(search_cfg.model, ds, search_cfg.seed)
-    network_id = stores.UNTRAINED
+    network_id = store_ids.UNTRAINED
   else:
     model, variables = network
     network_id = cfglib.hash_tree(variables)
-  store_id = stores.StoreId(data_cfg, search_cfg, ds, split, network_id)
-  store = stores.create_or_open(directory, store_id, model)
+  store_id = store_ids.StoreId(data_cfg, search_cfg, ds, split, network_id)
+  store = store_ids.open_for_search(directory, store_id, model)
   # Which chunks are missing and whether the store was summarised, as process 0 sees them:
   # the processes must decide alike, or one would wait for the others forever.
   state = np.zeros(store.num_chunks + 1, bool)
@@ -79,7 +78,7 @@ def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
   missing = np.flatnonzero(state[:-1]).tolist()
   if not missing and state[-1]:
     return store
-  images, labels, index = stores.split_arrays(ds, split)
+  images, labels, index = store_ids.split_arrays(ds, split)
   todo = distributed.share(missing)
   search_fn = sharding.make_search_fn(model, variables, search_cfg, mesh)
   log = runlog.JsonLines(directory / 'search_log.jsonl')
@@ -143,8 +142,8 @@ def cached_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
                   ds: datalib.Dataset, root: str | pathlib.Path, split: str = 'train'
                   ) -> pathlib.Path:
   """The target store of ``split`` under these configs in a cache of searches at ``root``
-  (:func:`decouple_jax.search.stores.cache_dir`): searched on first use, resumed if
+  (:func:`decouple_jax.search.store_ids.cache_dir`): searched on first use, resumed if
   unfinished, reused once finished, so analyses sharing a setting search it once."""
-  directory = stores.cache_dir(root, stores.StoreId(data_cfg, search_cfg, ds, split))
+  directory = store_ids.cache_dir(root, store_ids.StoreId(data_cfg, search_cfg, ds, split))
   run_search(data_cfg, search_cfg, directory, ds=ds, split=split)
   return directory

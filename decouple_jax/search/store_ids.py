@@ -17,7 +17,11 @@ Where stores live:
   ROOT/<id hash>/targets  a cache of searches by id, shared by analyses (:func:`cache_dir`)
 
 Writing a store (the search) is :mod:`decouple_jax.search.driver`'s; this module only says
-which store is which and opens it.
+which store is which and opens it. It is named for what it holds, the stores' ids: the format
+of one store on disk, which knows nothing of configs, is :mod:`decouple_jax.search.target_store`.
+The two levels open stores by different names: here :func:`open_for_search` and
+:func:`open_finished` take a :class:`StoreId` and build the spec from it; there
+``TargetStore.create_or_open`` and ``TargetStore.open`` take a spec.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from decouple_jax import data as datalib
 from decouple_jax import identity
 from decouple_jax import models
 from decouple_jax.search import registry
-from decouple_jax.search.store import StoreError, StoreSpec, TargetStore, indices_hash
+from decouple_jax.search.target_store import StoreError, StoreSpec, TargetStore, indices_hash
 
 SPLITS = ('train', 'holdout')
 # The training split's store in a run directory; the hold-out split's sits beside it.
@@ -114,7 +118,7 @@ class StoreId:
     return f'{identity.hash_of(self.config())}-v{ENGINE_VERSION}'
 
   def expected_fields(self) -> dict:
-    """The :class:`~decouple_jax.search.store.StoreSpec` fields a store must have to be this
+    """The :class:`~decouple_jax.search.target_store.StoreSpec` fields a store must have to be this
     id's (for ``TargetStore.open(expect=...)``)."""
     return {'config_hash': self.hash(), 'config': self.config(), 'data_name': self.ds.name,
             'index_hash': indices_hash(self.indices)}
@@ -137,18 +141,18 @@ def cache_dir(root: str | pathlib.Path, store_id: StoreId) -> pathlib.Path:
   return store_dir(pathlib.Path(root) / train_id.hash(), store_id.split)
 
 
-def create_or_open(directory: str | pathlib.Path, store_id: StoreId,
-                   model: models.AirbenchNet | None = None, *,
-                   cooperate: bool | None = None) -> TargetStore:
-  """Creates, or reopens to resume, the writable store of ``store_id`` at ``directory``
-  (``model`` as for :meth:`StoreId.spec`); ``cooperate`` shares it with the other processes
-  of one search (by default, those of a ``jax.distributed`` run; see
-  :meth:`~decouple_jax.search.store.TargetStore.create_or_open`)."""
+def open_for_search(directory: str | pathlib.Path, store_id: StoreId,
+                    model: models.AirbenchNet | None = None, *,
+                    cooperate: bool | None = None) -> TargetStore:
+  """The writable store of ``store_id`` at ``directory``, for the search to fill: created, or
+  reopened to resume (``model`` as for :meth:`StoreId.spec`); ``cooperate`` shares it with the
+  other processes of one search (by default, those of a ``jax.distributed`` run; see
+  :meth:`~decouple_jax.search.target_store.TargetStore.create_or_open`)."""
   return TargetStore.create_or_open(directory, store_id.spec(model), store_id.indices,
                                     cooperate=cooperate)
 
 
-def open_complete(directory: str | pathlib.Path, store_id: StoreId) -> TargetStore:
+def open_finished(directory: str | pathlib.Path, store_id: StoreId) -> TargetStore:
   """The complete, read-only store of ``store_id`` at ``directory``.
 
   Raises:

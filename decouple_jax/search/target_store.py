@@ -5,6 +5,12 @@ logits). They are computed once and read by every training run, so they are a da
 train state: about 14.5 GB in float32 for 50k CIFAR images at paper scale, hence on disk, read
 through NumPy memmaps, optionally in 16 bits.
 
+This module is the store's format: what a store directory holds and how it is written,
+checked and read, given a :class:`StoreSpec`. It knows nothing of configs or data sets; which
+store belongs to which search, and where it lives, is :mod:`decouple_jax.search.store_ids`.
+Targets are read on the host with :meth:`TargetStore.read` (chosen positions or every image,
+chosen layers or all) and placed on the devices with :meth:`TargetStore.put_on_devices`.
+
 Layout of a store directory (every array file is a plain .npy, readable with
 ``np.load(path, mmap_mode='r')``):
 
@@ -292,15 +298,18 @@ def _check_indices(indices: np.ndarray, spec: StoreSpec) -> np.ndarray:
   found = indices_hash(indices)
   if found != spec.index_hash:
     raise StoreError(f'spec.index_hash={spec.index_hash!r} is not the hash of the given indices '
-                     f'({found!r}); set it with decouple_jax.search.store.indices_hash(indices)')
+                     f'({found!r}); set it with '
+                     f'decouple_jax.search.target_store.indices_hash(indices)')
   return indices.astype(np.int64)
 
 
 class TargetStore:
   """A directory of cached searched targets; see the module docstring for the layout.
 
-  Build one with :meth:`create_or_open` (search: write chunks, resume after a kill) or
-  :meth:`open` (training: read-only).
+  Build one from a spec with :meth:`create_or_open` (search: write chunks, resume after a
+  kill) or :meth:`open` (training: read-only); from a search's id, with
+  :func:`decouple_jax.search.store_ids.open_for_search` or
+  :func:`~decouple_jax.search.store_ids.open_finished`.
 
   Attributes:
     directory: the store's directory.
@@ -659,18 +668,19 @@ class TargetStore:
     as ``dtype`` to read them without a conversion."""
     return _value_dtype(self.spec.dtype)
 
-  def read(self, positions: np.ndarray, *, layers: Iterable[int] | None = None,
+  def read(self, positions: np.ndarray | None = None, *, layers: Iterable[int] | None = None,
            dtype: Any = np.float32, allow_incomplete: bool = False) -> tuple[np.ndarray, ...]:
-    """Targets of arbitrary positions (e.g. a random batch).
+    """Targets in host memory: of chosen positions (e.g. a random batch), or of every image.
 
     The first read that touches a completed chunk checks the chunk against its checksum (see
     the module docstring), which reads its rows of every file; later reads touch only the
     requested layers' rows.
 
     Args:
-      positions: (B,) integer store positions, any order, repeats allowed.
+      positions: (B,) integer store positions, any order, repeats allowed; None: every image,
+        B = N, in store order.
       layers: the search layers to read, in the order given (negative counts from the end:
-        -1 is the logits); default all of them.
+        -1 is the logits); None: all of them.
       dtype: dtype of the result; float32 by default, :attr:`value_dtype` to skip the
         conversion.
       allow_incomplete: read unwritten chunks too (zeros, or a killed writer's leftovers).
@@ -679,70 +689,47 @@ class TargetStore:
       Per requested layer l, a (B, *spec.shapes[l]) array of ``dtype``.
 
     Raises:
-      StoreError: positions or layers out of range, positions in an unwritten chunk (unless
-        allowed), or in a damaged one (one that does not match its checksum).
+      StoreError: positions or layers out of range, positions in an unwritten chunk (for
+        ``positions=None``: an incomplete store) unless allowed, or in a damaged one (one that
+        does not match its checksum).
     """
+    layers = self._layer_indices(layers)
+    if positions is None:
+      if not allow_incomplete and not self.is_complete():
+        raise StoreError(f'{self.directory} is incomplete (chunks {self.missing_chunks()} '
+                         f'missing); finish the search on this directory, or pass '
+                         f'allow_incomplete=True')
+      self._verify(range(self.num_chunks))
+      # Whole memmaps, copied: a fancy index over every position would hold two copies.
+      return tuple(self._decode(self._layers[l], dtype, copy=True) for l in layers)
     positions = self._check_positions(positions, allow_incomplete)
     self._verify(np.unique(positions // self.spec.chunk_size).tolist())
-    return tuple(self._decode(self._layers[l][positions], dtype, copy=False)
-                 for l in self._layer_indices(layers))
+    return tuple(self._decode(self._layers[l][positions], dtype, copy=False) for l in layers)
 
-  def read_layer(self, layer: int, *, dtype: Any = np.float32,
-                 allow_incomplete: bool = False) -> np.ndarray:
-    """Every image's target of one search layer, in host memory.
+  def put_on_devices(self, max_bytes: int, *,
+                     sharding: jax.sharding.Sharding | jax.Device | None = None,
+                     ) -> tuple[jax.Array, ...] | None:
+    """Every image's targets placed on the devices, if they fit the budget.
 
     Args:
-      layer: the search layer (negative counts from the end: -1 is the logits).
-      dtype: as for :meth:`read`.
-      allow_incomplete: read a store with unwritten chunks too.
+      max_bytes: device memory budget for the targets, in bytes.
+      sharding: where to put the arrays (``jax.device_put`` semantics; None: default device).
 
     Returns:
-      (N, *spec.shapes[layer]) array of ``dtype``.
+      None if :attr:`nbytes` > ``max_bytes``; else per layer an (N, *spec.shapes[l]) array in
+      the store dtype (16-bit stores stay 16-bit; cast in the loss).
 
     Raises:
-      StoreError: the layer is out of range, the store is incomplete (unless allowed), or
-        damaged (a chunk does not match its checksum).
+      StoreError: the store is incomplete, or damaged.
     """
-    (layer,) = self._layer_indices([layer])
-    if not allow_incomplete and not self.is_complete():
+    if not self.is_complete():
       raise StoreError(f'{self.directory} is incomplete (chunks {self.missing_chunks()} '
-                       f'missing); finish the search on this directory, or pass '
-                       f'allow_incomplete=True')
-    self._verify(range(self.num_chunks))
-    return self._decode(self._layers[layer], dtype, copy=True)
-
-  def load_all(self, dtype: Any = np.float32, *,
-               allow_incomplete: bool = False) -> tuple[np.ndarray, ...]:
-    """The whole store in host memory: per layer an (N, *spec.shapes[l]) array of ``dtype``."""
-    return tuple(self.read_layer(l, dtype=dtype, allow_incomplete=allow_incomplete)
-                 for l in range(len(self._layers)))
-
-
-def device_targets(store: TargetStore, max_bytes: int, *,
-                   sharding: jax.sharding.Sharding | jax.Device | None = None,
-                   ) -> tuple[jax.Array, ...] | None:
-  """The whole store on the device, if it fits.
-
-  Args:
-    store: a complete store.
-    max_bytes: device memory budget for the targets, in bytes.
-    sharding: where to put the arrays (``jax.device_put`` semantics; None: default device).
-
-  Returns:
-    None if ``store.nbytes > max_bytes``; else per layer an (N, *spec.shapes[l]) array in the
-    store dtype (16-bit stores stay 16-bit; cast in the loss).
-
-  Raises:
-    StoreError: the store is incomplete.
-  """
-  if not store.is_complete():
-    raise StoreError(f'{store.directory} is incomplete (chunks {store.missing_chunks()} '
-                     f'missing); finish the search on this directory before training')
-  if store.nbytes > max_bytes:
-    return None
-  # One layer at a time, so host memory peaks at one layer, not the whole store.
-  return tuple(jax.device_put(store.read_layer(l, dtype=store.value_dtype), sharding)
-               for l in range(len(store.spec.shapes)))
+                       f'missing); finish the search on this directory before training')
+    if self.nbytes > max_bytes:
+      return None
+    # One layer at a time, so host memory peaks at one layer, not the whole store.
+    return tuple(jax.device_put(self.read(layers=[l], dtype=self.value_dtype)[0], sharding)
+                 for l in range(len(self.spec.shapes)))
 
 
 def _create(directory: pathlib.Path, spec: StoreSpec, indices: np.ndarray) -> None:
