@@ -19,7 +19,9 @@ import warnings
 from absl import app
 from absl import flags
 from absl import logging
+from ml_collections import config_flags
 
+from decouple_jax import config as cfglib
 from decouple_jax import config_files
 from decouple_jax import distributed
 from decouple_jax import locks
@@ -57,6 +59,20 @@ _COORDINATOR = flags.DEFINE_string('coordinator', None,
                                    'host:port of process 0, reachable by every process.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'How many processes run the job.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0 .. num_processes - 1.')
+
+
+def experiment_flags(workdir_help: str = 'Run directory (resumed if it exists).'):
+  """Defines the two flags every launch script takes, both required: ``--config`` (a
+  ``configs/*.py`` file:variant, with ``--config.a.b=value`` overrides) and ``--workdir``.
+
+  Returns:
+    (a function returning the parsed config as an :class:`~decouple_jax.config.ExperimentConfig`,
+    the ``--workdir`` flag holder).
+  """
+  config = config_flags.DEFINE_config_file('config', None, 'A configs/*.py file:variant.')
+  workdir = flags.DEFINE_string('workdir', None, workdir_help)
+  flags.mark_flags_as_required(['config', 'workdir'])
+  return (lambda: cfglib.from_dict(cfglib.ExperimentConfig, config.value)), workdir
 
 
 def variants_help(configs: pathlib.Path) -> str:

@@ -15,22 +15,18 @@ How much each searches and trains is the config's ``analysis`` section, e.g.
 """
 
 from absl import flags
-from ml_collections import config_flags
 
 from decouple_jax import analysis
-from decouple_jax import config as cfglib
 from decouple_jax import cli
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'A configs/*.py file:variant.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Where the PNG and JSON files go.')
+_EXPERIMENT, _WORKDIR = cli.experiment_flags('Where the PNG and JSON files go.')
 _ANALYSIS = flags.DEFINE_enum('analysis', 'all', analysis.ANALYSES + ('all',),
                               'What to run (all: every analysis).')
-flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   del argv
-  exp = cfglib.from_dict(cfglib.ExperimentConfig, _CONFIG.value)
+  exp = _EXPERIMENT()
   results = analysis.run_analysis(exp, _WORKDIR.value, _ANALYSIS.value)
   files = {'trajectories': ('target_distance', 'class_entropy')}
   for name in results:

@@ -8,21 +8,16 @@ seeds on one search, and K SGD runs of the student's network. Resumable member b
 Writes WORKDIR/results.json, WORKDIR/table.md (printed at the end) and WORKDIR/ensemble.png.
 """
 
-from absl import flags
-from ml_collections import config_flags
 
 from decouple_jax import cli
-from decouple_jax import config as cfglib
 from decouple_jax import ensemble
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'A configs/*.py file:variant.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (resumed if it exists).')
-flags.mark_flags_as_required(['config', 'workdir'])
+_EXPERIMENT, _WORKDIR = cli.experiment_flags()
 
 
 def main(argv):
   del argv
-  exp = cfglib.from_dict(cfglib.ExperimentConfig, _CONFIG.value)
+  exp = _EXPERIMENT()
   print(ensemble.format_table(ensemble.run_ensemble(exp, _WORKDIR.value)))
 
 

@@ -7,21 +7,16 @@ set the loop. Resumable: finished rounds are read, not redone. Writes WORKDIR/re
 WORKDIR/feedback.png (accuracy per round against SGD with the same network).
 """
 
-from absl import flags
-from ml_collections import config_flags
 
-from decouple_jax import config as cfglib
 from decouple_jax import feedback
 from decouple_jax import cli
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'A configs/*.py file:variant.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (resumed if it exists).')
-flags.mark_flags_as_required(['config', 'workdir'])
+_EXPERIMENT, _WORKDIR = cli.experiment_flags()
 
 
 def main(argv):
   del argv
-  exp = cfglib.from_dict(cfglib.ExperimentConfig, _CONFIG.value)
+  exp = _EXPERIMENT()
   results = feedback.run_feedback(exp, _WORKDIR.value)
   sgd = 100 * results['sgd']['test_accuracy']
   for r in results['rounds']:

@@ -7,22 +7,17 @@ WORKDIR/results.json (every number) and WORKDIR/table.md (printed at the end); w
 set by --config.seeds and --config.reproduce.* (e.g. --config.reproduce.sgd_convs='(2,)').
 """
 
-from absl import flags
-from ml_collections import config_flags
 
-from decouple_jax import config as cfglib
 from decouple_jax import report
 from decouple_jax import reproduce
 from decouple_jax import cli
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'A configs/*.py file:variant.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (resumed if it exists).')
-flags.mark_flags_as_required(['config', 'workdir'])
+_EXPERIMENT, _WORKDIR = cli.experiment_flags()
 
 
 def main(argv):
   del argv
-  exp = cfglib.from_dict(cfglib.ExperimentConfig, _CONFIG.value)
+  exp = _EXPERIMENT()
   results = reproduce.reproduce(exp, _WORKDIR.value)
   print(report.format_table(results))
 

@@ -11,25 +11,21 @@ another one.
 """
 
 from absl import flags
-from ml_collections import config_flags
 
-from decouple_jax import config as cfglib
 from decouple_jax import learn
 from decouple_jax import cli
 from decouple_jax.search import store_ids
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'A configs/*.py file:variant.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (resumed if it exists).')
+_EXPERIMENT, _WORKDIR = cli.experiment_flags()
 _TARGETS = flags.DEFINE_string('targets', None, 'Target store (default: WORKDIR/targets).')
 _HOLDOUT_TARGETS = flags.DEFINE_string(
     'holdout_targets', None, "Hold-out split's target store (default: TARGETS_holdout if it "
     'exists, else none).')
-flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   del argv
-  exp = cfglib.from_dict(cfglib.ExperimentConfig, _CONFIG.value)
+  exp = _EXPERIMENT()
   targets = _TARGETS.value or store_ids.store_dir(_WORKDIR.value)
   holdout = _HOLDOUT_TARGETS.value
   if holdout is None and store_ids.holdout_beside(targets).exists():
