@@ -220,6 +220,9 @@ def test_a_full_disk_or_a_deleted_store_mid_search_is_one_line(mnist_dir, tmp_pa
 _INTERRUPTED_SAVE = '''
 import os, signal, threading
 import orbax.checkpoint as ocp
+# A run started in the background by a non-interactive shell inherits SIGINT ignored, and
+# Python then installs no KeyboardInterrupt handler: restore it, as a terminal's Ctrl-C has it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 save, start = ocp.CheckpointManager.save, threading.Thread.start
 def start_then_interrupt(thread):
   threading.Thread.start = start
