@@ -55,7 +55,6 @@ from decouple_jax.search.target_store import TargetStore
 
 _OUTPUTS = 'outputs.npz'
 _RECORD = 'member.json'
-_BLOCKS = ('block0', 'block1', 'block2')
 FAMILY_NAMES = {
     'searches': 'students on K searches, one student seed',
     'searches_and_seeds': 'students on K searches, K student seeds',
@@ -163,10 +162,12 @@ def member_outputs(model: airbench.AirbenchNet, variables, ds: datalib.Dataset,
     cka_images: how many of the first test images' block outputs to keep.
 
   Returns:
-    {'probs': (N_test, C) float32 softmax of the logits, 'block0', 'block1', 'block2':
-    (cka_images, D_l) float32 each block's output (after its GELU: what the next block
+    {'probs': (N_test, C) float32 softmax of the logits, and per block its tap name
+    (``config.tap_names``: 'block0', ...): (cka_images, D_l) float32 the block's output (after its GELU: what the next block
     consumes, whatever the network's tap), flattened}.
   """
+  block_names = cfglib.tap_names(len(model.widths))[:-1]
+
   def is_block(module, method_name):
     return isinstance(module, airbench.Block) and method_name == '__call__'
 
@@ -176,7 +177,7 @@ def member_outputs(model: airbench.AirbenchNet, variables, ds: datalib.Dataset,
     taps, state = model.apply(variables, x, use_running_average=not train_cfg.bn_batch_stats,
                               capture_intermediates=is_block,
                               mutable=['intermediates', 'batch_stats'])
-    blocks = [state['intermediates'][name]['__call__'][0][0] for name in _BLOCKS]
+    blocks = [state['intermediates'][name]['__call__'][0][0] for name in block_names]
     return jax.nn.softmax(taps[-1].astype(np.float32)), blocks
 
   probs, blocks = [], []
@@ -186,7 +187,7 @@ def member_outputs(model: airbench.AirbenchNet, variables, ds: datalib.Dataset,
     if start < cka_images:
       blocks.append([np.asarray(x).reshape(len(x), -1) for x in b])
   out = {'probs': np.concatenate(probs)}
-  for name, per_batch in zip(_BLOCKS, zip(*blocks)):
+  for name, per_batch in zip(block_names, zip(*blocks)):
     out[name] = np.concatenate(per_batch)[:cka_images]
   return out
 
@@ -270,7 +271,7 @@ def family_results(members: Sequence[Member], records: dict, outputs: dict,
       'normalised_disagreement': None if np.isnan(normalised) else normalised,
       'pairwise_disagreement': ensembles.pairwise_disagreement(predictions).tolist(),
       'cka': [ensembles.mean_pairwise_cka([outputs[n][block] for n in names])
-              for block in _BLOCKS],
+              for block in outputs[names[0]] if block != 'probs'],
       'search_seconds': float(sum(searches.values())),
       'train_seconds': float(sum(records[n]['train_seconds'] for n in names)),
   }
