@@ -616,6 +616,9 @@ class SearchConfig:
       independent; default) or 'batch' (statistics over each image's population).
     norm_eps: epsilon of the per-sample normalisation (1e-5).
     seed: base seed; every image's randomness derives from (seed, its dataset index).
+    network_seed: seed of the untrained search network's random filters; None (default):
+      ``seed``, so a search seed also picks its network unless this fixes one (many searches
+      in one network). Read it as :attr:`untrained_network_seed`.
     batch_images: images searched at once per device: 'auto' (default) as many as the
       compiled search fits in the device's memory (:mod:`decouple_jax.memory`), or a number,
       checked against that memory. A string of digits (what ``--config.search.batch_images=16``
@@ -643,6 +646,7 @@ class SearchConfig:
   bn_mode: str = 'inference'
   norm_eps: float = 1e-5
   seed: int = 0
+  network_seed: int | None = None
   batch_images: int | str = speed_only('auto')
   skip_identity_convs: bool = True
   store_dtype: str = 'float32'
@@ -676,6 +680,16 @@ class SearchConfig:
     _check_choice('store_dtype', self.store_dtype, STORE_DTYPES)
     _check_amounts(self, 'init_noise')
     _check_amounts(self, 'norm_eps', positive=True)
+    if self.network_seed is not None and not (isinstance(self.network_seed, int) and
+                                              self.network_seed >= 0):
+      raise ConfigError(f'network_seed={self.network_seed!r}: must be None (the search\'s '
+                        'seed) or an integer >= 0')
+
+  @property
+  def untrained_network_seed(self) -> int:
+    """The seed the untrained search network's random filters are drawn from:
+    ``network_seed``, or ``seed`` when that is None."""
+    return self.seed if self.network_seed is None else self.network_seed
 
 
 @dataclasses.dataclass(frozen=True)
