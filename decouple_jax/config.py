@@ -44,7 +44,8 @@ STORE_DTYPES = ('float32', 'float16', 'bfloat16')
 COMPUTE_DTYPES = ('auto', 'float32', 'bfloat16')
 STUDENT_VARIANTS = ('all_layers', 'skip_block0')
 MSE_REDUCTIONS = ('mean', 'sum')
-ENSEMBLE_FAMILIES = ('searches', 'searches_and_seeds', 'student_seeds', 'sgd')
+ENSEMBLE_FAMILIES = ('searches', 'searches_one_network', 'searches_and_seeds', 'student_seeds',
+                     'sgd')
 
 # The metadata key of a field that changes how fast a result comes, not what it is: how the same
 # computation is batched, placed, decomposed or saved. Its values agree to float rounding (the
@@ -827,13 +828,20 @@ class EnsembleConfig:
   """What ``launch/ensemble.py`` trains and measures (the paper's open question 2: do diverse
   searches give diverse models?); :mod:`decouple_jax.ensemble`.
 
-  Member i (i = 0 .. members - 1) of each family:
+  Member i (i = 0 .. members - 1) of each family, with n the search network's seed
+  (``search.untrained_network_seed``: ``search.network_seed``, by default ``search.seed``):
     'searches': a student (train seed ``student.train.seed``) on the search with seed
-      ``search.seed + i``: the members differ by their targets alone.
+      ``search.seed + i`` in the network of seed n + i: the members differ by their targets
+      alone, which differ by their search and by the random network they were searched in.
+    'searches_one_network': a student (train seed ``student.train.seed``) on the search with
+      seed ``search.seed + i`` in the one network of seed n: the targets differ by their
+      search alone (the paper's many solutions in one network). Member 0 is that of
+      'searches'.
     'searches_and_seeds': a student with train seed ``student.train.seed + i`` on the search
-      with seed ``search.seed + i``: both vary.
+      of 'searches' member i: both vary.
     'student_seeds': a student with train seed ``student.train.seed + i`` on the one search
-      with seed ``search.seed``: what training alone varies, at the searches' cost.
+      with seed ``search.seed`` in the network of seed n: what training alone varies, at the
+      searches' cost.
     'sgd': the student's network trained end to end with SGD, train seed
       ``sgd.train.seed + i`` (a deep ensemble).
 
