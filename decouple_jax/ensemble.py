@@ -348,8 +348,8 @@ def run_ensemble(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
     :func:`family_results`}), 'member_records' ({name: :func:`run_member`'s record}),
     'target_diversity' ({family: :func:`target_diversity` of its distinct searches} for
     each family of several searches), the numbers of members and test images, and the
-    config. ``table.md`` gets
-    :func:`format_table` of it, ``ensemble.png`` :func:`decouple_jax.analysis.plots.plot_ensembles`.
+    config. ``table.md`` gets :func:`format_table` of it, ``ensemble.png``
+    :func:`decouple_jax.analysis.plots.plot_ensembles`.
   """
   workdir = pathlib.Path(workdir)
   mesh = mesh_1d('batch', list(devices) if devices is not None else jax.devices())

@@ -38,9 +38,9 @@ def of(cfg) -> dict[str, Any]:
 
   Speed-only fields are recorded at their defaults: any value gives one identity, and a run
   made before they were marked keeps its own. A search's ``network_seed`` is recorded only
-  when its network is not that of its ``seed`` (:attr:`~decouple_jax.config.SearchConfig.
-  untrained_network_seed`): None and ``seed`` are one computation, which before the setting
-  existed was the only one, so its runs keep their identity.
+  when the network it picks is not its ``seed``'s
+  (:attr:`decouple_jax.config.SearchConfig.untrained_network_seed`): None and ``seed`` are one
+  computation, the only one before the setting existed, whose runs keep their identity.
   """
   out = {field.name: _value(cfglib.field_default(type(cfg), field.name)
                             if field.metadata.get(cfglib.SPEED_ONLY)
