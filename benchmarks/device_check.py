@@ -381,7 +381,8 @@ def mnist_run(report: Report, budget: Budget, data_dir: str, engine: dict, train
   ds = datalib.load_dataset(data_cfg)
   search_cfg = exp.search
   t0 = time.monotonic()
-  fn = sharding.make_search_fn(*models.init_for_dataset(search_cfg.model, ds, search_cfg.seed),
+  fn = sharding.make_search_fn(*models.init_for_dataset(search_cfg.model, ds,
+                                                        search_cfg.untrained_network_seed),
                                search_cfg)
   batch = fn.batch(ds.image_shape, len(ds.train_images))
   images = np.asarray(datalib.normalize(ds.train_images, ds.mean, ds.std))

@@ -370,7 +370,8 @@ def student_row(study: Study, exp: cfglib.ExperimentConfig, ds: datalib.Dataset,
       'student_seconds': results['train_seconds'],
   }
   if holdout is not None:
-    model, variables = models.init_for_dataset(exp.search.model, ds, exp.search.seed)
+    model, variables = models.init_for_dataset(exp.search.model, ds,
+                                                exp.search.untrained_network_seed)
     row['r2_holdout'] = d['r2_holdout']
     store_id = lambda split: store_ids.StoreId(exp.data, exp.search, ds, split)
     row['targets'] = diagnostics.target_diagnostics(
@@ -393,7 +394,8 @@ def sgd_row(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, workdir: pathlib.
 def reference_row(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, workdir: pathlib.Path
                   ) -> dict:
   """The random-feature floor and SGD with the student's network, at ``exp``'s width."""
-  model, variables = models.init_for_dataset(exp.search.model, ds, exp.search.seed)
+  model, variables = models.init_for_dataset(exp.search.model, ds,
+                                              exp.search.untrained_network_seed)
   floor = diagnostics.random_feature_floor(
       model, variables, ds, batch_size=1000,
       max_images=max(len(ds.train_images), len(ds.test_images)))

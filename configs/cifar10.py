@@ -30,7 +30,7 @@ class names (decoded once, then cached; ``data.verify`` does not apply to a fold
 
 import ml_collections
 
-from decouple_jax import config as cfglib
+from decouple_jax import config_files
 
 VARIANTS = ('paper', 'paper_aug', 'cpu', 'cpu_aug', 'smoke')
 
@@ -39,7 +39,7 @@ def get_config(arg: str = 'cpu', *, name: str = 'cifar10') -> ml_collections.Con
   """``name`` lets configs/cifar100.py reuse this file."""
   if arg not in VARIANTS:
     raise ValueError(f'configs/{name}.py variant must be one of {VARIANTS}, got {arg!r}')
-  c = ml_collections.ConfigDict(cfglib.to_dict(cfglib.ExperimentConfig()))
+  c = config_files.defaults()
   c.name = f'{name}:{arg}'
   c.scale = 'paper' if arg.startswith('paper') else f'scaled down ({arg})'
   c.data.name = name

@@ -18,7 +18,7 @@ name, ``--config.search.layers.block1.generations=50``.
 
 import ml_collections
 
-from decouple_jax import config as cfglib
+from decouple_jax import config_files
 
 VARIANTS = ('paper', 'cpu', 'demo', 'smoke')
 
@@ -26,7 +26,7 @@ VARIANTS = ('paper', 'cpu', 'demo', 'smoke')
 def get_config(arg: str = 'cpu') -> ml_collections.ConfigDict:
   if arg not in VARIANTS:
     raise ValueError(f'configs/mnist.py variant must be one of {VARIANTS}, got {arg!r}')
-  c = ml_collections.ConfigDict(cfglib.to_dict(cfglib.ExperimentConfig()))
+  c = config_files.defaults()
   c.name = f'mnist:{arg}'
   c.scale = 'paper' if arg == 'paper' else f'scaled down ({arg})'
   c.data.name = 'mnist'

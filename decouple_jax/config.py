@@ -44,7 +44,8 @@ STORE_DTYPES = ('float32', 'float16', 'bfloat16')
 COMPUTE_DTYPES = ('auto', 'float32', 'bfloat16')
 STUDENT_VARIANTS = ('all_layers', 'skip_block0')
 MSE_REDUCTIONS = ('mean', 'sum')
-ENSEMBLE_FAMILIES = ('searches', 'searches_and_seeds', 'student_seeds', 'sgd')
+ENSEMBLE_FAMILIES = ('searches', 'searches_one_network', 'searches_and_seeds', 'student_seeds',
+                     'sgd')
 
 # The metadata key of a field that changes how fast a result comes, not what it is: how the same
 # computation is batched, placed, decomposed or saved. Its values agree to float rounding (the
@@ -616,6 +617,9 @@ class SearchConfig:
       independent; default) or 'batch' (statistics over each image's population).
     norm_eps: epsilon of the per-sample normalisation (1e-5).
     seed: base seed; every image's randomness derives from (seed, its dataset index).
+    network_seed: seed of the untrained search network's random filters; None (default):
+      ``seed``, so a search seed also picks its network unless this fixes one (many searches
+      in one network). Read it as :attr:`untrained_network_seed`.
     batch_images: images searched at once per device: 'auto' (default) as many as the
       compiled search fits in the device's memory (:mod:`decouple_jax.memory`), or a number,
       checked against that memory. A string of digits (what ``--config.search.batch_images=16``
@@ -643,6 +647,7 @@ class SearchConfig:
   bn_mode: str = 'inference'
   norm_eps: float = 1e-5
   seed: int = 0
+  network_seed: int | None = None
   batch_images: int | str = speed_only('auto')
   skip_identity_convs: bool = True
   store_dtype: str = 'float32'
@@ -676,6 +681,16 @@ class SearchConfig:
     _check_choice('store_dtype', self.store_dtype, STORE_DTYPES)
     _check_amounts(self, 'init_noise')
     _check_amounts(self, 'norm_eps', positive=True)
+    if self.network_seed is not None and not (isinstance(self.network_seed, int) and
+                                              self.network_seed >= 0):
+      raise ConfigError(f'network_seed={self.network_seed!r}: must be None (the search\'s '
+                        'seed) or an integer >= 0')
+
+  @property
+  def untrained_network_seed(self) -> int:
+    """The seed the untrained search network's random filters are drawn from:
+    ``network_seed``, or ``seed`` when that is None."""
+    return self.seed if self.network_seed is None else self.network_seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -813,13 +828,20 @@ class EnsembleConfig:
   """What ``launch/ensemble.py`` trains and measures (the paper's open question 2: do diverse
   searches give diverse models?); :mod:`decouple_jax.ensemble`.
 
-  Member i (i = 0 .. members - 1) of each family:
+  Member i (i = 0 .. members - 1) of each family, with n the search network's seed
+  (``search.untrained_network_seed``: ``search.network_seed``, by default ``search.seed``):
     'searches': a student (train seed ``student.train.seed``) on the search with seed
-      ``search.seed + i``: the members differ by their targets alone.
+      ``search.seed + i`` in the network of seed n + i: the members differ by their targets
+      alone, which differ by their search and by the random network they were searched in.
+    'searches_one_network': a student (train seed ``student.train.seed``) on the search with
+      seed ``search.seed + i`` in the one network of seed n: the targets differ by their
+      search alone (the paper's many solutions in one network). Member 0 is that of
+      'searches'.
     'searches_and_seeds': a student with train seed ``student.train.seed + i`` on the search
-      with seed ``search.seed + i``: both vary.
+      of 'searches' member i: both vary.
     'student_seeds': a student with train seed ``student.train.seed + i`` on the one search
-      with seed ``search.seed``: what training alone varies, at the searches' cost.
+      with seed ``search.seed`` in the network of seed n: what training alone varies, at the
+      searches' cost.
     'sgd': the student's network trained end to end with SGD, train seed
       ``sgd.train.seed + i`` (a deep ensemble).
 

@@ -10,15 +10,43 @@ the package in the repository), and the library itself never reads a config file
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import os
 import pathlib
 import types
+import typing
 
 import ml_collections
+from ml_collections import config_dict
 
+from decouple_jax import config as cfglib
 from decouple_jax.config import ConfigError
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """:class:`~decouple_jax.config.ExperimentConfig`'s defaults as a ConfigDict: what a config
+  file's ``get_config`` starts from. A field whose default is None (``search.network_seed``)
+  is a placeholder of its type, so ``--config.search.network_seed=3`` sets it (config_flags
+  cannot override a plain None)."""
+  exp = cfglib.ExperimentConfig()
+  c = ml_collections.ConfigDict(cfglib.to_dict(exp))
+  _type_nones(exp, c)
+  return c
+
+
+def _type_nones(cfg, c: ml_collections.ConfigDict) -> None:
+  """Makes each None field of config dataclass ``cfg`` (nested ones too) a placeholder of
+  its type (``int | None``: int) in ``c``, its ConfigDict."""
+  hints = typing.get_type_hints(type(cfg))
+  for field in dataclasses.fields(cfg):
+    value = getattr(cfg, field.name)
+    if dataclasses.is_dataclass(value):
+      _type_nones(value, c[field.name])
+    elif value is None:
+      (tp,) = [t for t in typing.get_args(hints[field.name]) if t is not type(None)]
+      c[field.name] = config_dict.placeholder(tp)
 
 
 def load_module(path: str | os.PathLike) -> types.ModuleType:

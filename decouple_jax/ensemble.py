@@ -5,11 +5,14 @@ it closes on "more research is needed on how diverse representations translate t
 solutions". :func:`run_ensemble` measures it (docs/method.md section 10). Each family of
 ``exp.ensemble.families`` has K = ``exp.ensemble.members`` members
 (:class:`~decouple_jax.config.EnsembleConfig` says which seeds each varies): students on K
-searches with one student seed, on K searches with K student seeds, K student seeds on one
-search, and K SGD runs of the student's network (a deep ensemble). A member is a
-:class:`Member`, a (search seed, training seed) pair; members shared by families (the first of
-each search family is the same student) are trained once. Search seed s seeds the search and,
-as everywhere in this library, the untrained search network's random filters.
+searches with one student seed, on K searches in one network with one student seed, on K
+searches with K student seeds, K student seeds on one search, and K SGD runs of the student's
+network (a deep ensemble). A member is a :class:`Member`: a search seed, the seed of the
+untrained network searched in, and a training seed; members shared by families (the first of
+each search family is the same student) are trained once. A search seed s also picks its
+network (``search.network_seed`` None: the network of seed s), so the members of 'searches'
+differ by their search and by the random network their targets come from; those of
+'searches_one_network' are searched in one network, as the paper's many solutions are.
 
 In ``workdir``:
 
@@ -57,6 +60,7 @@ _OUTPUTS = 'outputs.npz'
 _RECORD = 'member.json'
 FAMILY_NAMES = {
     'searches': 'students on K searches, one student seed',
+    'searches_one_network': 'students on K searches in one network, one student seed',
     'searches_and_seeds': 'students on K searches, K student seeds',
     'student_seeds': 'students on one search, K student seeds',
     'sgd': "SGD, the student's network, K seeds",
@@ -65,31 +69,43 @@ FAMILY_NAMES = {
 
 @dataclasses.dataclass(frozen=True)
 class Member:
-  """One trained network: a student on the search with seed ``search_seed``, or, if that is
-  None, the student's network trained end to end with SGD; ``train_seed`` seeds its
-  initialisation and shuffling."""
+  """One trained network: a student on the search with seed ``search_seed`` in the untrained
+  network of seed ``network_seed`` (None: ``search_seed``, as ``search.network_seed``), or,
+  if ``search_seed`` is None, the student's network trained end to end with SGD;
+  ``train_seed`` seeds its initialisation and shuffling."""
   train_seed: int
   search_seed: int | None = None
+  network_seed: int | None = None
+
+  def __post_init__(self):
+    if self.network_seed == self.search_seed:
+      # The search seed's own network is one member, one name, whichever way it is given.
+      object.__setattr__(self, 'network_seed', None)
 
   @property
   def name(self) -> str:
     if self.search_seed is None:
       return f'sgd_seed{self.train_seed}'
-    return f'student_search{self.search_seed}_seed{self.train_seed}'
+    network = '' if self.network_seed is None else f'_net{self.network_seed}'
+    return f'student_search{self.search_seed}{network}_seed{self.train_seed}'
 
 
 def family_members(exp: cfglib.ExperimentConfig, family: str) -> list[Member]:
   """The K members of ``family`` (see :class:`~decouple_jax.config.EnsembleConfig`)."""
   s, t, g = exp.search.seed, exp.student.train.seed, exp.sgd.train.seed
-  make = {'searches': lambda i: Member(t, s + i),
-          'searches_and_seeds': lambda i: Member(t + i, s + i),
-          'student_seeds': lambda i: Member(t + i, s),
+  n = exp.search.untrained_network_seed
+  make = {'searches': lambda i: Member(t, s + i, n + i),
+          'searches_one_network': lambda i: Member(t, s + i, n),
+          'searches_and_seeds': lambda i: Member(t + i, s + i, n + i),
+          'student_seeds': lambda i: Member(t + i, s, n),
           'sgd': lambda i: Member(g + i)}[family]
   return [make(i) for i in range(exp.ensemble.members)]
 
 
-def _search_config(exp: cfglib.ExperimentConfig, seed: int) -> cfglib.SearchConfig:
-  return dataclasses.replace(exp.search, seed=seed)
+def _search_config(exp: cfglib.ExperimentConfig, member: Member) -> cfglib.SearchConfig:
+  """The search a student ``member``'s targets come from."""
+  return dataclasses.replace(exp.search, seed=member.search_seed,
+                             network_seed=member.network_seed)
 
 
 def _student_config(exp: cfglib.ExperimentConfig, seed: int) -> cfglib.StudentConfig:
@@ -101,10 +117,10 @@ def _sgd_config(exp: cfglib.ExperimentConfig, seed: int) -> cfglib.SGDConfig:
   return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
 
 
-def _search(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, seed: int,
+def _search(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, search_cfg: cfglib.SearchConfig,
             root: pathlib.Path) -> pathlib.Path:
-  """The target store of the search with ``seed``, searched on first use."""
-  return driver.cached_search(exp.data, _search_config(exp, seed), ds, root)
+  """The target store of ``search_cfg``, searched on first use."""
+  return driver.cached_search(exp.data, search_cfg, ds, root)
 
 
 def _cka_images(exp: cfglib.ExperimentConfig, ds: datalib.Dataset) -> int:
@@ -118,7 +134,7 @@ def member_identity(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, member: M
   if member.search_seed is None:
     run = identity.sgd(exp.data, ds, _sgd_config(exp, member.train_seed))
   else:
-    run = identity.student(exp.data, ds, _search_config(exp, member.search_seed),
+    run = identity.student(exp.data, ds, _search_config(exp, member),
                            _student_config(exp, member.train_seed), store_ids.UNTRAINED)
   return {'run': run, 'cka_images': _cka_images(exp, ds)}
 
@@ -137,10 +153,11 @@ def _train(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, member: Member,
     results = sgd.train_sgd(exp.data, cfg, run_dir, ds=ds, mesh=mesh)
     search_seconds = 0.0
   else:
-    targets = _search(exp, ds, member.search_seed, searches)
+    search_cfg = _search_config(exp, member)
+    targets = _search(exp, ds, search_cfg, searches)
     cfg = _student_config(exp, member.train_seed)
-    results = student.train_student(exp.data, _search_config(exp, member.search_seed), cfg,
-                                    run_dir, targets, ds=ds, mesh=mesh)
+    results = student.train_student(exp.data, search_cfg, cfg, run_dir, targets, ds=ds,
+                                    mesh=mesh)
     search_seconds = sum(c['seconds'] for c in
                          runlog.JsonLines(targets / 'search_log.jsonl').records())
   model = models.build(cfg.model, ds.num_classes, ds.image_shape[-1])
@@ -257,7 +274,8 @@ def family_results(members: Sequence[Member], records: dict, outputs: dict,
   predictions = probs.argmax(-1)
   curve = ensembles.ensemble_curve(probs, labels, bins)
   mean, normalised = ensembles.disagreement(predictions, labels)
-  searches = {m.search_seed: records[m.name]['search_seconds'] for m in members}
+  searches = {(m.search_seed, m.network_seed): records[m.name]['search_seconds']
+              for m in members}
   return {
       'members': names,
       'per_member': {'accuracy': [ensembles.accuracy(p, labels) for p in probs],
@@ -277,21 +295,36 @@ def family_results(members: Sequence[Member], records: dict, outputs: dict,
   }
 
 
+def distinct_searches(exp: cfglib.ExperimentConfig, members: Sequence[Member]
+                      ) -> list[cfglib.SearchConfig]:
+  """The searches the student ``members`` learned from, each once, in member order."""
+  return list(dict.fromkeys(_search_config(exp, m) for m in members
+                            if m.search_seed is not None))
+
+
 def target_diversity(exp: cfglib.ExperimentConfig, ds: datalib.Dataset,
+                     search_cfgs: Sequence[cfglib.SearchConfig],
                      searches: str | pathlib.Path) -> dict:
-  """The paper's N_eff (Fig. 3; :func:`decouple_jax.analysis.scaling.runs_diversity`) of the K
-  searches' targets (seeds ``search.seed`` .. ``search.seed + K - 1``) of the first
-  ``analysis.n_images`` training images, with ``analysis.threshold``; searched unless cached
-  in ``searches``.
+  """The paper's N_eff (Fig. 3; :func:`decouple_jax.analysis.scaling.runs_diversity`) of R
+  searches' targets of the first ``analysis.n_images`` training images, with
+  ``analysis.threshold``; searched unless cached in ``searches``.
+
+  Args:
+    exp: the experiment (its data, ``analysis.n_images`` and ``analysis.threshold``).
+    ds: the data set.
+    search_cfgs: the R searches, e.g. a family's :func:`distinct_searches`.
+    searches: the cache of searches (:func:`decouple_jax.search.driver.cached_search`).
 
   Returns:
-    {'search_seeds', 'n_images', 'layers', 'threshold', and per layer name (K,) lists
-    'n_eff', 'images', 'kept', 'n_eff_all' for k = 1 .. K searches}.
+    {'search_seeds', 'network_seeds' (each search's untrained network), 'n_images', 'layers',
+    'threshold', and per layer name (R,) lists 'n_eff', 'images', 'kept', 'n_eff_all' for
+    k = 1 .. R searches}.
   """
-  seeds = [exp.search.seed + i for i in range(exp.ensemble.members)]
-  opened = [TargetStore.open(_search(exp, ds, s, pathlib.Path(searches))) for s in seeds]
+  opened = [TargetStore.open(_search(exp, ds, c, pathlib.Path(searches))) for c in search_cfgs]
   positions = np.arange(min(exp.analysis.n_images, len(ds.train_images)))
-  return {'search_seeds': seeds, 'n_images': len(positions),
+  return {'search_seeds': [c.seed for c in search_cfgs],
+          'network_seeds': [c.untrained_network_seed for c in search_cfgs],
+          'n_images': len(positions),
           **scaling.runs_diversity(
               list(exp.search.layers),
               lambda layer: [st.read(positions, layers=[layer])[0] for st in opened],
@@ -313,9 +346,10 @@ def run_ensemble(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
   Returns:
     The dict also written to ``workdir/results.json``: 'families' ({family:
     :func:`family_results`}), 'member_records' ({name: :func:`run_member`'s record}),
-    'target_diversity' (:func:`target_diversity`, or None without a family of K searches),
-    the numbers of members and test images, and the config. ``table.md`` gets
-    :func:`format_table` of it, ``ensemble.png`` :func:`decouple_jax.analysis.plots.plot_ensembles`.
+    'target_diversity' ({family: :func:`target_diversity` of its distinct searches} for
+    each family of several searches), the numbers of members and test images, and the
+    config. ``table.md`` gets :func:`format_table` of it, ``ensemble.png``
+    :func:`decouple_jax.analysis.plots.plot_ensembles`.
   """
   workdir = pathlib.Path(workdir)
   mesh = mesh_1d('batch', list(devices) if devices is not None else jax.devices())
@@ -326,7 +360,10 @@ def run_ensemble(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
     for m in members:
       if m.name not in records:
         records[m.name], outputs[m.name] = run_member(exp, ds, m, workdir, mesh)
-  searched = {'searches', 'searches_and_seeds'} & set(families)
+  searched = {f: tuple(distinct_searches(exp, m)) for f, m in families.items()}
+  # Measured once per set of several searches: 'searches' and 'searches_and_seeds' share one.
+  measured = {c: target_diversity(exp, ds, c, workdir / 'searches')
+              for c in dict.fromkeys(searched.values()) if len(c) > 1}
   results = {
       'name': exp.name, 'scale': exp.scale, 'members': exp.ensemble.members,
       'train_images': len(ds.train_images), 'test_images': len(ds.test_images),
@@ -335,7 +372,7 @@ def run_ensemble(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
                                      exp.ensemble.ece_bins)
                    for f, members in families.items()},
       'member_records': records,
-      'target_diversity': target_diversity(exp, ds, workdir / 'searches') if searched else None,
+      'target_diversity': {f: measured[c] for f, c in searched.items() if c in measured},
       'config': cfglib.to_dict(exp),
   }
   runlog.write_json(workdir / 'results.json', results)
@@ -390,17 +427,21 @@ def format_table(results: dict) -> str:
     lines.append(f'| {FAMILY_NAMES[family]} | {_pct(f["curve"]["accuracy"])} | '
                  f'{_pct(f["per_member"]["accuracy"])} |')
   diversity = results['target_diversity']
-  if diversity is not None:
-    lines += ['', f'Target diversity: the paper\'s N_eff of the {k} searches\' targets (search '
-              f'seeds {", ".join(map(str, diversity["search_seeds"]))}), mean over the first '
-              f'{diversity["n_images"]} training images, for k = 1 .. {k} searches; every '
-              f'search\'s target, and (in brackets) those giving the true class p > '
-              f'{diversity["threshold"]:g}:', '']
-    for layer in diversity['layers']:
-      d = diversity[layer]
-      fmt = lambda values: ' / '.join('-' if v is None else f'{v:.2f}' for v in values)
-      lines.append(f'- {layer}: {fmt(d["n_eff_all"])} ({fmt(d["n_eff"])})')
+  if diversity:
+    first = next(iter(diversity.values()))
+    lines += ['', f'Target diversity: the paper\'s N_eff of each family\'s {k} searches\' '
+              f'targets, mean over the first {first["n_images"]} training images, for k = 1 .. '
+              f'{k} searches; every search\'s target, and (in brackets) those giving the true '
+              f'class p > {first["threshold"]:g}:', '']
+    fmt = lambda values: ' / '.join('-' if v is None else f'{v:.2f}' for v in values)
+    for family, d in diversity.items():
+      lines.append(f'- {FAMILY_NAMES[family]} (search seeds '
+                   f'{", ".join(map(str, d["search_seeds"]))}; networks '
+                   f'{", ".join(map(str, d["network_seeds"]))}):')
+      lines += [f'  - {layer}: {fmt(d[layer]["n_eff_all"])} ({fmt(d[layer]["n_eff"])})'
+                for layer in d['layers']]
   lines += ['', 'Search seconds count each distinct search of a family once (the student-seed '
-            'family shares one); a search seed also seeds the untrained search network\'s '
-            'random filters.', '']
+            'family shares one). The families of K searches search each in an untrained network '
+            'of its own (by default that of its search seed), except the one-network family, '
+            'whose searches are all in the network of the first.', '']
   return '\n'.join(lines)

@@ -115,7 +115,8 @@ def _random_feature_floor(runner: _Runner, exp: cfglib.ExperimentConfig,
   path = runner.workdir / 'search' / 'random_feature_floor.json'
 
   def run():
-    model, variables = models.init_for_dataset(exp.search.model, ds, exp.search.seed)
+    model, variables = models.init_for_dataset(exp.search.model, ds,
+                                                exp.search.untrained_network_seed)
     result = {'test_accuracy': diagnostics.random_feature_floor(
         model, variables, ds, batch_size=exp.student.train.eval_batch)}
     if distributed.is_main():

@@ -3,8 +3,9 @@
   python launch/ensemble.py --config=configs/mnist.py:cpu --workdir=runs/mnist_ensemble
 
 K = --config.ensemble.members (default 4) members per family of --config.ensemble.families:
-students on K searches (one student seed; or, 'searches_and_seeds', K of them), K student
-seeds on one search, and K SGD runs of the student's network. Resumable member by member.
+students on K searches (one student seed; 'searches_one_network', all in one search network;
+'searches_and_seeds', K student seeds), K student seeds on one search, and K SGD runs of the
+student's network. Resumable member by member.
 Writes WORKDIR/results.json, WORKDIR/table.md (printed at the end) and WORKDIR/ensemble.png.
 """
 

@@ -145,6 +145,7 @@ def test_the_code_uses_the_configs_choices():
     ({'student': {'kl_weight': -0.1}}, 'config.student.kl_weight=-0.1: must be a finite'),
     ({'analysis': {'threshold': 2.0}}, 'config.analysis.threshold=2.0: must be in [0, 1]'),
     ({'seeds': ()}, 'config.seeds=(): give at least one seed'),
+    ({'search': {'network_seed': -1}}, 'config.search.network_seed=-1: must be None'),
 ])
 def test_numeric_ranges_refused_naming_the_field(d, message):
   with pytest.raises(cfglib.ConfigError) as e:
@@ -170,7 +171,7 @@ def test_unknown_and_missing_fields_are_named():
     cfglib.SearchConfig(layers={'block0': cfglib.PAPER_SCHEDULE['block0']})
 
 
-# A launch script that prints the search layers it was given: the real flag path (absl,
+# A launch script that prints the search config it was given: the real flag path (absl,
 # config_flags, decouple_jax.cli's checks, from_dict).
 _PRINT_LAYERS = '''
 import json
@@ -180,7 +181,7 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'config')
 
 def main(argv):
   exp = cfglib.from_dict(cfglib.ExperimentConfig, _CONFIG.value)
-  print(json.dumps(cfglib.to_dict(exp.search)['layers']))
+  print(json.dumps(cfglib.to_dict(exp.search)))
 
 cli.run(main)
 '''
@@ -199,9 +200,13 @@ def test_one_search_layer_is_overridden_by_its_tap_name_on_the_command_line(tmp_
   proc = _print_layers(tmp_path, '--config.search.layers.block1.generations=100',
                        '--config.search.layers.block1.alpha=0.2',
                        '--config.search.layers.block1.alpha_schedule.name=cosine',
-                       '--config.search.layers.block1.alpha_schedule.end=0.1')
+                       '--config.search.layers.block1.alpha_schedule.end=0.1',
+                       '--config.search.network_seed=3')
   assert proc.returncode == 0, proc.stderr
-  layers = json.loads(proc.stdout.strip().splitlines()[-1])
+  search = json.loads(proc.stdout.strip().splitlines()[-1])
+  # A field whose default is None is set from the command line too.
+  assert search['network_seed'] == 3
+  layers = search['layers']
   assert list(layers) == ['block0', 'block1', 'block2', 'logits']
   assert layers['block1'] == {'generations': 100, 'alpha': 0.2, 'boost': 3.0, 'blur': 1,
                               'alpha_schedule': {'name': 'cosine', 'end': 0.1}}

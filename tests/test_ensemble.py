@@ -14,6 +14,7 @@ import pytest
 
 from decouple_jax import config as cfglib
 from decouple_jax import ensemble
+from decouple_jax import identity
 from decouple_jax import locks
 from decouple_jax import runlog
 from decouple_jax.analysis import ensembles
@@ -122,15 +123,27 @@ def test_families_vary_what_they_say():
       student=cfglib.StudentConfig(train=cfglib.TrainConfig(seed=20)),
       sgd=cfglib.SGDConfig(train=cfglib.TrainConfig(seed=30)),
       ensemble=cfglib.EnsembleConfig(members=3))
-  seeds = lambda family: [(m.search_seed, m.train_seed)
-                          for m in ensemble.family_members(exp, family)]
-  assert seeds('searches') == [(10, 20), (11, 20), (12, 20)]
-  assert seeds('searches_and_seeds') == [(10, 20), (11, 21), (12, 22)]
-  assert seeds('student_seeds') == [(10, 20), (10, 21), (10, 22)]
-  assert seeds('sgd') == [(None, 30), (None, 31), (None, 32)]
-  # The first member of the student families is one run, trained once.
-  assert len({ensemble.family_members(exp, f)[0].name
-              for f in ('searches', 'searches_and_seeds', 'student_seeds')}) == 1
+  names = lambda family: [m.name for m in ensemble.family_members(exp, family)]
+  assert names('searches') == [
+      'student_search10_seed20', 'student_search11_seed20', 'student_search12_seed20']
+  assert names('searches_one_network') == [
+      'student_search10_seed20', 'student_search11_net10_seed20',
+      'student_search12_net10_seed20']
+  assert names('searches_and_seeds') == [
+      'student_search10_seed20', 'student_search11_seed21', 'student_search12_seed22']
+  assert names('student_seeds') == [
+      'student_search10_seed20', 'student_search10_seed21', 'student_search10_seed22']
+  assert names('sgd') == ['sgd_seed30', 'sgd_seed31', 'sgd_seed32']
+  # The searches: 'searches' varies the network with the search, the one-network family not.
+  networks = lambda family: [c.untrained_network_seed for c in ensemble.distinct_searches(
+      exp, ensemble.family_members(exp, family))]
+  assert networks('searches') == [10, 11, 12] and networks('searches_one_network') == [10] * 3
+  assert networks('student_seeds') == [10]
+  # The first member of the student families is one run (one identity), trained once.
+  firsts = [ensemble.family_members(exp, f)[0] for f in cfglib.ENSEMBLE_FAMILIES[:-1]]
+  assert len({m.name for m in firsts}) == 1
+  assert len({identity.hash_of(ensemble.member_identity(exp, _FakeDataset(), m))
+              for m in firsts}) == 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,10 +218,12 @@ def test_a_run_killed_mid_member_resumes_to_the_same_numbers(runs):
 def test_every_family_and_measure_is_there(runs):
   results = runlog.read_json(runs['killed'] / 'results.json')
   assert set(results['families']) == set(cfglib.ENSEMBLE_FAMILIES)
-  # Members shared by families ran once: 2 searches x 2 student seeds, and 2 SGD seeds.
+  # Members shared by families ran once: 2 searches x 2 student seeds, the second search in
+  # the first's network, and 2 SGD seeds; 3 searches.
   assert sorted(results['member_records']) == [
       'sgd_seed0', 'sgd_seed1', 'student_search0_seed0', 'student_search0_seed1',
-      'student_search1_seed0', 'student_search1_seed1']
+      'student_search1_net0_seed0', 'student_search1_seed0', 'student_search1_seed1']
+  assert len(list((runs['killed'] / 'searches').iterdir())) == 3
   for family in results['families'].values():
     assert family['curve']['k'] == [1, 2]
     for key in ('accuracy', 'nll', 'ece'):
@@ -223,8 +238,12 @@ def test_every_family_and_measure_is_there(runs):
   assert results['families']['sgd']['search_seconds'] == 0
   assert results['families']['searches']['search_seconds'] > 0
   diversity = results['target_diversity']
-  assert diversity['search_seeds'] == [0, 1] and diversity['n_images'] == 2
-  assert diversity['block1']['n_eff_all'][0] == pytest.approx(1.0)
+  assert set(diversity) == {'searches', 'searches_one_network', 'searches_and_seeds'}
+  assert diversity['searches']['network_seeds'] == [0, 1]
+  assert diversity['searches_one_network']['network_seeds'] == [0, 0]
+  for d in diversity.values():
+    assert d['search_seeds'] == [0, 1] and d['n_images'] == 2
+    assert d['block1']['n_eff_all'][0] == pytest.approx(1.0)
 
 
 @pytest.mark.slow
@@ -233,9 +252,16 @@ def test_table_and_figure_say_scaled_down(runs):
   assert table.strip() in runs['out']  # the table is what the script prints
   assert table.startswith("# mnist:smoke (scaled down (smoke)): ensembles, NOT the paper's")
   rows = [l for l in table.splitlines() if l.startswith('| students') or l.startswith('| SGD')]
-  assert len(rows) == 2 * 4 and all('scaled down (smoke)' in r for r in rows[:4])
+  families = len(cfglib.ENSEMBLE_FAMILIES)
+  assert len(rows) == 2 * families and all('scaled down (smoke)' in r for r in rows[:families])
   assert 'N_eff' in table
   assert (runs['killed'] / 'ensemble.png').read_bytes()[:4] == b'\x89PNG'
   figure = runlog.read_json(runs['killed'] / 'ensemble.json')
   assert figure['scale'] == 'scaled down (smoke)'
   assert len(figure['sgd']['pair_disagreement']) == 1  # one pair of two members
+
+
+class _FakeDataset:
+  """What a member's identity reads of a data set."""
+  fingerprint = 'f'
+  test_images = np.zeros((5, 1))

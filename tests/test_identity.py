@@ -7,6 +7,7 @@ import pytest
 from decouple_jax import config as cfglib
 from decouple_jax import identity
 from decouple_jax import runlog
+from decouple_jax.search import store_ids
 
 # Changing how work is batched, placed, decomposed or saved, never what is computed.
 SPEED_ONLY = {('SearchConfig', 'batch_images'), ('ModelConfig', 'conv_impl'),
@@ -52,6 +53,25 @@ def test_a_setting_that_changes_results_changes_the_identity(change):
   exp = cfglib.ExperimentConfig()
   ds = _FakeDataset()
   assert identity.feedback_round(change(exp), ds, 2) != identity.feedback_round(exp, ds, 2)
+
+
+# identity.hash_of(identity.of(SearchConfig())), computed before SearchConfig had a
+# network_seed: the field must leave the stores and runs of the searches before it their ids.
+DEFAULT_SEARCH_HASH = '9f59a6434bc46191'
+
+
+def test_a_search_network_seed_is_in_the_identity_only_when_it_picks_another_network():
+  assert identity.hash_of(identity.of(cfglib.SearchConfig())) == DEFAULT_SEARCH_HASH
+  exp = cfglib.ExperimentConfig(search=cfglib.SearchConfig(seed=3))
+  with_network = lambda n: dataclasses.replace(exp, search=dataclasses.replace(
+      exp.search, network_seed=n))
+  ds = _FakeDataset()
+  # network_seed = seed is the network None gives: one computation, one store, one student.
+  store_id = lambda e: store_ids.StoreId(e.data, e.search, ds).hash()
+  assert store_id(with_network(3)) == store_id(exp)
+  assert identity.feedback_round(with_network(3), ds, 1) == identity.feedback_round(exp, ds, 1)
+  assert store_id(with_network(4)) != store_id(exp)
+  assert identity.feedback_round(with_network(4), ds, 1)['search']['network_seed'] == 4
 
 
 def test_finished_reads_a_record_refuses_another_and_waits_for_required(tmp_path):

@@ -183,14 +183,20 @@ def test_build_from_config_sets_every_field():
   assert not models.build(cfg, 7, 3).detach_head
 
 
-def test_init_for_dataset_whitens_on_the_first_whiten_images():
+def _twelve_images() -> data.Dataset:
+  """12 random 28x28x1 training images (no test split)."""
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (12, 28, 28, 1), dtype=np.uint8)
   empty = np.zeros((0, 28, 28, 1), np.uint8)
   mean, std = np.array([0.4], np.float32), np.array([0.3], np.float32)
-  ds = data.Dataset('mnist', 10, images, np.zeros(12, np.int32), np.arange(12), empty,
-                    np.zeros(0, np.int32), np.arange(0), empty, np.zeros(0, np.int32), mean, std,
-                    fingerprint='test')
+  return data.Dataset('mnist', 10, images, np.zeros(12, np.int32), np.arange(12), empty,
+                      np.zeros(0, np.int32), np.arange(0), empty, np.zeros(0, np.int32), mean,
+                      std, fingerprint='test')
+
+
+def test_init_for_dataset_whitens_on_the_first_whiten_images():
+  ds = _twelve_images()
+  images, mean, std = ds.train_images, ds.mean, ds.std
   cfg = config.ModelConfig(widths=(8, 8, 8), whiten_images=5, whiten_eps=1e-2)
   model, variables = models.init_for_dataset(cfg, ds, seed=3, detach_head=True)
   assert model.detach_head and model.num_classes == 10 and model.in_channels == 1
@@ -202,6 +208,19 @@ def test_init_for_dataset_whitens_on_the_first_whiten_images():
   head = lambda v: np.asarray(v['params']['head']['kernel'])
   np.testing.assert_array_equal(head(again), head(variables))
   assert not np.array_equal(head(other), head(variables))
+
+
+def test_search_seeds_share_the_network_of_one_network_seed():
+  ds = _twelve_images()
+  model_cfg = config.ModelConfig(widths=(8, 8, 8), whiten_images=5)
+  network = lambda **seeds: models.init_for_dataset(
+      model_cfg, ds, config.SearchConfig(model=model_cfg, **seeds).untrained_network_seed)[1]
+  first = jax.tree.leaves(network(seed=0))
+  for a, b in zip(first, jax.tree.leaves(network(seed=1, network_seed=0)), strict=True):
+    np.testing.assert_array_equal(a, b)
+  # Without a network seed, a search seed picks its own network.
+  assert any(not np.array_equal(a, b)
+             for a, b in zip(first, jax.tree.leaves(network(seed=1)), strict=True))
 
 
 def test_max_pool_matches_flax_max_pool_on_odd_sizes():

@@ -262,7 +262,7 @@ def test_search_losses_are_never_negative(real):
   _, ds = real
   cfg = dataclasses.replace(SEARCH, layers={**SEARCH.layers,
                                             'logits': cfglib.LayerSchedule(3, 1e6, 1.0, 0)})
-  model, variables = models.init_for_dataset(cfg.model, ds, cfg.seed)
+  model, variables = models.init_for_dataset(cfg.model, ds, cfg.untrained_network_seed)
   x = data.normalize(ds.train_images[:8], ds.mean, ds.std)
   result = jax.jit(lambda x, y, i: evolve.search_batch(model, variables, cfg, x, y, i))(
       x, ds.train_labels[:8], ds.train_index[:8])

@@ -93,7 +93,7 @@ def test_store_of_another_engine_version_is_refused(setup, tmp_path, monkeypatch
 def test_auto_batch_fills_a_pretend_memory_and_a_setting_that_cannot_fit_is_refused(setup,
                                                                                     tmp_path):
   data_cfg, ds, mesh = setup
-  model, variables = models.init_for_dataset(SEARCH.model, ds, SEARCH.seed)
+  model, variables = models.init_for_dataset(SEARCH.model, ds, SEARCH.untrained_network_seed)
   fn = sharding.make_search_fn(model, variables, SEARCH, mesh)
   need = lambda b: memory.program_bytes(fn.compile(b, ds.image_shape))
   auto = dataclasses.replace(SEARCH, batch_images='auto')
@@ -113,7 +113,7 @@ def test_auto_batch_fills_a_pretend_memory_and_a_setting_that_cannot_fit_is_refu
 def test_in_memory_search_equals_the_stored_targets_bitwise(setup, tmp_path):
   data_cfg, ds, mesh = setup
   store = driver.run_search(data_cfg, SEARCH, tmp_path, ds=ds, mesh=mesh)
-  network = models.init_for_dataset(SEARCH.model, ds, SEARCH.seed)
+  network = models.init_for_dataset(SEARCH.model, ds, SEARCH.untrained_network_seed)
   result = sharding.search_images(
       np.asarray(data.normalize(ds.train_images, ds.mean, ds.std)), ds.train_labels,
       ds.train_index, SEARCH, network, mesh=mesh)

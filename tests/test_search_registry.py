@@ -109,7 +109,7 @@ def test_a_registered_operator_computing_the_default_gives_the_default_targets(s
       layers={k: dataclasses.replace(l, alpha_schedule=cfglib.AlphaSchedule('constant'))
               for k, l in SEARCH.layers.items()})
   images = np.asarray(data.normalize(ds.train_images[:8], ds.mean, ds.std))
-  model, variables = models.init_for_dataset(SEARCH.model, ds, SEARCH.seed)
+  model, variables = models.init_for_dataset(SEARCH.model, ds, SEARCH.untrained_network_seed)
   run = lambda cfg: sharding.make_search_fn(model, variables, cfg, mesh)(
       images, ds.train_labels[:8], ds.train_index[:8])
   for a, b in zip(jax.tree.leaves(run(SEARCH)), jax.tree.leaves(run(explicit))):

@@ -1,8 +1,8 @@
 """How the search scales with compute, and how diverse its targets are (paper sections 3.2, 4.4).
 
 The first two analyses search the first ``n_images`` training images with the experiment's fixed
-(untrained) search network, initialised from ``search_cfg.seed`` once, so every setting and
-every run searches the same network:
+(untrained) search network, initialised from ``search_cfg.untrained_network_seed`` once, so
+every setting and every run searches the same network:
 
 * :func:`search_scaling` (paper Fig. 2): mean best loss per search layer as the population
   grows (its top-k / exploratory / refinement parts kept in proportion) and as every layer's
@@ -76,7 +76,8 @@ class Searcher:
 
   def __init__(self, base: cfglib.SearchConfig, ds: datalib.Dataset, n_images: int,
                mesh: jax.sharding.Mesh | None):
-    self.model, self.variables = models.init_for_dataset(base.model, ds, base.seed)
+    self.model, self.variables = models.init_for_dataset(base.model, ds,
+                                                         base.untrained_network_seed)
     self.images, self.labels, self.index = _first_images(ds, n_images)
     self.mesh = mesh if mesh is not None else sharding.make_mesh()
     self._done: dict[cfglib.SearchConfig, dict] = {}
@@ -186,8 +187,8 @@ def search_diversity(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfi
 
   Args:
     data_cfg: the data set (loaded if ``ds`` is None).
-    search_cfg: the search; run r uses search seed ``search_cfg.seed + r`` on the network of
-      ``search_cfg.seed``.
+    search_cfg: the search; run r uses search seed ``search_cfg.seed + r`` on the one network
+      of ``search_cfg.untrained_network_seed``.
     ds: the loaded data set, if any.
     n_runs: independent runs.
     n_images: how many of the first training images are searched.

@@ -50,7 +50,7 @@ def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
       'holdout' (the hold-out split, searched with the same network, for diagnostics).
     network: (model, variables) of the network to search in, e.g. a trained student (its
       taps are then what is searched); default the untrained network of
-      ``search_cfg.model``, initialised from ``search_cfg.seed``.
+      ``search_cfg.model``, initialised from ``search_cfg.untrained_network_seed``.
     memory_bytes: usable memory per device for sizing ``search_cfg.batch_images`` (see
       :func:`decouple_jax.search.sharding.images_per_call`); default the device's.
 
@@ -62,7 +62,8 @@ def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
   directory = pathlib.Path(directory)
   ds = ds if ds is not None else datalib.load_dataset(data_cfg)
   if network is None:
-    model, variables = models.init_for_dataset(search_cfg.model, ds, search_cfg.seed)
+    model, variables = models.init_for_dataset(search_cfg.model, ds,
+                                                search_cfg.untrained_network_seed)
     network_id = store_ids.UNTRAINED
   else:
     model, variables = network

@@ -206,7 +206,8 @@ def search_images(images: np.ndarray, labels: np.ndarray, indices: np.ndarray,
     indices: (N,) int dataset indices (each image's randomness derives from them).
     search_cfg: the search.
     network: (model, variables) searched in, e.g. ``models.init_for_dataset(search_cfg.model,
-      ds, search_cfg.seed)`` (the untrained search network) or a trained student.
+      ds, search_cfg.untrained_network_seed)`` (the untrained search network) or a trained
+      student.
     mesh: as for :func:`make_search_fn` (the operators are ``search_cfg.operators``).
     memory_bytes: usable bytes per device for sizing the batch (see :func:`images_per_call`).
     on_batch: called with each batch's results (host arrays) as they come, e.g. for progress.

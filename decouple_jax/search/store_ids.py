@@ -47,7 +47,8 @@ _HOLDOUT_SUFFIX = '_holdout'
 # written by the old code are refused instead of silently mixed with new ones; a tiny search's
 # targets are pinned to it (tests/test_engine_version.py). 2: the fitness clamped at 0.
 ENGINE_VERSION = 2
-# The network_id of the untrained network that search_cfg.model and search_cfg.seed define.
+# The network_id of the untrained network that search_cfg.model and
+# search_cfg.untrained_network_seed define.
 UNTRAINED = 'untrained'
 
 
