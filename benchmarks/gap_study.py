@@ -5,8 +5,9 @@ the data set's ``configs/<dataset>.py:cpu`` on a fixed subset (``--train_images`
 images, ``--holdout`` hold-out images, the full test set) with a few fields changed, starting
 from the study's pinned reading (:attr:`Study.base`). An arm searches its training images
 (cached by target hash, so arms that differ only in the student share a search), trains the
-student, and reports: search seconds, mean best cross-entropy per search layer, R^2 of the
-student's taps against the targets per block, the linear probe on the student's block-2
+student, and reports: search seconds, mean best cross-entropy per search layer (for targets
+that are the mean of several searches, the searches' and, beside it, the mean target's), R^2 of
+the student's taps against the targets per block, the linear probe on the student's block-2
 output, the KL head's accuracy, and the student's hold-out and test accuracy. A study that
 searches its hold-out images too (CIFAR-10's) adds what generalises: R^2 on hold-out images,
 and what the targets hold before any student
@@ -230,13 +231,17 @@ CIFAR10_ARMS = {
                      'search.n_explore': 20, 'search.n_refine': 20}),
     'init001_w64': ('init001, search and student width 64',
                     {'search.init_noise': 0.01, 'width': 64}),
+    # Targets that keep what searches of an image agree on: the mean of 4 searches of each image
+    # in one network, at 4 times init001's search compute (twice init001_s2's).
+    'init001_mean4': ('init001, targets the mean of 4 searches in one network (beyond the '
+                      'paper)', {'search.init_noise': 0.01, 'search.average_of': 4}),
 }
 
 
 def search_evaluations(exp: cfglib.ExperimentConfig) -> float:
   """Fitness evaluations per image of ``exp``'s search: population x generations, summed
-  over its layers."""
-  return float(exp.search.population *
+  over its layers, times the searches averaged per image (``search.average_of``)."""
+  return float(exp.search.average_of * exp.search.population *
                sum(l.generations for l in exp.search.layers.values()))
 
 
@@ -369,6 +374,8 @@ def student_row(study: Study, exp: cfglib.ExperimentConfig, ds: datalib.Dataset,
       'test_accuracy': results['test_accuracy'],
       'student_seconds': results['train_seconds'],
   }
+  if 'mean_target_loss' in summary:  # targets the mean of several searches per image
+    row['mean_target_loss'] = list(summary['mean_target_loss'].values())
   if holdout is not None:
     model, variables = models.init_for_dataset(exp.search.model, ds,
                                                 exp.search.untrained_network_seed)
@@ -503,8 +510,10 @@ def _arm_cells(study: Study, row: dict) -> list[str]:
   if 'sgd' in row:  # an arm with its own SGD (see main)
     what += (f' (its SGD: hold-out {100 * row["sgd"]["sgd_holdout_accuracy"]:.2f}, test '
              f'{100 * row["sgd"]["sgd_test_accuracy"]:.2f})')
-  cells = [what, f'{row["search_seconds"]:.0f}', _f(row['mean_best_loss']),
-           _f(row['r2_train'])]
+  loss = _f(row['mean_best_loss'])
+  if 'mean_target_loss' in row:
+    loss += f' (the mean target: {_f(row["mean_target_loss"])})'
+  cells = [what, f'{row["search_seconds"]:.0f}', loss, _f(row['r2_train'])]
   if study.search_holdout:
     t = row['targets']
     share = t.get('class_fraction')  # rows measured before it was added lack it

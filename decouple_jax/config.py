@@ -620,6 +620,11 @@ class SearchConfig:
     network_seed: seed of the untrained search network's random filters; None (default):
       ``seed``, so a search seed also picks its network unless this fixes one (many searches
       in one network). Read it as :attr:`untrained_network_seed`.
+    average_of: R, searches per image (a count, >= 1; beyond the paper): each image's targets
+      are the elementwise mean of R searches of it that differ only in their randomness, all
+      in the one network of :attr:`untrained_network_seed`; 1 (default) is the paper's single
+      search. Costs R times the search's compute; what the searches agree on survives the
+      mean, their seed-specific drift shrinks (by about 1/sqrt(R) if independent).
     batch_images: images searched at once per device: 'auto' (default) as many as the
       compiled search fits in the device's memory (:mod:`decouple_jax.memory`), or a number,
       checked against that memory. A string of digits (what ``--config.search.batch_images=16``
@@ -648,6 +653,7 @@ class SearchConfig:
   norm_eps: float = 1e-5
   seed: int = 0
   network_seed: int | None = None
+  average_of: int = 1
   batch_images: int | str = speed_only('auto')
   skip_identity_convs: bool = True
   store_dtype: str = 'float32'
@@ -660,7 +666,7 @@ class SearchConfig:
                                             self.batch_images >= 1):
       raise ConfigError(f"batch_images={self.batch_images!r}: must be 'auto' or an integer "
                         '>= 1')
-    _check_counts(self, 1, 'top_k', 'chunk_size')
+    _check_counts(self, 1, 'top_k', 'chunk_size', 'average_of')
     _check_counts(self, 0, 'n_explore', 'n_refine')
     if self.n_explore + self.n_refine < 1:
       raise ConfigError(f'n_explore={self.n_explore} and n_refine={self.n_refine}: a '

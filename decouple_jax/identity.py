@@ -41,6 +41,7 @@ def of(cfg) -> dict[str, Any]:
   when the network it picks is not its ``seed``'s
   (:attr:`decouple_jax.config.SearchConfig.untrained_network_seed`): None and ``seed`` are one
   computation, the only one before the setting existed, whose runs keep their identity.
+  Likewise its ``average_of`` only when it averages (> 1).
   """
   out = {field.name: _value(cfglib.field_default(type(cfg), field.name)
                             if field.metadata.get(cfglib.SPEED_ONLY)
@@ -50,6 +51,8 @@ def of(cfg) -> dict[str, Any]:
     del out['network_seed']
     if cfg.untrained_network_seed != cfg.seed:
       out['network_seed'] = cfg.untrained_network_seed
+    if cfg.average_of == 1:
+      del out['average_of']
   return out
 
 

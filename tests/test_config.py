@@ -146,6 +146,7 @@ def test_the_code_uses_the_configs_choices():
     ({'analysis': {'threshold': 2.0}}, 'config.analysis.threshold=2.0: must be in [0, 1]'),
     ({'seeds': ()}, 'config.seeds=(): give at least one seed'),
     ({'search': {'network_seed': -1}}, 'config.search.network_seed=-1: must be None'),
+    ({'search': {'average_of': 0}}, 'config.search.average_of=0: must be an integer >= 1'),
 ])
 def test_numeric_ranges_refused_naming_the_field(d, message):
   with pytest.raises(cfglib.ConfigError) as e:

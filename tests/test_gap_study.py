@@ -153,3 +153,17 @@ def test_every_arm_builds_a_valid_config(gap_study):
     for name, (_, overrides) in study.arms.items():
       exp = gap_study.arm_config(study, base, overrides)
       assert exp.data.train_limit == 100, name
+
+
+def test_an_arm_of_averaged_searches_counts_every_search_and_shows_the_mean_targets_loss(
+    gap_study):
+  study = gap_study.STUDIES['cifar10']
+  base = gap_study.load_base(study, 100, 10)
+  evaluations = lambda name: gap_study.search_evaluations(
+      gap_study.arm_config(study, base, study.arms[name][1]))
+  assert evaluations('init001_mean4') == 4 * evaluations('init001')
+  row = dict(_row('mean4', 0.5), r2_holdout=[0.5] * 3, mean_target_loss=[2.5, 1.5, 1.0, 0.2],
+             targets={'cos_to_activation': [0.9] * 3, 'target_probe': [0.4],
+                      'activation_probe': [0.4]})
+  line = gap_study.format_table(study, {'init001_mean4': row}, {}).splitlines()[2]
+  assert '| 2.00 / 1.00 / 0.50 / 0.00 (the mean target: 2.50 / 1.50 / 1.00 / 0.20) |' in line

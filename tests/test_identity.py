@@ -74,6 +74,16 @@ def test_a_search_network_seed_is_in_the_identity_only_when_it_picks_another_net
   assert identity.feedback_round(with_network(4), ds, 1)['search']['network_seed'] == 4
 
 
+def test_averaging_searches_is_in_the_identity_only_when_it_averages():
+  ds = _FakeDataset()
+  store_id = lambda search_cfg: store_ids.StoreId(cfglib.DataConfig(), search_cfg, ds).hash()
+  one = cfglib.SearchConfig()
+  assert identity.hash_of(identity.of(cfglib.SearchConfig(average_of=1))) == DEFAULT_SEARCH_HASH
+  assert store_id(cfglib.SearchConfig(average_of=1)) == store_id(one)
+  assert store_id(cfglib.SearchConfig(average_of=2)) != store_id(one)
+  assert identity.of(cfglib.SearchConfig(average_of=2))['average_of'] == 2
+
+
 def test_finished_reads_a_record_refuses_another_and_waits_for_required(tmp_path):
   config = {'a': 1}
   assert identity.finished(tmp_path / 'none.json', config) is None

@@ -31,9 +31,11 @@ class _Killed(Exception):
   pass
 
 
-def test_killed_search_resumes_to_the_same_store(setup, tmp_path, monkeypatch):
+@pytest.mark.parametrize('average_of', [1, 2])
+def test_killed_search_resumes_to_the_same_store(setup, tmp_path, monkeypatch, average_of):
   data_cfg, ds, mesh = setup
-  full = driver.run_search(data_cfg, SEARCH, tmp_path / 'full', ds=ds, mesh=mesh)
+  search_cfg = dataclasses.replace(SEARCH, average_of=average_of)
+  full = driver.run_search(data_cfg, search_cfg, tmp_path / 'full', ds=ds, mesh=mesh)
 
   write = TargetStore.write_chunk
   calls = []
@@ -45,16 +47,21 @@ def test_killed_search_resumes_to_the_same_store(setup, tmp_path, monkeypatch):
     return write(self, c, *args, **kwargs)
   monkeypatch.setattr(TargetStore, 'write_chunk', dies_on_second_chunk)
   with pytest.raises(_Killed):
-    driver.run_search(data_cfg, SEARCH, tmp_path / 'killed', ds=ds, mesh=mesh)
+    driver.run_search(data_cfg, search_cfg, tmp_path / 'killed', ds=ds, mesh=mesh)
   monkeypatch.setattr(TargetStore, 'write_chunk', write)
   assert TargetStore.open(tmp_path / 'killed').missing_chunks() == [1, 2]
 
-  resumed = driver.run_search(data_cfg, SEARCH, tmp_path / 'killed', ds=ds, mesh=mesh)
+  resumed = driver.run_search(data_cfg, search_cfg, tmp_path / 'killed', ds=ds, mesh=mesh)
   summary = runlog.read_json(tmp_path / 'killed' / 'summary.json')
   assert summary['images_this_run'] == 64  # only the two missing chunks were searched
   for a, b in zip(full.read(), resumed.read()):
     np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(full.best_loss, resumed.best_loss)
+  # The mean targets' own loss, from every chunk's log record, the killed run's too.
+  assert ('mean_target_loss' in summary) == (average_of > 1)
+  if average_of > 1:
+    assert summary['mean_target_loss'] == pytest.approx(
+        runlog.read_json(tmp_path / 'full' / 'summary.json')['mean_target_loss'], rel=1e-6)
 
 
 def test_store_of_another_search_config_is_refused(setup, tmp_path):
@@ -110,13 +117,24 @@ def test_auto_batch_fills_a_pretend_memory_and_a_setting_that_cannot_fit_is_refu
     driver.run_search(data_cfg, auto, tmp_path, ds=ds, mesh=mesh, memory_bytes=need(1) - 1)
 
 
-def test_in_memory_search_equals_the_stored_targets_bitwise(setup, tmp_path):
+@pytest.mark.parametrize('average_of', [1, 2])
+def test_in_memory_search_equals_the_stored_targets_bitwise(setup, tmp_path, average_of):
   data_cfg, ds, mesh = setup
-  store = driver.run_search(data_cfg, SEARCH, tmp_path, ds=ds, mesh=mesh)
+  search_cfg = dataclasses.replace(SEARCH, average_of=average_of)
+  store = driver.run_search(data_cfg, search_cfg, tmp_path, ds=ds, mesh=mesh)
   network = models.init_for_dataset(SEARCH.model, ds, SEARCH.untrained_network_seed)
   result = sharding.search_images(
       np.asarray(data.normalize(ds.train_images, ds.mean, ds.std)), ds.train_labels,
-      ds.train_index, SEARCH, network, mesh=mesh)
+      ds.train_index, search_cfg, network, mesh=mesh)
   for stored, searched in zip(store.read(), result.targets):
     np.testing.assert_array_equal(stored, searched)
   np.testing.assert_array_equal(store.best_loss, result.best_loss)
+  summary = runlog.read_json(tmp_path / 'summary.json')
+  if average_of > 1:
+    # The summary adds the mean targets' own loss, which is not the searches' best.
+    assert list(summary['mean_target_loss'].values()) == pytest.approx(
+        result.target_loss.mean(0), rel=1e-5)
+    assert summary['mean_target_loss']['block1'] != pytest.approx(
+        summary['mean_best_loss']['block1'], rel=1e-3)
+  else:
+    assert 'mean_target_loss' not in summary

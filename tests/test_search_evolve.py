@@ -1,5 +1,6 @@
 """Generation step, layer scan and the whole search: NumPy reference with the same draws, jit,
-scan vs loop, identity-conv skip, sharding, batch-size invariance, recompilation, progress."""
+scan vs loop, identity-conv skip, sharding, batch-size invariance, recompilation, progress, and
+targets that are the mean of several searches (search.average_of)."""
 
 import dataclasses
 import functools
@@ -395,3 +396,59 @@ def test_a_decaying_alpha_changes_the_search_and_the_constant_one_is_the_default
   base, decayed = run(CFG), run(decaying)
   assert not np.array_equal(base.targets[0], decayed.targets[0])
   assert decayed.curves[0].shape == base.curves[0].shape
+
+
+# --- targets the mean of several searches per image (search.average_of, beyond the paper) -----
+
+def _by_key(model, variables, cfg, images, labels, keys):
+  """:func:`evolve.search_with_key` of each image with its key, one jitted vmap."""
+  search_one = functools.partial(evolve.search_with_key, model, variables, cfg)
+  return jax.jit(jax.vmap(search_one))(images, labels, keys)
+
+
+def _image_keys(cfg, indices, repeat):
+  return jnp.stack([evolve.repeat_key(jax.random.fold_in(evolve.base_key(cfg), i), repeat)
+                    for i in indices])
+
+
+def test_one_search_per_image_is_the_search_with_the_image_key_bitwise(problem):
+  model, variables, images, labels, indices = problem
+  got = jax.jit(functools.partial(evolve.search_batch, model, variables, CFG))(
+      images, labels, indices)
+  want = _by_key(model, variables, CFG, images, labels, _image_keys(CFG, indices, 0))
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(got.target_loss, got.best_loss)
+
+
+def test_the_repeats_draw_from_keys_no_other_search_uses():
+  image_key = jax.random.fold_in(jax.random.key(0), 5)
+  # The image key's own children: its initial population (0) and its layers (1 .. L).
+  children = [jax.random.fold_in(image_key, j) for j in range(len(CFG.layers) + 1)]
+  repeats = [evolve.repeat_key(image_key, r) for r in range(4)]
+  assert repeats[0] is image_key
+  data = {tuple(np.asarray(jax.random.key_data(k)).tolist())
+          for k in [image_key, *children, *repeats[1:]]}
+  assert len(data) == 1 + len(children) + 3
+
+
+def test_targets_of_two_searches_are_their_mean_and_scored_by_the_fitness(problem):
+  model, variables, images, labels, indices = problem
+  cfg = dataclasses.replace(CFG, average_of=2)
+  got = jax.jit(functools.partial(evolve.search_batch, model, variables, cfg))(
+      images, labels, indices)
+  runs = [_by_key(model, variables, cfg, images, labels, _image_keys(cfg, indices, r))
+          for r in range(2)]
+  # The two searches differ: what the mean averages is not one search twice.
+  assert not np.allclose(runs[0].targets[1], runs[1].targets[1], atol=1e-2)
+  # float32, summed in a scan there and by NumPy here: an ulp or two apart.
+  mean = lambda *a: np.mean(np.stack(a), 0)
+  for name in ('targets', 'best_loss', 'init_loss', 'curves'):
+    for a, b in zip(jax.tree.leaves(getattr(got, name)),
+                    jax.tree.leaves(jax.tree.map(mean, *[getattr(r, name) for r in runs])),
+                    strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6, err_msg=name)
+  for i in range(len(images)):
+    fitness = evolve.image_fitness(model, variables, cfg, images[i], labels[i])
+    want = [fitness(l, jnp.asarray(t[i])[None])[0] for l, t in enumerate(got.targets)]
+    np.testing.assert_allclose(got.target_loss[i], want, rtol=1e-5)

@@ -58,6 +58,11 @@ def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
     The complete store. ``directory/search_log.jsonl`` gets one record per chunk (the
     process that searched it, mean best loss per layer, seconds) and ``directory/summary.json``
     the totals, with the store's identity (its record, :func:`decouple_jax.identity.finished`).
+    With ``search_cfg.average_of`` R > 1 (targets the mean of R searches per image) the seconds
+    are those of all R searches, the best and initial losses the searches' mean, and both files
+    add the loss of the mean targets per layer, in float32 before the store's rounding
+    (``target_loss_<layer>``; the summary's ``mean_target_loss``, over the chunks' last log
+    records).
   """
   directory = pathlib.Path(directory)
   ds = ds if ds is not None else datalib.load_dataset(data_cfg)
@@ -101,10 +106,13 @@ def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
         labels[start:stop], index[start:stop], memory_bytes=memory_bytes, on_batch=progress)
     store.write_chunk(c, result.targets, result.best_loss, result.init_loss)
     done += stop - start
+    losses = {'best_loss': result.best_loss}
+    if search_cfg.average_of > 1:
+      losses['target_loss'] = result.target_loss
     log.write({'chunk': c, 'process': jax.process_index(), 'images': stop - start,
                'seconds': time.perf_counter() - t0, 'init_loss': float(result.init_loss.mean()),
-               **{f'best_loss_{n}': float(v)
-                  for n, v in zip(search_cfg.layers, result.best_loss.mean(0))}})
+               **{f'{what}_{n}': float(v) for what, loss in losses.items()
+                  for n, v in zip(search_cfg.layers, loss.mean(0))}})
   bar.close()
   seconds = time.perf_counter() - t_start
   distributed.barrier(f'search {directory}')
@@ -115,6 +123,9 @@ def run_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,
     batch = search_fn.sized_batch(ds.image_shape)  # None if this process searched nothing
     summary = search_summary(store, list(search_cfg.layers), done, seconds, devices,
                              batch and batch // search_fn.mesh.size)
+    if search_cfg.average_of > 1:
+      summary['mean_target_loss'] = _logged_mean(log.records(), 'target_loss',
+                                                 list(search_cfg.layers))
     runlog.write_json(directory / 'summary.json', identity.record(store_id.config(), **summary))
   distributed.barrier(f'summary {directory}')
   return store
@@ -137,6 +148,16 @@ def search_summary(store: TargetStore, layer_names: list[str], images_this_run: 
       'devices': devices,
       'images_per_device': images_per_device,
   }
+
+
+def _logged_mean(records: list[dict], what: str, layer_names: list[str]) -> dict:
+  """Per layer (by ``layer_names``), the mean over images of a loss the search log holds per
+  chunk as ``{what}_{layer}``, from the last record of each chunk (a chunk searched again
+  after damage is logged again)."""
+  last = {r['chunk']: r for r in records if f'{what}_{layer_names[0]}' in r}
+  images = sum(r['images'] for r in last.values())
+  return {n: sum(r['images'] * r[f'{what}_{n}'] for r in last.values()) / images
+          for n in layer_names}
 
 
 def cached_search(data_cfg: cfglib.DataConfig, search_cfg: cfglib.SearchConfig,

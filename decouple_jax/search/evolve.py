@@ -6,8 +6,10 @@ Three levels, each a pure function of explicit state (evosax style):
 * :func:`generation_step`: one generation of one image's population at one layer;
 * :func:`search_layer`: a layer's G_l generations (of evolution, or of the gradient control)
   under ``lax.scan``;
-* :func:`search_image` / :func:`search_batch`: initial population, then the layers (one per
-  tap of the network: blocks, then logits) in turn, each seeded from the previous one;
+* :func:`search_with_key`: initial population, then the layers (one per tap of the network:
+  blocks, then logits) in turn, each seeded from the previous one;
+* :func:`search_image` / :func:`search_batch`: an image's search, or with
+  ``cfg.average_of`` R > 1 the mean of R searches of it (beyond the paper);
   ``search_batch`` is ``vmap`` over images.
 
 Fitness is a LOSS everywhere (cross-entropy against the label; lower is better; NaN -> +inf).
@@ -16,7 +18,8 @@ Randomness: an image's key is ``fold_in(key(seed), dataset_index)``; the initial
 uses ``fold_in(image_key, 0)``, layer l ``fold_in(image_key, l + 1)`` and its generation g
 ``fold_in(layer_key, g)``. An image's draws therefore do not depend on the batch it is
 searched in or on the number of devices (its values do only by float rounding; see
-:mod:`decouple_jax.search.sharding`).
+:mod:`decouple_jax.search.sharding`). Search r of an average (:func:`repeat_key`) puts
+``fold_in(image_key, 2**32 - r)`` in the image key's place for r >= 1.
 
 The operators are chosen by name in ``cfg.operators`` (:mod:`decouple_jax.search.registry`);
 how a child is made is :mod:`decouple_jax.search.mutation`'s, and the loop over a layer's
@@ -31,6 +34,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 from flax import struct
+from jax import lax
 
 from decouple_jax.config import LayerSchedule, SearchConfig
 from decouple_jax.models import airbench
@@ -58,15 +62,22 @@ class Population:
 class SearchResult:
   """The searched targets of a batch of B images, and how well they score (as LOSSES).
 
+  With ``average_of`` R > 1 (:func:`search_image`) every field but ``target_loss`` is the mean
+  over the image's R searches.
+
   Attributes:
     targets: the best candidate of each search layer (L of them, the network's taps):
       (B, H_0, W_0, w_0), (B, H_1, W_1, w_1), (B, H_2, W_2, w_2), (B, K).
     best_loss: (B, L) loss of each layer's best candidate at the end of that layer.
+    target_loss: (B, L) loss of each layer's target as returned, by that layer's fitness: for
+      one search its ``best_loss``; for a mean of searches the mean target's own loss (under
+      ``bn_mode='batch'`` scored as a population of one).
     init_loss: (B,) best loss of the initial (noisy-input) population.
     curves: L arrays (B, G_l): the best loss after each generation of layer l.
   """
   targets: tuple[jax.Array, ...]
   best_loss: jax.Array
+  target_loss: jax.Array
   init_loss: jax.Array
   curves: tuple[jax.Array, ...]
 
@@ -147,6 +158,17 @@ def base_key(cfg: SearchConfig) -> jax.Array:
   return jax.random.key(cfg.seed)
 
 
+def repeat_key(image_key: jax.Array, repeat: int) -> jax.Array:
+  """The key of search ``repeat`` (0 .. ``average_of`` - 1) of the image whose key is
+  ``image_key``.
+
+  Search 0 is the single search's own, so ``average_of=1`` is the search unchanged. Search
+  r >= 1 folds in 2**32 - r, a number no child of an image key takes (they are 0 .. L), so
+  its draws are no other search's, of this seed or another.
+  """
+  return image_key if repeat == 0 else jax.random.fold_in(image_key, 2**32 - repeat)
+
+
 def network_forward(model: airbench.AirbenchNet, variables, bn_mode: str
                     ) -> Callable[[int, jax.Array], tuple[jax.Array, ...]]:
   """``forward(layer, h) -> later taps``: the search network's own
@@ -166,9 +188,27 @@ def network_forward(model: airbench.AirbenchNet, variables, bn_mode: str
   return forward
 
 
-def search_image(model: airbench.AirbenchNet, variables, cfg: SearchConfig, image: jax.Array,
-                 label: jax.Array, index: jax.Array) -> SearchResult:
-  """The full layer-wise search for one image (docs/method.md section 3).
+def image_fitness(model: airbench.AirbenchNet, variables, cfg: SearchConfig, image: jax.Array,
+                  label: jax.Array) -> Callable[..., jax.Array]:
+  """``fitness(l, h, logits=None) -> (N,)``: the LOSS of candidates h (N, *S_l) at search
+  layer l of this image (``logits``: h's final logits, if already at hand)."""
+  ops = registry.resolve(cfg.operators)
+  forward = network_forward(model, variables, cfg.bn_mode)
+  logits_layer = len(cfg.layers) - 1
+  # The image's own taps in this network, for a fitness that reads the candidates.
+  clean = forward(-1, image[None]) if ops.reads_candidates else None
+
+  def fitness(l, h, logits=None):
+    if logits is None:
+      logits = h if l == logits_layer else forward(l, h)[-1]
+    return ops.fitness(logits, label, h, None if clean is None else clean[l][0])
+  return fitness
+
+
+def search_with_key(model: airbench.AirbenchNet, variables, cfg: SearchConfig,
+                    image: jax.Array, label: jax.Array, key: jax.Array) -> SearchResult:
+  """One layer-wise search of one image (docs/method.md section 3), whatever
+  ``cfg.average_of``.
 
   Args:
     model: the search network (untrained, or any network of the family); set its
@@ -177,36 +217,33 @@ def search_image(model: airbench.AirbenchNet, variables, cfg: SearchConfig, imag
     cfg: the search configuration (its operators too, ``cfg.operators``).
     image: (H, W, C) normalised image.
     label: () int32 class.
-    index: () int32 dataset index (selects the image's random stream).
+    key: the search's key: the image's (``fold_in(base_key(cfg), index)``), or a
+      :func:`repeat_key` of it.
 
   Returns:
     A :class:`SearchResult` without the batch axis: targets (*S_l), best_loss (L,),
-    init_loss (), curves (G_l,), one per layer of ``cfg.layers`` (the network's taps, in
-    order). Block targets are values of the network's taps.
+    target_loss (L,) (= best_loss), init_loss (), curves (G_l,), one per layer of
+    ``cfg.layers`` (the network's taps, in order). Block targets are values of the network's
+    taps.
   """
   ops = registry.resolve(cfg.operators)
   forward = network_forward(model, variables, cfg.bn_mode)
-  image_key = jax.random.fold_in(base_key(cfg), index)
+  fitness = image_fitness(model, variables, cfg, image, label)
   # The initial population's noise is Gaussian whatever the mutation (the paper's noisy copies).
   noisy = ops_lib.init_population(
-      image, fast.normal(jax.random.fold_in(image_key, 0), (cfg.population, *image.shape)),
+      image, fast.normal(jax.random.fold_in(key, 0), (cfg.population, *image.shape)),
       cfg.init_noise)
   taps = forward(-1, noisy)
-  # The image's own taps in this network, for a fitness that reads the candidates.
-  clean = forward(-1, image[None]) if ops.reads_candidates else None
-  reference = lambda layer: None if clean is None else clean[layer][0]
-  pop = Population(taps[0], ops.fitness(taps[-1], label, taps[0], reference(0)))
+  pop = Population(taps[0], fitness(0, taps[0], taps[-1]))
   init_loss = jnp.min(pop.loss)
   logits_layer = len(cfg.layers) - 1
   targets, best_loss, curves = [], [], []
   for l, schedule in enumerate(cfg.layers.values()):
-    def score(h, l=l):
-      logits = h if l == logits_layer else forward(l, h)[-1]
-      return ops.fitness(logits, label, h, reference(l))
+    score = functools.partial(fitness, l)
     if ops.reads_candidates:
       # The carried losses were scored as the previous layer's candidates.
       pop = pop.replace(loss=score(pop.h))
-    pop, curve = search_layer(pop, jax.random.fold_in(image_key, l + 1), schedule=schedule,
+    pop, curve = search_layer(pop, jax.random.fold_in(key, l + 1), schedule=schedule,
                               cfg=cfg, score=score)
     best = jnp.argmin(pop.loss)
     targets.append(pop.h[best])
@@ -220,8 +257,37 @@ def search_image(model: airbench.AirbenchNet, variables, cfg: SearchConfig, imag
                          jnp.full_like(pop.loss, pop.loss[best]))
       else:
         pop = Population(down, pop.loss)
-  return SearchResult(targets=tuple(targets), best_loss=jnp.stack(best_loss),
+  best_loss = jnp.stack(best_loss)
+  return SearchResult(targets=tuple(targets), best_loss=best_loss, target_loss=best_loss,
                       init_loss=init_loss, curves=tuple(curves))
+
+
+def search_image(model: airbench.AirbenchNet, variables, cfg: SearchConfig, image: jax.Array,
+                 label: jax.Array, index: jax.Array) -> SearchResult:
+  """The search of one image: :func:`search_with_key` with the image's key, or with
+  ``cfg.average_of`` R > 1 (beyond the paper) the mean of R of them, search r with
+  :func:`repeat_key` ``(image_key, r)``, all in this one network.
+
+  Args:
+    model, variables, cfg, image, label: as for :func:`search_with_key`.
+    index: () int32 dataset index (selects the image's random stream).
+
+  Returns:
+    A :class:`SearchResult` without the batch axis. For R > 1 its targets are the searches'
+    elementwise mean, best_loss, init_loss and curves their mean, and target_loss the loss of
+    each mean target by its layer's fitness.
+  """
+  image_key = jax.random.fold_in(base_key(cfg), index)
+  search = functools.partial(search_with_key, model, variables, cfg, image, label)
+  if cfg.average_of == 1:
+    return search(image_key)
+  keys = jnp.stack([repeat_key(image_key, r) for r in range(cfg.average_of)])
+  # One search after another (lax.map, not vmap): memory holds one search's working set and
+  # R results (one image's targets each, a small part of it).
+  mean = jax.tree.map(lambda t: jnp.mean(t, 0), lax.map(search, keys))
+  fitness = image_fitness(model, variables, cfg, image, label)
+  return mean.replace(target_loss=jnp.stack(
+      [fitness(l, t[None])[0] for l, t in enumerate(mean.targets)]))
 
 
 def search_batch(model: airbench.AirbenchNet, variables, cfg: SearchConfig, images: jax.Array,

@@ -128,7 +128,8 @@ class SearchFn:
 
     Returns:
       The :class:`~decouple_jax.search.evolve.SearchResult` of the N images, NumPy arrays:
-      targets per layer (N, *S_l), best_loss (N, 4), init_loss (N,), curves per layer.
+      targets per layer (N, *S_l), best_loss (N, 4), target_loss (N, 4), init_loss (N,),
+      curves per layer.
     """
     batch = self.batch(images.shape[1:], len(images), memory_bytes)
     return search_in_batches(self, batch, images, labels, indices, on_batch=on_batch)
@@ -214,7 +215,8 @@ def search_images(images: np.ndarray, labels: np.ndarray, indices: np.ndarray,
 
   Returns:
     The :class:`~decouple_jax.search.evolve.SearchResult`, NumPy arrays: ``targets`` per layer
-    (N, *S_l), ``best_loss`` (N, L), ``init_loss`` (N,), ``curves`` per layer (N, G_l).
+    (N, *S_l), ``best_loss`` and ``target_loss`` (N, L), ``init_loss`` (N,), ``curves`` per
+    layer (N, G_l).
   """
   model, variables = network
   return make_search_fn(model, variables, search_cfg, mesh).search(
