@@ -59,6 +59,17 @@ def speed_only(default: Any) -> Any:
   return dataclasses.field(default=default, metadata={SPEED_ONLY: True})
 
 
+# The metadata key of a field added after runs were recorded, whose default is the one
+# computation there was before it. Identities record such a field only away from its default,
+# so the runs made before it existed keep theirs.
+ADDED_LATER = 'added_later'
+
+
+def added_later(default: Any) -> Any:
+  """A dataclass field with ``default`` that is :data:`ADDED_LATER`."""
+  return dataclasses.field(default=default, metadata={ADDED_LATER: True})
+
+
 # Every check below raises a message that starts with the field's name; from_dict puts the
 # field's path in front (config.search.layers.block0.generations=-1: ...), so the message says
 # which flag to change. A new field gets its check by one more call in its class's
@@ -619,7 +630,8 @@ class SearchConfig:
     seed: base seed; every image's randomness derives from (seed, its dataset index).
     network_seed: seed of the untrained search network's random filters; None (default):
       ``seed``, so a search seed also picks its network unless this fixes one (many searches
-      in one network). Read it as :attr:`untrained_network_seed`.
+      in one network; a value equal to ``seed`` is kept as None). Read it as
+      :attr:`untrained_network_seed`.
     average_of: R, searches per image (a count, >= 1; beyond the paper): each image's targets
       are the elementwise mean of R searches of it that differ only in their randomness, all
       in the one network of :attr:`untrained_network_seed`; 1 (default) is the paper's single
@@ -652,8 +664,8 @@ class SearchConfig:
   bn_mode: str = 'inference'
   norm_eps: float = 1e-5
   seed: int = 0
-  network_seed: int | None = None
-  average_of: int = 1
+  network_seed: int | None = added_later(None)
+  average_of: int = added_later(1)
   batch_images: int | str = speed_only('auto')
   skip_identity_convs: bool = True
   store_dtype: str = 'float32'
@@ -691,6 +703,9 @@ class SearchConfig:
                                               self.network_seed >= 0):
       raise ConfigError(f'network_seed={self.network_seed!r}: must be None (the search\'s '
                         'seed) or an integer >= 0')
+    if self.network_seed == self.seed:
+      # The seed's own network: one computation, so one config and one identity.
+      object.__setattr__(self, 'network_seed', None)
 
   @property
   def untrained_network_seed(self) -> int:

@@ -37,22 +37,20 @@ def of(cfg) -> dict[str, Any]:
   """Config dataclass ``cfg`` as a JSON-ready dict of what changes its runs' results.
 
   Speed-only fields are recorded at their defaults: any value gives one identity, and a run
-  made before they were marked keeps its own. A search's ``network_seed`` is recorded only
-  when the network it picks is not its ``seed``'s
-  (:attr:`decouple_jax.config.SearchConfig.untrained_network_seed`): None and ``seed`` are one
-  computation, the only one before the setting existed, whose runs keep their identity.
-  Likewise its ``average_of`` only when it averages (> 1).
+  made before they were marked keeps its own. Fields added later
+  (:data:`decouple_jax.config.ADDED_LATER`: a search's ``network_seed`` and ``average_of``)
+  are recorded only away from their defaults, the one computation there was before them, so
+  the runs made before them keep their identity.
   """
-  out = {field.name: _value(cfglib.field_default(type(cfg), field.name)
-                            if field.metadata.get(cfglib.SPEED_ONLY)
-                            else getattr(cfg, field.name))
-         for field in dataclasses.fields(cfg)}
-  if isinstance(cfg, cfglib.SearchConfig):
-    del out['network_seed']
-    if cfg.untrained_network_seed != cfg.seed:
-      out['network_seed'] = cfg.untrained_network_seed
-    if cfg.average_of == 1:
-      del out['average_of']
+  out = {}
+  for field in dataclasses.fields(cfg):
+    value = getattr(cfg, field.name)
+    default = cfglib.field_default(type(cfg), field.name)
+    if field.metadata.get(cfglib.SPEED_ONLY):
+      value = default
+    elif field.metadata.get(cfglib.ADDED_LATER) and value == default:
+      continue
+    out[field.name] = _value(value)
   return out
 
 
