@@ -77,11 +77,6 @@ class Member:
   search_seed: int | None = None
   network_seed: int | None = None
 
-  def __post_init__(self):
-    if self.network_seed == self.search_seed:
-      # The search seed's own network is one member, one name, whichever way it is given.
-      object.__setattr__(self, 'network_seed', None)
-
   @property
   def name(self) -> str:
     if self.search_seed is None:
@@ -94,10 +89,16 @@ def family_members(exp: cfglib.ExperimentConfig, family: str) -> list[Member]:
   """The K members of ``family`` (see :class:`~decouple_jax.config.EnsembleConfig`)."""
   s, t, g = exp.search.seed, exp.student.train.seed, exp.sgd.train.seed
   n = exp.search.untrained_network_seed
-  make = {'searches': lambda i: Member(t, s + i, n + i),
-          'searches_one_network': lambda i: Member(t, s + i, n),
-          'searches_and_seeds': lambda i: Member(t + i, s + i, n + i),
-          'student_seeds': lambda i: Member(t + i, s, n),
+
+  def student(train_seed: int, search_seed: int, network_seed: int) -> Member:
+    # SearchConfig writes a search seed's own network as None: one member, one name.
+    search = dataclasses.replace(exp.search, seed=search_seed, network_seed=network_seed)
+    return Member(train_seed, search.seed, search.network_seed)
+
+  make = {'searches': lambda i: student(t, s + i, n + i),
+          'searches_one_network': lambda i: student(t, s + i, n),
+          'searches_and_seeds': lambda i: student(t + i, s + i, n + i),
+          'student_seeds': lambda i: student(t + i, s, n),
           'sgd': lambda i: Member(g + i)}[family]
   return [make(i) for i in range(exp.ensemble.members)]
 
