@@ -420,17 +420,18 @@ def reference_row(exp: cfglib.ExperimentConfig, ds: datalib.Dataset, workdir: pa
 
 def _power_fit(x: np.ndarray, gap: np.ndarray, seconds: np.ndarray) -> dict | None:
   """gap = coef * x**slope by least squares in log-log (None below 3 points or if a gap is
-  not positive), with the x, and the seconds (linear in x, fitted likewise), at which the gap
-  would fall to 1 and to 0.5 points."""
+  not positive), with the x, and the seconds (proportional to x, fitted by least squares), at
+  which the gap would fall to 1 and to 0.5 points."""
   if len(x) < 3 or not (gap > 0).all():
     return None
   slope, log_coef = np.polyfit(np.log(x), np.log(gap), 1)
-  per_x, offset = np.polyfit(x, seconds, 1)
+  # Through the origin: rows timed at different loads can make a free line's slope negative.
+  per_x = float(x @ seconds / (x @ x))
   fit = {'coef': float(np.exp(log_coef)), 'slope': float(slope)}
   for points in (1.0, 0.5):
     at = float(np.exp((np.log(points) - log_coef) / slope)) if slope < 0 else None
     fit[f'x_for_{points}_point'] = at
-    fit[f'seconds_for_{points}_point'] = None if at is None else float(per_x * at + offset)
+    fit[f'seconds_for_{points}_point'] = None if at is None else per_x * at
   return fit
 
 
