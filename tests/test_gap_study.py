@@ -4,6 +4,7 @@ workdir has none of the earlier rows, adds its rows to the recorded table and lo
 import importlib.util
 import pathlib
 
+import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -167,3 +168,14 @@ def test_an_arm_of_averaged_searches_counts_every_search_and_shows_the_mean_targ
                       'activation_probe': [0.4]})
   line = gap_study.format_table(study, {'init001_mean4': row}, {}).splitlines()[2]
   assert '| 2.00 / 1.00 / 0.50 / 0.00 (the mean target: 2.50 / 1.50 / 1.00 / 0.20) |' in line
+
+
+def test_extrapolated_seconds_stay_positive_across_rows_timed_at_different_loads(gap_study):
+  # The CIFAR-10 search curve's top 3 as recorded: init001_s1_2 (472 s) and init001 (954 s)
+  # timed under load, init001_s2 at twice init001's evaluations timed idle (523 s). A free line
+  # through these seconds falls with compute.
+  x = np.array([3168.0, 6336.0, 12672.0])
+  fit = gap_study._power_fit(x, np.array([11.2, 8.8, 7.1]), np.array([472.0, 954.0, 523.0]))
+  per_evaluation = (x @ np.array([472.0, 954.0, 523.0])) / (x @ x)
+  assert fit['seconds_for_1.0_point'] == pytest.approx(per_evaluation * fit['x_for_1.0_point'])
+  assert fit['seconds_for_0.5_point'] > fit['seconds_for_1.0_point'] > 0
