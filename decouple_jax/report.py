@@ -19,6 +19,16 @@ METHOD_NAMES = {'sgd': 'SGD', 'all_layers': 'Search-based (All layers)',
                 'skip_block0': 'Search-based (Skip block 0)'}
 
 
+def method_name(method: str, search_method: str = 'evolution') -> str:
+  """A result row's name: :data:`METHOD_NAMES`'s, and for a student whose targets another
+  search than the paper's evolution found (``search.method``), which one: a gradient
+  control's row must not read as the paper's method."""
+  name = METHOD_NAMES[method]
+  if method == 'sgd' or search_method == 'evolution':
+    return name
+  return f'{name}, {search_method} search (a control, not the paper\'s method)'
+
+
 def scale_label(scale: str) -> str:
   """``scale`` as printed next to every number: 'paper', or a visible 'scaled down' note."""
   return scale if scale == 'paper' or 'scaled down' in scale.lower() else f'scaled down: {scale}'
@@ -86,9 +96,10 @@ def format_table(results: dict) -> str:
             'output next to the KL-trained head (same test images).', '',
             '| student | R^2 train | R^2 hold-out | p_hat = label | linear probe | KL head |',
             '|---|---|---|---|---|---|']
+  search_method = results['config']['search']['method']
   for variant, s in results['students'].items():
     d = s['diagnostics']
-    lines.append(f'| {METHOD_NAMES[variant]} | {_floats(d["r2_train"])} | '
+    lines.append(f'| {method_name(variant, search_method)} | {_floats(d["r2_train"])} | '
                  f'{_floats(d["r2_holdout"])} | {100 * d["phat_accuracy"]:.1f}% | '
                  f'{100 * d["linear_probe_test_accuracy"]:.1f}% | '
                  f'{100 * d["head_test_accuracy"]:.1f}% |')
@@ -98,7 +109,8 @@ def format_table(results: dict) -> str:
     t = tp[variant]
     cost = t['student_step_cost_vs_sgd']
     lines.append(
-        f'- {METHOD_NAMES[variant]}: {t["student_images_per_s"]:.0f} training images/s'
+        f'- {method_name(variant, search_method)}: {t["student_images_per_s"]:.0f} training '
+        'images/s'
         + (f' vs SGD with {tp["sgd_convs_per_block"]} convs/block {tp["sgd_images_per_s"]:.0f}:'
            f' a student step costs {cost:.2f}x an SGD step (aim: <= 1.3)'
            if cost is not None else
@@ -109,7 +121,8 @@ def format_table(results: dict) -> str:
   holdout = search['holdout']
   lines += [
       '', '## Setup', '',
-      f'- Search: one search (search.seed={results["config"]["search"]["seed"]}) of '
+      f'- Search: one {search_method} search (search.seed='
+      f'{results["config"]["search"]["seed"]}) of '
       f'{search["train"]["images"]} training images serves every seed; the seeds set the '
       'initialisation, shuffling and augmentation of the students and SGD baselines, so the '
       'spread is that of training only. Mean best loss per layer: '

@@ -262,7 +262,8 @@ def reproduce(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
       [('sgd', sgd_runs[best_convs], exp.sgd.train.augment)] +
       [(v, students[v], exp.student.train.augment) for v in rc.variants]):
     table, paper = report.paper_result(exp.data.name, method, augment)
-    rows.append({'method': method, 'name': report.METHOD_NAMES[method], 'augment': augment,
+    rows.append({'method': method, 'name': report.method_name(method, exp.search.method),
+                 'augment': augment,
                  'test_accuracy': mean_std([r['test_accuracy'] for r in runs.values()]),
                  'paper_table': table, 'paper': paper})
   results = {
@@ -287,7 +288,7 @@ def reproduce(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
   if distributed.is_main():
     runlog.write_json(workdir / 'results.json', results)
     (workdir / 'table.md').write_text(report.format_table(results))
-    curves = {f'{report.METHOD_NAMES[method]}, seed {seed}': runlog.JsonLines(
+    curves = {f'{report.method_name(method, exp.search.method)}, seed {seed}': runlog.JsonLines(
         workdir / _run_name(seed, method, best_convs) / 'metrics.jsonl').records()
               for seed in exp.seeds for method in ('sgd', *rc.variants)}
     plots.plot_training_curves(curves, workdir / 'training_curves.png',

@@ -183,3 +183,17 @@ def test_table_says_when_there_is_no_holdout_to_select_on(pipeline):
   table = report.format_table(results)
   assert ("Test accuracy (%) of the last epoch's model (data.holdout=0: no hold-out split to "
           'select on)') in table
+
+
+@pytest.mark.slow
+def test_table_names_a_search_other_than_the_papers(pipeline):
+  """A student on the gradient control's targets must not read as the paper's method."""
+  results = json.loads((pipeline['workdir'] / 'results.json').read_text())
+  assert 'control' not in report.format_table(results)
+  results['config']['search']['method'] = 'gradient'
+  table = report.format_table(results)
+  control = "Search-based (All layers), gradient search (a control, not the paper's method)"
+  assert f'| {control} |' in table  # the diagnostics row
+  assert f'- {control}:' in table  # the throughput line
+  assert 'one gradient search' in table
+  assert report.method_name('sgd', 'gradient') == 'SGD'
