@@ -26,7 +26,7 @@ def method_name(method: str, search_method: str = 'evolution') -> str:
   name = METHOD_NAMES[method]
   if method == 'sgd' or search_method == 'evolution':
     return name
-  return f'{name}, {search_method} search (a control, not the paper\'s method)'
+  return f'{name}, {search_method} control'
 
 
 def scale_label(scale: str) -> str:
@@ -122,7 +122,10 @@ def format_table(results: dict) -> str:
   lines += [
       '', '## Setup', '',
       f'- Search: one {search_method} search (search.seed='
-      f'{results["config"]["search"]["seed"]}) of '
+      f'{results["config"]["search"]["seed"]}'
+      + ('' if search_method == 'evolution' else
+         f"; search.method='{search_method}': a control, not the paper's evolutionary search")
+      + ') of '
       f'{search["train"]["images"]} training images serves every seed; the seeds set the '
       'initialisation, shuffling and augmentation of the students and SGD baselines, so the '
       'spread is that of training only. Mean best loss per layer: '

@@ -192,8 +192,8 @@ def test_table_names_a_search_other_than_the_papers(pipeline):
   assert 'control' not in report.format_table(results)
   results['config']['search']['method'] = 'gradient'
   table = report.format_table(results)
-  control = "Search-based (All layers), gradient search (a control, not the paper's method)"
+  control = 'Search-based (All layers), gradient control'
   assert f'| {control} |' in table  # the diagnostics row
   assert f'- {control}:' in table  # the throughput line
-  assert 'one gradient search' in table
+  assert "one gradient search (search.seed=0; search.method='gradient': a control" in table
   assert report.method_name('sgd', 'gradient') == 'SGD'
