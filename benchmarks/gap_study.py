@@ -239,6 +239,12 @@ CIFAR10_ARMS = {
     # and its targets make the better student: do stronger mutations there get evolution further?
     'init001_a05': ('init001, alpha 0.5 at blocks 1-2', {'search.init_noise': 0.01,
                                                          'alpha': (0.3, 0.5, 0.5, 0.1)}),
+    # init001_a05 got blocks 1-2 to 0.39 / 0.22 nats and the student 5.6 points further: how far
+    # does the mutation's strength go, and does block 0 (2.21 nats after its 4 generations) move?
+    'init001_a1': ('init001, alpha 1.0 at blocks 1-2', {'search.init_noise': 0.01,
+                                                       'alpha': (0.3, 1.0, 1.0, 0.1)}),
+    'init001_a05_b0a1': ('init001_a05, alpha 1.0 at block 0', {'search.init_noise': 0.01,
+                                                               'alpha': (1.0, 0.5, 0.5, 0.1)}),
     'init001_blur2': ('init001, 2 blur passes at blocks 1-2', {'search.init_noise': 0.01,
                                                                'blur': (5, 2, 2, 0)}),
     'init001_refine_parents': ('init001, refinement parents from the parents only (prose)',
