@@ -243,6 +243,8 @@ CIFAR10_ARMS = {
     # does the mutation's strength go, and does block 0 (2.21 nats after its 4 generations) move?
     'init001_a1': ('init001, alpha 1.0 at blocks 1-2', {'search.init_noise': 0.01,
                                                        'alpha': (0.3, 1.0, 1.0, 0.1)}),
+    'init001_a2': ('init001, alpha 2.0 at blocks 1-2', {'search.init_noise': 0.01,
+                                                       'alpha': (0.3, 2.0, 2.0, 0.1)}),
     'init001_a05_b0a1': ('init001_a05, alpha 1.0 at block 0', {'search.init_noise': 0.01,
                                                                'alpha': (1.0, 0.5, 0.5, 0.1)}),
     'init001_blur2': ('init001, 2 blur passes at blocks 1-2', {'search.init_noise': 0.01,
