@@ -235,8 +235,9 @@ CIFAR10_ARMS = {
                        {'search.init_noise': 0.01, 'student.model.convs_per_block': 6}),
     'init001_mse1': ('init001, student MSE weight 1 (the paper\'s)',
                      {'search.init_noise': 0.01, 'student.mse_coef': 1.0}),
-    # The gradient control drives blocks 1-2 to 0.01 nats where evolution stops at 0.90 / 0.57,
-    # and its targets make the better student: do stronger mutations there get evolution further?
+    # The gradient control's targets sit at 0.01 nats at blocks 1-2 (its block-0 solution carried
+    # forward) where evolution stops at 0.90 / 0.57, and make the better student: do stronger
+    # mutations there get evolution further?
     'init001_a05': ('init001, alpha 0.5 at blocks 1-2', {'search.init_noise': 0.01,
                                                          'alpha': (0.3, 0.5, 0.5, 0.1)}),
     # init001_a05 got blocks 1-2 to 0.39 / 0.22 nats and the student 5.6 points further: how far
