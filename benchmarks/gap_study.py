@@ -168,6 +168,9 @@ CIFAR10_BASE = {'search.blur_target': 'noise', 'search.init_noise': 0.1,
                 'student.train.optim.batch_size': 500, 'sgd.train.optim.epochs': 12,
                 'sgd.train.optim.batch_size': 500}
 
+# init001_a1: the reading ``cifar10:cpu`` took from this study (alpha 1.0 at blocks 1-2).
+INIT001_A1 = {'search.init_noise': 0.01, 'alpha': (0.3, 1.0, 1.0, 0.1)}
+
 CIFAR10_ARMS = {
     'base': ('the MNIST study\'s reading on CIFAR-10', {}),
     # Why do targets not generalise? Leads on what the search puts into them.
@@ -242,10 +245,27 @@ CIFAR10_ARMS = {
                                                          'alpha': (0.3, 0.5, 0.5, 0.1)}),
     # init001_a05 got blocks 1-2 to 0.39 / 0.22 nats and the student 5.6 points further: how far
     # does the mutation's strength go, and does block 0 (2.21 nats after its 4 generations) move?
-    'init001_a1': ('init001, alpha 1.0 at blocks 1-2', {'search.init_noise': 0.01,
-                                                       'alpha': (0.3, 1.0, 1.0, 0.1)}),
+    'init001_a1': ('init001, alpha 1.0 at blocks 1-2', INIT001_A1),
     'init001_a2': ('init001, alpha 2.0 at blocks 1-2', {'search.init_noise': 0.01,
                                                        'alpha': (0.3, 2.0, 2.0, 0.1)}),
+    # The compute curves again at alpha 1.0, the reading ``cifar10:cpu`` took from init001_a1:
+    # its generations scaled 1/16 to 2, and its student and SGD trained 2 to 32 epochs.
+    'init001_a1_s1_16': ('init001_a1, generations 1/16: 1/6/6/4',
+                         {**INIT001_A1, 'gens': (1, 6, 6, 4)}),
+    'init001_a1_s1_8': ('init001_a1, generations 1/8: 1/12/12/8',
+                        {**INIT001_A1, 'gens': (1, 12, 12, 8)}),
+    'init001_a1_s1_4': ('init001_a1, generations 1/4: 1/25/25/15',
+                        {**INIT001_A1, 'gens': (1, 25, 25, 15)}),
+    'init001_a1_s1_2': ('init001_a1, generations 1/2: 2/50/50/30',
+                        {**INIT001_A1, 'gens': (2, 50, 50, 30)}),
+    'init001_a1_s2': ('init001_a1, generations x2: 8/200/200/120',
+                      {**INIT001_A1, 'gens': (8, 200, 200, 120)}),
+    'init001_a1_ep2': ('init001_a1, student and SGD 2 epochs',
+                       {**INIT001_A1, 'epochs': 2}),
+    'init001_a1_ep4': ('init001_a1, student and SGD 4 epochs',
+                       {**INIT001_A1, 'epochs': 4}),
+    'init001_a1_ep32': ('init001_a1, student and SGD 32 epochs',
+                        {**INIT001_A1, 'epochs': 32}),
     'init001_a05_b0a1': ('init001_a05, alpha 1.0 at block 0', {'search.init_noise': 0.01,
                                                                'alpha': (1.0, 0.5, 0.5, 0.1)}),
     'init001_blur2': ('init001, 2 blur passes at blocks 1-2', {'search.init_noise': 0.01,
