@@ -310,11 +310,19 @@ class Curve(NamedTuple):
     arms: the arm names.
     compute: an arm's compute from its experiment config (e.g. :func:`search_evaluations`).
     unit: what ``compute`` counts, for the paragraph and the figure's axis.
+    reading: what the arms share beyond the study's base (e.g. ``'alpha 1.0'``), for a study
+      with several curves of one kind; it goes into the curve's title and figure name.
   """
   kind: str
   arms: tuple[str, ...]
   compute: Callable[[cfglib.ExperimentConfig], float]
   unit: str
+  reading: str = ''
+
+  @property
+  def title(self) -> str:
+    """How the curve's paragraph begins, one line per curve in the study section."""
+    return f'Gap against {self.kind} compute' + (f', {self.reading}' if self.reading else '')
 
 
 class Study(NamedTuple):
@@ -358,9 +366,15 @@ STUDIES = {
                    'gap_study'),
     'cifar10': Study('cifar10', 'CIFAR-10', CIFAR10_BASE, CIFAR10_ARMS, (
         Curve('search', ('init001_s1_16', 'init001_s1_8', 'init001_s1_4', 'init001_s1_2',
-                         'init001', 'init001_s2'), search_evaluations, EVALUATIONS),
+                         'init001', 'init001_s2'), search_evaluations, EVALUATIONS, 'alpha 0.2'),
         Curve('student', ('init001_ep2', 'init001_ep4', 'init001', 'init001_ep32'),
-              student_epochs, 'student epochs')), 10000, 1000, True, 'gap_study:cifar10'),
+              student_epochs, 'student epochs', 'alpha 0.2'),
+        Curve('search', ('init001_a1_s1_16', 'init001_a1_s1_8', 'init001_a1_s1_4',
+                         'init001_a1_s1_2', 'init001_a1', 'init001_a1_s2'), search_evaluations,
+              EVALUATIONS, 'alpha 1.0'),
+        Curve('student', ('init001_a1_ep2', 'init001_a1_ep4', 'init001_a1', 'init001_a1_ep32'),
+              student_epochs, 'student epochs', 'alpha 1.0')),
+        10000, 1000, True, 'gap_study:cifar10'),
 }
 
 
@@ -499,8 +513,9 @@ def compute_curve(study: Study, curve: Curve, rows: dict, refs: dict, base) -> d
   sgd_each = [100 * rows[n].get('sgd', refs[width])['sgd_holdout_accuracy'] for n in names]
   sgd = max(sgd_each) if curve.kind == 'student' else 100 * refs[width]['sgd_holdout_accuracy']
   seconds = np.array([rows[n][f'{curve.kind}_seconds'] for n in names])
-  return {'kind': curve.kind, 'arms': names, 'compute': x.tolist(), 'unit': curve.unit,
-          'seconds': seconds.tolist(), 'holdout_accuracy': holdout.tolist(),
+  return {'kind': curve.kind, 'title': curve.title, 'reading': curve.reading, 'arms': names,
+          'compute': x.tolist(), 'unit': curve.unit, 'seconds': seconds.tolist(),
+          'holdout_accuracy': holdout.tolist(),
           'test_accuracy': [100 * rows[n]['test_accuracy'] for n in names],
           'sgd_each_holdout_accuracy': sgd_each, 'sgd_holdout_accuracy': sgd, 'width': width,
           'fit': _power_fit(x, sgd - holdout, seconds),
@@ -511,8 +526,10 @@ def compute_curve(study: Study, curve: Curve, rows: dict, refs: dict, base) -> d
 
 
 def curve_figure(study: Study, curve: dict) -> str:
-  """The figure's file name under ``results/``."""
-  return f'{study.dataset}_gap_vs_{curve["kind"]}_compute.png'
+  """The figure's file name under ``results/``: ``<dataset>_gap_vs_<kind>_compute[_<reading>]``
+  (e.g. ``cifar10_gap_vs_search_compute_alpha_1_0.png``)."""
+  reading = re.sub(r'\W+', '_', curve['reading']).strip('_')
+  return f'{study.dataset}_gap_vs_{curve["kind"]}_compute{"_" * bool(reading)}{reading}.png'
 
 
 def describe_curve(study: Study, curve: dict) -> str:
@@ -527,7 +544,7 @@ def describe_curve(study: Study, curve: dict) -> str:
   else:
     points = ', '.join(f'{x:,.0f}: {g:.2f}' for x, g in zip(curve['compute'], gaps))
     against = f'hold-out points below SGD\'s {curve["sgd_holdout_accuracy"]:.2f}%'
-  text = (f'Gap against {curve["kind"]} compute (arms {", ".join(curve["arms"])}; width '
+  text = (f'{curve["title"]} (arms {", ".join(curve["arms"])}; width '
           f'{curve["width"]}; {curve["unit"]}: {against}): {points}.')
   if curve['fit'] is None:
     return text + ' Too few points with a positive gap for a fit.'
@@ -696,7 +713,7 @@ def main(argv=None) -> None:
     table = format_table(study, rows, refs, section)
     for spec in study.curves:
       curve = compute_curve(study, spec, rows, refs, base)
-      recorded = re.search(rf'^Gap against {spec.kind} compute.*$', section, re.M)
+      recorded = re.search(rf'^{re.escape(spec.title)} \(.*$', section, re.M)
       if curve is None and recorded:  # measured in an earlier workdir: kept, like its rows
         table += f'\n\n{recorded[0]}'
       elif curve is not None:

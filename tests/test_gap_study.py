@@ -118,13 +118,31 @@ def test_the_student_curve_measures_the_gap_to_the_best_sgd_at_equal_epochs(gap_
   assert curve['sgd_holdout_accuracy'] == pytest.approx(100 * max(0.60, 0.58 + 32 / 1000))
   assert curve['sgd_each_holdout_accuracy'][2] == pytest.approx(60.0)  # init001: the reference
   text = gap_study.describe_curve(study, curve)
-  assert text.startswith('Gap against student compute') and '32: student' in text
-  assert 'cifar10_gap_vs_student_compute.png' in text
+  assert text.startswith('Gap against student compute, alpha 0.2 (') and '32: student' in text
+  assert 'cifar10_gap_vs_student_compute_alpha_0_2.png' in text
   targets = {'cos_to_activation': [1.0] * 3, 'target_probe': [0.5] * 3,
              'activation_probe': [0.5] * 3}
   table = gap_study.format_table(
       study, {n: dict(r, r2_holdout=[0.5] * 3, targets=targets) for n, r in rows.items()}, {})
   assert '| `init001_ep32` | init001_ep32 (its SGD: hold-out 61.20, test ' in table
+
+
+def test_each_curve_has_its_own_title_and_figure_and_its_arms_share_its_reading(gap_study):
+  for study in gap_study.STUDIES.values():
+    titles = [c.title for c in study.curves]
+    figures = {gap_study.curve_figure(study, c._asdict()) for c in study.curves}
+    assert len(set(titles)) == len(figures) == len(study.curves)
+  cifar = gap_study.STUDIES['cifar10']
+  base = gap_study.load_base(cifar, 100, 10)
+  assert [c.reading for c in cifar.curves] == ['alpha 0.2'] * 2 + ['alpha 1.0'] * 2
+  for curve in cifar.curves:
+    alpha = float(curve.reading.split()[1])
+    for name in curve.arms:
+      layers = gap_study.arm_config(cifar, base, cifar.arms[name][1]).search.layers
+      assert layers['block1'].alpha == layers['block2'].alpha == alpha, name
+  mnist, = gap_study.STUDIES['mnist'].curves
+  assert gap_study.curve_figure(gap_study.STUDIES['mnist'], mnist._asdict()) == (
+      'mnist_gap_vs_search_compute.png')
 
 
 def test_a_study_that_searches_its_holdout_reports_what_generalises(gap_study):

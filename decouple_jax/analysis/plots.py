@@ -273,7 +273,8 @@ def plot_gap_vs_compute(curve: dict, path: str | pathlib.Path, about: dict) -> p
   (the search's or the student's), log-log, with the fitted power law.
 
   Args:
-    curve: ``kind`` ('search' or 'student'), ``compute`` (each point's compute, in ``unit``),
+    curve: ``kind`` ('search' or 'student'), optionally ``reading`` (what the points share,
+      for the title), ``compute`` (each point's compute, in ``unit``),
       ``seconds`` (each point's search or student seconds), ``holdout_accuracy`` (%),
       ``sgd_holdout_accuracy`` (%, the SGD the gap is taken to), and ``fit``:
       ``{'coef': a, 'slope': b}`` of gap = a * compute**b (points), or None; optionally
@@ -304,7 +305,8 @@ def plot_gap_vs_compute(curve: dict, path: str | pathlib.Path, about: dict) -> p
   ax.set_ylabel('SGD minus student, hold-out (points)')
   ax.grid(alpha=0.3, which='both')
   ax.legend(fontsize='small')
-  fig.suptitle(_title(f'Gap to SGD against {curve["kind"]} compute', about))
+  reading = f', {curve["reading"]}' if curve.get('reading') else ''
+  fig.suptitle(_title(f'Gap to SGD against {curve["kind"]} compute{reading}', about))
   return _save(fig, pathlib.Path(path), curve, about)
 
 
