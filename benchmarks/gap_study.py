@@ -266,6 +266,17 @@ CIFAR10_ARMS = {
                        {**INIT001_A1, 'epochs': 4}),
     'init001_a1_ep32': ('init001_a1, student and SGD 32 epochs',
                         {**INIT001_A1, 'epochs': 32}),
+    # On the whole split at alpha 1.0 the student that skips block 0 is 2.94 points above the one
+    # that learns every layer: block 0's targets, which 4 generations leave at 2.2 nats, are
+    # what the all-layers student loses on. Block 0's search, one change each.
+    'init001_a1_skip0': ('init001_a1, student skips block 0', {**INIT001_A1,
+                                                               'student.variant': 'skip_block0'}),
+    'init001_a1_b0g16': ('init001_a1, 16 generations at block 0: 16/100/100/60',
+                         {**INIT001_A1, 'gens': (16, 100, 100, 60)}),
+    'init001_a1_b0a1': ('init001_a1, alpha 1.0 at block 0 too', {**INIT001_A1,
+                                                                 'alpha': (1.0, 1.0, 1.0, 0.1)}),
+    'init001_a1_b0blur1': ('init001_a1, 1 blur pass at block 0 (not 5)',
+                           {**INIT001_A1, 'blur': (1, 1, 1, 0)}),
     'init001_a05_b0a1': ('init001_a05, alpha 1.0 at block 0', {'search.init_noise': 0.01,
                                                                'alpha': (1.0, 0.5, 0.5, 0.1)}),
     'init001_blur2': ('init001, 2 blur passes at blocks 1-2', {'search.init_noise': 0.01,
