@@ -277,6 +277,11 @@ CIFAR10_ARMS = {
                                                                  'alpha': (1.0, 1.0, 1.0, 0.1)}),
     'init001_a1_b0blur1': ('init001_a1, 1 blur pass at block 0 (not 5)',
                            {**INIT001_A1, 'blur': (1, 1, 1, 0)}),
+    # What a network whose block 0 stays random features reaches: init001_a1's student beside an
+    # SGD run that never trains block 0.
+    'init001_a1_sgd_frozen0': ('init001_a1; its SGD keeps block 0 at its untrained weights (a '
+                               'control beyond the paper)',
+                               {**INIT001_A1, 'sgd.frozen_blocks': (0,)}),
     'init001_a05_b0a1': ('init001_a05, alpha 1.0 at block 0', {'search.init_noise': 0.01,
                                                                'alpha': (1.0, 0.5, 0.5, 0.1)}),
     'init001_blur2': ('init001, 2 blur passes at blocks 1-2', {'search.init_noise': 0.01,

@@ -330,9 +330,23 @@ class SGDConfig:
 
   The paper tries 2, 4 and 6 convs per block and reports the best; ``model.convs_per_block``
   picks one here (``launch/reproduce.py`` can sweep them).
+
+  Attributes:
+    model, train: the network and its training.
+    frozen_blocks: blocks kept at their initial, untrained weights (kernels and BatchNorm
+      biases): a control beyond the paper, for how far a network gets whose block 0 stays
+      random features, as a student's does when block 0's targets barely leave the untrained
+      activation. Default none: the paper's SGD.
   """
   model: ModelConfig = ModelConfig(convs_per_block=6)
   train: TrainConfig = TrainConfig()
+  frozen_blocks: tuple[int, ...] = added_later(())
+
+  def __post_init__(self):
+    blocks = range(len(self.model.widths))
+    if any(b not in blocks for b in self.frozen_blocks):
+      raise ConfigError(f'frozen_blocks: {self.frozen_blocks} names a block the network does not '
+                        f'have (it has blocks {list(blocks)})')
 
 
 def _tuple_fields(cls) -> dict[str, Any]:

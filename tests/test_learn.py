@@ -22,10 +22,13 @@ TINY_TRAIN = cfglib.TrainConfig(optim=cfglib.OptimConfig(batch_size=64, epochs=2
                                 eval_batch=128, flip=False)
 
 
+def tiny_data_cfg(mnist_dir) -> cfglib.DataConfig:
+  return cfglib.DataConfig(dir=str(mnist_dir), train_limit=192, holdout=128, test_limit=128)
+
+
 @pytest.fixture(scope='module')
 def tiny_mnist(mnist_dir):
-  return data.load_dataset(cfglib.DataConfig(dir=str(mnist_dir), train_limit=192, holdout=128,
-                                             test_limit=128))
+  return data.load_dataset(tiny_data_cfg(mnist_dir))
 
 
 def test_plain_lr_is_airbench_conversion():
@@ -53,6 +56,24 @@ def test_optimizer_never_moves_whitening_filters():
   updates, _ = tx.update(grads, tx.init(params), params)
   assert not np.any(np.asarray(updates['whiten']['kernel']))
   assert np.all(np.asarray(updates['whiten']['bias']) != 0)
+
+
+def test_sgd_with_a_frozen_block_keeps_its_initial_weights_and_trains_the_rest(tiny_mnist,
+                                                                              mnist_dir):
+  from decouple_jax import identity
+  cfg = cfglib.SGDConfig(model=TINY_MODEL, train=TINY_TRAIN, frozen_blocks=(0,))
+  init = models.init_for_dataset(cfg.model, tiny_mnist, cfg.train.seed)[1]['params']
+  trained = sgd.train_sgd(tiny_data_cfg(mnist_dir), cfg, None, ds=tiny_mnist,
+                          mesh=ONE)['variables']['params']
+  moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
+                       init, trained)
+  assert max(jax.tree.leaves(moved['block0'])) == 0.0
+  assert min(max(jax.tree.leaves(moved[m])) for m in ('block1', 'block2', 'head')) > 0
+  # The field is recorded only when set: SGD runs made before it keep their identity.
+  assert 'frozen_blocks' not in identity.of(dataclasses.replace(cfg, frozen_blocks=()))
+  assert identity.of(cfg)['frozen_blocks'] == (0,)
+  with pytest.raises(cfglib.ConfigError, match=r'frozen_blocks: \(3,\) names a block'):
+    cfglib.SGDConfig(model=TINY_MODEL, frozen_blocks=(3,))
 
 
 def test_clipping_steps_a_6_conv_mnist_network_whose_gradient_overflows_float32(tiny_mnist):

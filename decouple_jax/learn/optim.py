@@ -93,16 +93,21 @@ def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfor
   return optax.chain(*parts)
 
 
-def frozen_whitening(tx: optax.GradientTransformation) -> optax.GradientTransformation:
-  """Wraps ``tx`` so the whitening filters never change (their gradient is already zero)."""
+def freeze(tx: optax.GradientTransformation,
+           modules: tuple[str, ...] = ()) -> optax.GradientTransformation:
+  """Wraps ``tx`` so the whitening filters (whose gradient is already zero) and every parameter
+  of the top-level ``modules`` (e.g. ``'block0'``) never change."""
   def label(params):
     flat = flax.traverse_util.flatten_dict(params)
     return flax.traverse_util.unflatten_dict(
-        {k: 'frozen' if k[0] == 'whiten' and k[-1] == 'kernel' else 'train' for k in flat})
+        {k: 'frozen' if k[0] in modules or (k[0] == 'whiten' and k[-1] == 'kernel') else 'train'
+         for k in flat})
   return optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, label)
 
 
-def optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
-  """The optimiser every trainer uses: :func:`make_optimizer` with frozen whitening filters."""
-  return frozen_whitening(make_optimizer(cfg, total_steps))
+def optimizer(cfg: OptimConfig, total_steps: int,
+              frozen: tuple[str, ...] = ()) -> optax.GradientTransformation:
+  """The optimiser every trainer uses: :func:`make_optimizer`, with the whitening filters and
+  the top-level modules ``frozen`` kept at their initial values (:func:`freeze`)."""
+  return freeze(make_optimizer(cfg, total_steps), frozen)
 

@@ -63,4 +63,5 @@ def train_sgd(data_cfg: cfglib.DataConfig, sgd_cfg: cfglib.SGDConfig,
   return trainer.fit(model, variables, loss_fn, trainer.TrainData.from_dataset(ds),
                      sgd_cfg.train, workdir, config=identity.sgd(data_cfg, ds, sgd_cfg),
                      name=f'sgd convs{sgd_cfg.model.convs_per_block}', mesh=mesh,
-                     epoch_callback=epoch_callback)
+                     epoch_callback=epoch_callback,
+                     frozen=tuple(f'block{b}' for b in sgd_cfg.frozen_blocks))

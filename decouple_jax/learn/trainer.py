@@ -434,7 +434,7 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
         workdir: str | pathlib.Path | None, *, config: dict, name: str = 'train',
         mesh: jax.sharding.Mesh | None = None,
         epoch_callback: Callable[[int, dict], dict] | None = None,
-        memory_bytes: int | None = None) -> dict:
+        memory_bytes: int | None = None, frozen: tuple[str, ...] = ()) -> dict:
   """Trains ``variables`` of ``model`` with ``loss_fn``; resumes from ``workdir``.
 
   The shape of the Flax examples' ``train_and_evaluate``: a jitted step
@@ -460,6 +460,8 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
     memory_bytes: usable memory per device (default
       :func:`decouple_jax.memory.device_memory`); a step that needs more is refused before it
       runs, with the numbers.
+    frozen: top-level modules of ``model`` kept at their initial weights (e.g. ``'block0'``);
+      the whitening filters always are.
 
   Returns:
     The results dict (also written to ``workdir/results.json``): test accuracy of the
@@ -476,7 +478,7 @@ def fit(model, variables: dict, loss_fn: LossFn, data: TrainData, cfg: TrainConf
   if steps == 0:
     raise TrainError(f'batch_size {opt.batch_size} exceeds the {n} training images; lower '
                      f'--config...optim.batch_size')
-  tx = optim.optimizer(opt, steps * opt.epochs)
+  tx = optim.optimizer(opt, steps * opt.epochs, frozen)
   mesh = _batch_mesh(mesh or default_mesh(), opt.batch_size)
   replicated = NamedSharding(mesh, P())
   # Host copies of the state: the step donates (and so deletes) the state it is given, which
