@@ -19,14 +19,18 @@ METHOD_NAMES = {'sgd': 'SGD', 'all_layers': 'Search-based (All layers)',
                 'skip_block0': 'Search-based (Skip block 0)'}
 
 
-def method_name(method: str, search_method: str = 'evolution') -> str:
-  """A result row's name: :data:`METHOD_NAMES`'s, and for a student whose targets another
-  search than the paper's evolution found (``search.method``), which one: a gradient
-  control's row must not read as the paper's method."""
+def method_name(method: str, search_method: str = 'evolution',
+                frozen_blocks: tuple[int, ...] = ()) -> str:
+  """A result row's name: :data:`METHOD_NAMES`'s, and for a control, which: a student whose
+  targets another search than the paper's evolution found (``search.method``), or SGD with
+  blocks kept untrained (``sgd.frozen_blocks``). A control's row must not read as the paper's."""
   name = METHOD_NAMES[method]
-  if method == 'sgd' or search_method == 'evolution':
-    return name
-  return f'{name}, {search_method} control'
+  if method == 'sgd':
+    if not frozen_blocks:
+      return name
+    blocks = ', '.join(map(str, frozen_blocks))
+    return f'{name}, block{"s" * (len(frozen_blocks) > 1)} {blocks} untrained (control)'
+  return name if search_method == 'evolution' else f'{name}, {search_method} control'
 
 
 def scale_label(scale: str) -> str:

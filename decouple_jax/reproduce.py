@@ -126,10 +126,14 @@ def _random_feature_floor(runner: _Runner, exp: cfglib.ExperimentConfig,
                 run)
 
 
-def _run_name(seed: int, method: str, convs: int | None = None) -> str:
+def _run_name(seed: int, method: str, convs: int | None = None,
+              frozen_blocks: tuple[int, ...] = ()) -> str:
   """A training sub-run's directory under the workdir: 'seed{s}/student_{variant}' for a
-  student variant, 'seed{s}/sgd_convs{n}' for the SGD baseline (``method`` 'sgd')."""
-  return f'seed{seed}/sgd_convs{convs}' if method == 'sgd' else f'seed{seed}/student_{method}'
+  student variant, 'seed{s}/sgd_convs{n}' for the SGD baseline (``method`` 'sgd'), with
+  '_frozen{b}' per block an SGD control keeps untrained."""
+  if method != 'sgd':
+    return f'seed{seed}/student_{method}'
+  return f'seed{seed}/sgd_convs{convs}' + ''.join(f'_frozen{b}' for b in frozen_blocks)
 
 
 def _student(runner: _Runner, exp: cfglib.ExperimentConfig, ds: datalib.Dataset, seed: int,
@@ -158,7 +162,7 @@ def _sgd(runner: _Runner, exp: cfglib.ExperimentConfig, ds: datalib.Dataset, see
   cfg = dataclasses.replace(exp.sgd,
                             model=dataclasses.replace(exp.sgd.model, convs_per_block=convs),
                             train=dataclasses.replace(exp.sgd.train, seed=seed))
-  name = _run_name(seed, 'sgd', convs)
+  name = _run_name(seed, 'sgd', convs, exp.sgd.frozen_blocks)
   run_dir = runner.workdir / name
   return runner(
       name,
@@ -262,8 +266,10 @@ def reproduce(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
       [('sgd', sgd_runs[best_convs], exp.sgd.train.augment)] +
       [(v, students[v], exp.student.train.augment) for v in rc.variants]):
     table, paper = report.paper_result(exp.data.name, method, augment)
-    rows.append({'method': method, 'name': report.method_name(method, exp.search.method),
-                 'augment': augment,
+    name = report.method_name(method, exp.search.method, exp.sgd.frozen_blocks)
+    if name != report.METHOD_NAMES[method]:  # a control: the paper has no such row
+      paper = None
+    rows.append({'method': method, 'name': name, 'augment': augment,
                  'test_accuracy': mean_std([r['test_accuracy'] for r in runs.values()]),
                  'paper_table': table, 'paper': paper})
   results = {
@@ -288,9 +294,10 @@ def reproduce(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
   if distributed.is_main():
     runlog.write_json(workdir / 'results.json', results)
     (workdir / 'table.md').write_text(report.format_table(results))
-    curves = {f'{report.method_name(method, exp.search.method)}, seed {seed}': runlog.JsonLines(
-        workdir / _run_name(seed, method, best_convs) / 'metrics.jsonl').records()
-              for seed in exp.seeds for method in ('sgd', *rc.variants)}
+    frozen = exp.sgd.frozen_blocks
+    curves = {f'{report.method_name(m, exp.search.method, frozen)}, seed {s}': runlog.JsonLines(
+        workdir / _run_name(s, m, best_convs, frozen) / 'metrics.jsonl').records()
+              for s in exp.seeds for m in ('sgd', *rc.variants)}
     plots.plot_training_curves(curves, workdir / 'training_curves.png',
                                plots.describe(ds.name, exp.name, exp.scale))
   return results

@@ -14,6 +14,7 @@ import pytest
 from decouple_jax import config as cfglib
 from decouple_jax import data
 from decouple_jax import report
+from decouple_jax import reproduce
 from decouple_jax.search import target_store
 from decouple_jax.search import store_ids
 
@@ -25,6 +26,15 @@ def test_reproduce_config_refuses_unknown_options():
     cfglib.ReproduceConfig(sgd_convs=(3,))
   with pytest.raises(cfglib.ConfigError, match='variants'):
     cfglib.ReproduceConfig(variants=('all',))
+
+
+def test_an_sgd_control_with_untrained_blocks_is_named_and_kept_apart():
+  assert report.method_name('sgd', 'evolution', (0,)) == 'SGD, block 0 untrained (control)'
+  assert report.method_name('sgd', 'gradient', (0, 1)) == 'SGD, blocks 0, 1 untrained (control)'
+  assert report.method_name('all_layers', 'evolution', (0,)) == 'Search-based (All layers)'
+  # Its sub-run never meets the paper's SGD run of the same workdir.
+  assert reproduce._run_name(0, 'sgd', 4, (0,)) == 'seed0/sgd_convs4_frozen0'
+  assert reproduce._run_name(0, 'sgd', 4) == 'seed0/sgd_convs4'
 
 
 def test_scale_label_and_paper_numbers():
