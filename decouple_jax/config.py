@@ -334,9 +334,9 @@ class SGDConfig:
   Attributes:
     model, train: the network and its training.
     frozen_blocks: blocks kept at their initial, untrained weights (kernels and BatchNorm
-      biases): a control beyond the paper, for how far a network gets whose block 0 stays
-      random features, as a student's does when block 0's targets barely leave the untrained
-      activation. Default none: the paper's SGD.
+      biases): a control beyond the paper, for what a block that never learns costs (e.g.
+      block 0, whose searched targets can stay close to the untrained activation). Default
+      none: the paper's SGD.
   """
   model: ModelConfig = ModelConfig(convs_per_block=6)
   train: TrainConfig = TrainConfig()

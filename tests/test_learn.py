@@ -10,6 +10,7 @@ import pytest
 
 from decouple_jax import config as cfglib
 from decouple_jax import data
+from decouple_jax import identity
 from decouple_jax import memory
 from decouple_jax import models
 from decouple_jax.learn import optim, sgd, student, trainer
@@ -60,7 +61,6 @@ def test_optimizer_never_moves_whitening_filters():
 
 def test_sgd_with_a_frozen_block_keeps_its_initial_weights_and_trains_the_rest(tiny_mnist,
                                                                               mnist_dir):
-  from decouple_jax import identity
   cfg = cfglib.SGDConfig(model=TINY_MODEL, train=TINY_TRAIN, frozen_blocks=(0,))
   init = models.init_for_dataset(cfg.model, tiny_mnist, cfg.train.seed)[1]['params']
   trained = sgd.train_sgd(tiny_data_cfg(mnist_dir), cfg, None, ds=tiny_mnist,
