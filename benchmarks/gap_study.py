@@ -297,6 +297,8 @@ CIFAR10_ARMS = {
     # in one network, at 4 times init001's search compute (twice init001_s2's).
     'init001_mean4': ('init001, targets the mean of 4 searches in one network (beyond the '
                       'paper)', {'search.init_noise': 0.01, 'search.average_of': 4}),
+    'init001_a1_mean4': ('init001_a1, targets the mean of 4 searches in one network (beyond '
+                         'the paper)', {**INIT001_A1, 'search.average_of': 4}),
 }
 
 
