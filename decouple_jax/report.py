@@ -20,16 +20,20 @@ METHOD_NAMES = {'sgd': 'SGD', 'all_layers': 'Search-based (All layers)',
 
 
 def method_name(method: str, search_method: str = 'evolution',
-                frozen_blocks: tuple[int, ...] = ()) -> str:
-  """A result row's name: :data:`METHOD_NAMES`'s, and for a control, which: a student whose
-  targets another search than the paper's evolution found (``search.method``), or SGD with
-  blocks kept untrained (``sgd.frozen_blocks``). A control's row must not read as the paper's."""
+                frozen_blocks: tuple[int, ...] = (), augmented_targets: str = 'reuse') -> str:
+  """A result row's name: :data:`METHOD_NAMES`'s, and for a control or a change beyond the
+  paper, which: a student whose targets another search than the paper's evolution found
+  (``search.method``) or whose mirrored views regress onto mirrored targets
+  (``student.augmented_targets``), or SGD with blocks kept untrained (``sgd.frozen_blocks``).
+  Such a row must not read as the paper's."""
   name = METHOD_NAMES[method]
   if method == 'sgd':
     if not frozen_blocks:
       return name
     blocks = ', '.join(map(str, frozen_blocks))
     return f'{name}, block{"s" * (len(frozen_blocks) > 1)} {blocks} untrained (control)'
+  if augmented_targets == 'flip':
+    name = f'{name}, mirrored targets (beyond the paper)'
   return name if search_method == 'evolution' else f'{name}, {search_method} control'
 
 
@@ -101,9 +105,13 @@ def format_table(results: dict) -> str:
             '| student | R^2 train | R^2 hold-out | p_hat = label | linear probe | KL head |',
             '|---|---|---|---|---|---|']
   search_method = results['config']['search']['method']
+  # results written before the field existed lack it, and reused their targets
+  targets = results['config']['student'].get('augmented_targets', 'reuse')
+  student_name = lambda variant: method_name(variant, search_method,
+                                             augmented_targets=targets)
   for variant, s in results['students'].items():
     d = s['diagnostics']
-    lines.append(f'| {method_name(variant, search_method)} | {_floats(d["r2_train"])} | '
+    lines.append(f'| {student_name(variant)} | {_floats(d["r2_train"])} | '
                  f'{_floats(d["r2_holdout"])} | {100 * d["phat_accuracy"]:.1f}% | '
                  f'{100 * d["linear_probe_test_accuracy"]:.1f}% | '
                  f'{100 * d["head_test_accuracy"]:.1f}% |')
@@ -113,7 +121,7 @@ def format_table(results: dict) -> str:
     t = tp[variant]
     cost = t['student_step_cost_vs_sgd']
     lines.append(
-        f'- {method_name(variant, search_method)}: {t["student_images_per_s"]:.0f} training '
+        f'- {student_name(variant)}: {t["student_images_per_s"]:.0f} training '
         'images/s'
         + (f' vs SGD with {tp["sgd_convs_per_block"]} convs/block {tp["sgd_images_per_s"]:.0f}:'
            f' a student step costs {cost:.2f}x an SGD step (aim: <= 1.3)'

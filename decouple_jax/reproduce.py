@@ -266,8 +266,9 @@ def reproduce(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
       [('sgd', sgd_runs[best_convs], exp.sgd.train.augment)] +
       [(v, students[v], exp.student.train.augment) for v in rc.variants]):
     table, paper = report.paper_result(exp.data.name, method, augment)
-    name = report.method_name(method, exp.search.method, exp.sgd.frozen_blocks)
-    if name != report.METHOD_NAMES[method]:  # a control: the paper has no such row
+    name = report.method_name(method, exp.search.method, exp.sgd.frozen_blocks,
+                              exp.student.augmented_targets)
+    if name != report.METHOD_NAMES[method]:  # not the paper's method: no paper number
       paper = None
     rows.append({'method': method, 'name': name, 'augment': augment,
                  'test_accuracy': mean_std([r['test_accuracy'] for r in runs.values()]),
@@ -295,7 +296,9 @@ def reproduce(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
     runlog.write_json(workdir / 'results.json', results)
     (workdir / 'table.md').write_text(report.format_table(results))
     frozen = exp.sgd.frozen_blocks
-    curves = {f'{report.method_name(m, exp.search.method, frozen)}, seed {s}': runlog.JsonLines(
+    name = lambda m: report.method_name(m, exp.search.method, frozen,
+                                        exp.student.augmented_targets)
+    curves = {f'{name(m)}, seed {s}': runlog.JsonLines(
         workdir / _run_name(s, m, best_convs, frozen) / 'metrics.jsonl').records()
               for s in exp.seeds for m in ('sgd', *rc.variants)}
     plots.plot_training_curves(curves, workdir / 'training_curves.png',

@@ -619,7 +619,9 @@ def test_random_crop_matches_numpy_reference(batch):
 def test_pad_zero_is_identity(batch):
   key = jax.random.key(1)
   np.testing.assert_array_equal(np.asarray(data.random_crop(key, batch, 0)), batch)
-  np.testing.assert_array_equal(np.asarray(data.augment(key, batch, pad=0, flip=False)), batch)
+  views, flipped = data.augment(key, batch, pad=0, flip=False)
+  np.testing.assert_array_equal(np.asarray(views), batch)
+  assert not np.asarray(flipped).any()
 
 
 def test_random_flip_per_image(batch):
@@ -636,13 +638,17 @@ def test_random_flip_per_image(batch):
 def test_augment_deterministic_and_crop_then_flip(batch):
   key = jax.random.key(3)
   fn = jax.jit(data.augment, static_argnames=('pad', 'flip'))
-  out = np.asarray(fn(key, batch, pad=2, flip=True))
-  np.testing.assert_array_equal(np.asarray(fn(key, batch, pad=2, flip=True)), out)
-  assert not np.array_equal(np.asarray(fn(jax.random.key(4), batch, pad=2, flip=True)), out)
+  out, flipped = map(np.asarray, fn(key, batch, pad=2, flip=True))
+  np.testing.assert_array_equal(np.asarray(fn(key, batch, pad=2, flip=True)[0]), out)
+  assert not np.array_equal(np.asarray(fn(jax.random.key(4), batch, pad=2, flip=True)[0]), out)
   crop_key, flip_key = jax.random.split(key)
   expected = data.random_flip(flip_key, data.random_crop(crop_key, batch, 2))
   np.testing.assert_array_equal(np.asarray(expected), out)
+  # The mask names the mirrored views: un-mirroring them gives the crops.
+  assert 0 < flipped.sum() < len(flipped)
+  np.testing.assert_array_equal(np.asarray(data.flip_with_mask(out, flipped)),
+                                np.asarray(data.random_crop(crop_key, batch, 2)))
   # Floats take the same path: the same key moves the same pixels.
-  out_float = fn(key, jnp.asarray(batch, jnp.float32), pad=2, flip=True)
+  out_float, _ = fn(key, jnp.asarray(batch, jnp.float32), pad=2, flip=True)
   assert out_float.dtype == jnp.float32
   np.testing.assert_array_equal(np.asarray(out_float), out.astype(np.float32))

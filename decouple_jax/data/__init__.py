@@ -10,6 +10,7 @@ from decouple_jax.data.augment import flip_with_mask
 from decouple_jax.data.augment import normalize
 from decouple_jax.data.augment import random_crop
 from decouple_jax.data.augment import random_flip
+from decouple_jax.data.augment import random_flips
 from decouple_jax.data.augment import random_offsets
 from decouple_jax.data.cifar import read_cifar_archive
 from decouple_jax.data.datasets import Dataset
@@ -42,6 +43,7 @@ __all__ = [
     'normalize',
     'random_crop',
     'random_flip',
+    'random_flips',
     'random_offsets',
     'read_cifar_archive',
     'register_source',

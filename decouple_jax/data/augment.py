@@ -38,12 +38,18 @@ def flip_with_mask(x: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.where(mask[:, None, None, None], x[:, :, ::-1, :], x)
 
 
+def random_flips(key: jax.Array, batch: int) -> jax.Array:
+  """The flip mask :func:`random_flip` draws from ``key``: (batch,) bool, each True with
+  probability 1/2."""
+  return jax.random.bernoulli(key, 0.5, (batch,))
+
+
 def random_flip(key: jax.Array, x: jax.Array) -> jax.Array:
   """Mirrors each image of ``x`` (B, H, W, C) left-right independently with probability 1/2.
 
-  Keeps shape and dtype.
+  Keeps shape and dtype; equals ``flip_with_mask(x, random_flips(key, B))``.
   """
-  return flip_with_mask(x, jax.random.bernoulli(key, 0.5, (x.shape[0],)))
+  return flip_with_mask(x, random_flips(key, x.shape[0]))
 
 
 def _check_pad(pad: int) -> None:
@@ -103,12 +109,18 @@ def random_crop(key: jax.Array, x: jax.Array, pad: int) -> jax.Array:
   return crop_with_offsets(x, random_offsets(key, x.shape[0], pad), pad)
 
 
-def augment(key: jax.Array, x: jax.Array, *, pad: int, flip: bool) -> jax.Array:
+def augment(key: jax.Array, x: jax.Array, *, pad: int,
+            flip: bool) -> tuple[jax.Array, jax.Array]:
   """Random crop (if ``pad > 0``), then random flip (if ``flip``), of a (B, H, W, C) batch.
 
   Works on uint8 and float images alike and keeps shape and dtype. ``pad`` and ``flip`` must be
   static under jit.
+
+  Returns:
+    (views (B, H, W, C), flipped (B,) bool): which views were mirrored, so that per-image
+    side data with a spatial layout (searched targets) can be mirrored with them.
   """
   crop_key, flip_key = jax.random.split(key)
   x = random_crop(crop_key, x, pad)
-  return random_flip(flip_key, x) if flip else x
+  flipped = random_flips(flip_key, x.shape[0]) if flip else jnp.zeros(x.shape[0], bool)
+  return flip_with_mask(x, flipped), flipped
