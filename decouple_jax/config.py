@@ -44,7 +44,7 @@ STORE_DTYPES = ('float32', 'float16', 'bfloat16')
 COMPUTE_DTYPES = ('auto', 'float32', 'bfloat16')
 STUDENT_VARIANTS = ('all_layers', 'skip_block0')
 MSE_REDUCTIONS = ('mean', 'sum')
-AUGMENTED_TARGETS = ('reuse', 'flip')
+AUGMENTED_TARGETS = ('reuse', 'flip', 'follow')
 ENSEMBLE_FAMILIES = ('searches', 'searches_one_network', 'searches_and_seeds', 'student_seeds',
                      'sgd')
 
@@ -746,9 +746,10 @@ class StudentConfig:
       (summed over its elements); both are averaged over the batch.
     kl_weight: lambda of the KL(p_hat || softmax(head(stop_gradient(block 2)))) term (0.03).
     augmented_targets: what a view made by ``train.augment`` regresses onto: 'reuse' (its
-      image's cached targets unchanged; the paper) or 'flip' (beyond the paper: those targets
-      mirrored left-right when the view was mirrored, so every target stays over the part of
-      the view it was searched for; needs ``train.augment`` and ``train.flip``).
+      image's cached targets unchanged; the paper), or beyond the paper, so that a target stays
+      over the part of the view it was searched for: 'flip' (mirrored left-right when the
+      view was; needs ``train.flip``) or 'follow' (also shifted with the view's crop, to the
+      nearest cell of each block's map).
     device_targets_gb: keep the whole target store on the device when it needs at most this
       many GB; otherwise stream batches from disk with prefetch.
   """
@@ -765,10 +766,12 @@ class StudentConfig:
     _check_choice('variant', self.variant, STUDENT_VARIANTS)
     _check_choice('mse_reduction', self.mse_reduction, MSE_REDUCTIONS)
     _check_choice('augmented_targets', self.augmented_targets, AUGMENTED_TARGETS)
-    if self.augmented_targets == 'flip' and not (self.train.augment and self.train.flip):
-      raise ConfigError("augmented_targets='flip' mirrors the targets of mirrored views, but "
-                        'this student sees none: set train.augment=True and train.flip=True, '
-                        "or augmented_targets='reuse'")
+    moves = {'flip': self.train.augment and self.train.flip, 'follow': self.train.augment}
+    if not moves.get(self.augmented_targets, True):
+      raise ConfigError(
+          f'augmented_targets={self.augmented_targets!r} moves the targets with the augmented '
+          'views, but this student sees no such view: set train.augment=True (and for '
+          "'flip', train.flip=True) or augmented_targets='reuse'")
     _check_amounts(self, 'mse_coef', 'kl_weight', 'device_targets_gb')
 
 

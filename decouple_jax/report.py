@@ -23,7 +23,7 @@ def method_name(method: str, search_method: str = 'evolution',
                 frozen_blocks: tuple[int, ...] = (), augmented_targets: str = 'reuse') -> str:
   """A result row's name: :data:`METHOD_NAMES`'s, and for a control or a change beyond the
   paper, which: a student whose targets another search than the paper's evolution found
-  (``search.method``) or whose mirrored views regress onto mirrored targets
+  (``search.method``) or whose augmented views regress onto moved targets
   (``student.augmented_targets``), or SGD with blocks kept untrained (``sgd.frozen_blocks``).
   Such a row must not read as the paper's."""
   name = METHOD_NAMES[method]
@@ -32,8 +32,9 @@ def method_name(method: str, search_method: str = 'evolution',
       return name
     blocks = ', '.join(map(str, frozen_blocks))
     return f'{name}, block{"s" * (len(frozen_blocks) > 1)} {blocks} untrained (control)'
-  if augmented_targets == 'flip':
-    name = f'{name}, mirrored targets (beyond the paper)'
+  moved = {'flip': 'mirrored', 'follow': 'mirrored and shifted'}.get(augmented_targets)
+  if moved:
+    name = f'{name}, {moved} targets (beyond the paper)'
   return name if search_method == 'evolution' else f'{name}, {search_method} control'
 
 

@@ -619,9 +619,9 @@ def test_random_crop_matches_numpy_reference(batch):
 def test_pad_zero_is_identity(batch):
   key = jax.random.key(1)
   np.testing.assert_array_equal(np.asarray(data.random_crop(key, batch, 0)), batch)
-  views, flipped = data.augment(key, batch, pad=0, flip=False)
+  views, how = data.augment(key, batch, pad=0, flip=False)
   np.testing.assert_array_equal(np.asarray(views), batch)
-  assert not np.asarray(flipped).any()
+  assert not np.asarray(how.shifts).any() and not np.asarray(how.flipped).any()
 
 
 def test_random_flip_per_image(batch):
@@ -638,7 +638,8 @@ def test_random_flip_per_image(batch):
 def test_augment_deterministic_and_crop_then_flip(batch):
   key = jax.random.key(3)
   fn = jax.jit(data.augment, static_argnames=('pad', 'flip'))
-  out, flipped = map(np.asarray, fn(key, batch, pad=2, flip=True))
+  out, how = fn(key, batch, pad=2, flip=True)
+  out, flipped = np.asarray(out), np.asarray(how.flipped)
   np.testing.assert_array_equal(np.asarray(fn(key, batch, pad=2, flip=True)[0]), out)
   assert not np.array_equal(np.asarray(fn(jax.random.key(4), batch, pad=2, flip=True)[0]), out)
   crop_key, flip_key = jax.random.split(key)
@@ -648,7 +649,26 @@ def test_augment_deterministic_and_crop_then_flip(batch):
   assert 0 < flipped.sum() < len(flipped)
   np.testing.assert_array_equal(np.asarray(data.flip_with_mask(out, flipped)),
                                 np.asarray(data.random_crop(crop_key, batch, 2)))
+  np.testing.assert_array_equal(np.asarray(how.shifts),
+                                np.asarray(data.random_offsets(crop_key, 16, 2)) - 2)
   # Floats take the same path: the same key moves the same pixels.
   out_float, _ = fn(key, jnp.asarray(batch, jnp.float32), pad=2, flip=True)
   assert out_float.dtype == jnp.float32
   np.testing.assert_array_equal(np.asarray(out_float), out.astype(np.float32))
+
+
+def test_maps_follow_their_views(batch):
+  key = jax.random.key(5)
+  views, how = data.augment(key, batch, pad=2, flip=True)
+  assert np.asarray(how.shifts).any() and np.asarray(how.flipped).any()
+  # A map at the image's own resolution follows its view exactly ...
+  np.testing.assert_array_equal(np.asarray(data.follow_views(batch, how, (32, 32))),
+                                np.asarray(views))
+  # ... a coarser one by the shift scaled to its cells and rounded (15 cells: 2 pixels -> 1),
+  # reflected at the border as the crop's padding is.
+  maps = np.random.default_rng(0).normal(size=(16, 15, 15, 3)).astype(np.float32)
+  cells = np.round(np.asarray(how.shifts) * 15 / 32).astype(int)
+  assert set(np.abs(cells).ravel()) == {0, 1}
+  expected = data.flip_with_mask(data.crop_with_offsets(maps, cells + 1, pad=1), how.flipped)
+  np.testing.assert_array_equal(np.asarray(data.follow_views(maps, how, (32, 32))),
+                                np.asarray(expected))

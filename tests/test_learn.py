@@ -210,25 +210,29 @@ def test_skip_block0_leaves_block0_only_upstream_gradients(tiny_mnist):
   assert 'tap_scale0' not in _nonzero(_grads(model, skip, variables, batch))
 
 
-def test_flipped_targets_follow_the_mirrored_views(tiny_mnist):
+def test_augmented_targets_move_with_their_views(tiny_mnist):
   model, variables, batch = _student_setup(tiny_mnist, STUDENT)
   aug = dataclasses.replace(STUDENT.train, augment=True, flip=True)
-  flip_cfg = dataclasses.replace(STUDENT, train=aug, augmented_targets='flip')
-  reuse_cfg = dataclasses.replace(STUDENT, train=aug)
-  flipped = jnp.arange(8) % 3 == 0
-  loss = lambda cfg, b: student.student_loss_fn(model, cfg)(
+  cfg = lambda targets: dataclasses.replace(STUDENT, train=aug, augmented_targets=targets)
+  views = data.Views(shifts=jnp.asarray([[2, -2], [0, 1]] * 4), flipped=jnp.arange(8) % 3 == 0)
+  loss = lambda targets, b: student.student_loss_fn(model, cfg(targets))(
       variables['params'], variables['batch_stats'], b)[1][1]
-  mirrored = batch._replace(extras=tuple(
-      np.where(np.asarray(flipped)[:, None, None, None], t[:, :, ::-1], t) if t.ndim == 4 else t
-      for t in batch.extras))
-  # 'flip' on the cached targets is 'reuse' on targets mirrored beforehand, block by block ...
-  got, want = loss(flip_cfg, batch._replace(flipped=flipped)), loss(reuse_cfg, mirrored)
-  for l in range(3):
-    np.testing.assert_allclose(got[f'mse_block{l}'], want[f'mse_block{l}'], rtol=1e-6)
-  # ... which is a different loss from reusing them unchanged.
-  assert loss(reuse_cfg, batch)['mse_block0'] != got['mse_block0']
-  with pytest.raises(cfglib.ConfigError, match='train.augment=True and train.flip=True'):
+  size = batch.images.shape[1:3]
+  for targets, move in (('flip', lambda t: data.flip_with_mask(t, views.flipped)),
+                        ('follow', lambda t: data.follow_views(t, views, size))):
+    moved = batch._replace(extras=tuple(move(t) if t.ndim == 4 else t for t in batch.extras))
+    # Moving the targets in the loss is reusing targets moved beforehand, block by block ...
+    got, want = loss(targets, batch._replace(views=views)), loss('reuse', moved)
+    for l in range(3):
+      np.testing.assert_allclose(got[f'mse_block{l}'], want[f'mse_block{l}'], rtol=1e-6)
+    # ... which is a different loss from reusing them unchanged.
+    assert loss('reuse', batch)['mse_block0'] != got['mse_block0']
+  with pytest.raises(cfglib.ConfigError, match='sees no such view'):
     dataclasses.replace(STUDENT, augmented_targets='flip')
+  with pytest.raises(cfglib.ConfigError, match='sees no such view'):
+    dataclasses.replace(STUDENT, augmented_targets='flip',
+                        train=dataclasses.replace(aug, flip=False))
+  assert cfg('follow').augmented_targets == 'follow'
 
 
 def test_student_loss_values():

@@ -34,6 +34,8 @@ def test_an_sgd_control_with_untrained_blocks_is_named_and_kept_apart():
   assert report.method_name('all_layers', 'evolution', (0,)) == 'Search-based (All layers)'
   assert report.method_name('skip_block0', augmented_targets='flip') == (
       'Search-based (Skip block 0), mirrored targets (beyond the paper)')
+  assert report.method_name('all_layers', augmented_targets='follow') == (
+      'Search-based (All layers), mirrored and shifted targets (beyond the paper)')
   assert report.method_name('sgd', augmented_targets='flip') == 'SGD'
   # Its sub-run never meets the paper's SGD run of the same workdir.
   assert reproduce._run_name(0, 'sgd', 4, (0,)) == 'seed0/sgd_convs4_frozen0'

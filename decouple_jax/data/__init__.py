@@ -4,9 +4,11 @@ docs/data.md says where each data set comes from, how it is checked and what its
 :mod:`decouple_jax.data.sources` how a new source registers.
 """
 
+from decouple_jax.data.augment import Views
 from decouple_jax.data.augment import augment
 from decouple_jax.data.augment import crop_with_offsets
 from decouple_jax.data.augment import flip_with_mask
+from decouple_jax.data.augment import follow_views
 from decouple_jax.data.augment import normalize
 from decouple_jax.data.augment import random_crop
 from decouple_jax.data.augment import random_flip
@@ -32,11 +34,13 @@ __all__ = [
     'Dataset',
     'Prefetcher',
     'Source',
+    'Views',
     'augment',
     'crop_with_offsets',
     'fetch_mnist',
     'fingerprint',
     'flip_with_mask',
+    'follow_views',
     'get_source',
     'identity',
     'load_dataset',

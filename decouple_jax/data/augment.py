@@ -12,6 +12,8 @@ airbench's alternating scheme can build it from :func:`flip_with_mask`.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
@@ -109,18 +111,61 @@ def random_crop(key: jax.Array, x: jax.Array, pad: int) -> jax.Array:
   return crop_with_offsets(x, random_offsets(key, x.shape[0], pad), pad)
 
 
-def augment(key: jax.Array, x: jax.Array, *, pad: int,
-            flip: bool) -> tuple[jax.Array, jax.Array]:
+class Views(NamedTuple):
+  """How :func:`augment` made each view of a batch, so that per-image side data with a spatial
+  layout (searched targets) can follow its image (:func:`follow_views`).
+
+  shifts: (B, 2) int32 (row, column) crop displacement in pixels: before any flip, view pixel
+    (i, j) is image pixel (i + row, j + column), reflected at the border; 0 is no shift.
+  flipped: (B,) bool, the views mirrored left-right after the crop.
+  """
+  shifts: jax.Array
+  flipped: jax.Array
+
+
+def augment(key: jax.Array, x: jax.Array, *, pad: int, flip: bool) -> tuple[jax.Array, Views]:
   """Random crop (if ``pad > 0``), then random flip (if ``flip``), of a (B, H, W, C) batch.
 
   Works on uint8 and float images alike and keeps shape and dtype. ``pad`` and ``flip`` must be
   static under jit.
 
   Returns:
-    (views (B, H, W, C), flipped (B,) bool): which views were mirrored, so that per-image
-    side data with a spatial layout (searched targets) can be mirrored with them.
+    (views (B, H, W, C), how each was made (:class:`Views`)).
   """
   crop_key, flip_key = jax.random.split(key)
-  x = random_crop(crop_key, x, pad)
+  offsets = random_offsets(crop_key, x.shape[0], pad)
+  x = crop_with_offsets(x, offsets, pad)
   flipped = random_flips(flip_key, x.shape[0]) if flip else jnp.zeros(x.shape[0], bool)
-  return flip_with_mask(x, flipped), flipped
+  return flip_with_mask(x, flipped), Views(offsets - pad, flipped)
+
+
+def _reflect(index: jax.Array, size: int) -> jax.Array:
+  """Indices into 0..size-1, reflected at both ends without repeating the edge (as numpy's
+  'reflect' padding); exact for indices in -(size-1)..2*(size-1)."""
+  index = jnp.abs(index)
+  return (size - 1) - jnp.abs((size - 1) - index)
+
+
+def follow_views(maps: jax.Array, views: Views, image_size: tuple[int, int]) -> jax.Array:
+  """Moves per-image maps the way :func:`augment` moved their images: each map is shifted by
+  its view's crop, scaled to the map's resolution and rounded to whole cells, reflected at the
+  border like the crop's padding, then mirrored if its view was.
+
+  The rounding makes this approximate: a 32-pixel image's 2-pixel shift moves a 15-cell map by
+  one cell, a 1-pixel shift not at all.
+
+  Args:
+    maps: (B, h, w, C) per-image maps over the image (e.g. a block's searched targets).
+    views: how the batch's views were made.
+    image_size: (H, W) of the images the views were cut from.
+
+  Returns:
+    (B, h, w, C), dtype of ``maps``.
+  """
+  h, w = maps.shape[1:3]
+  scale = jnp.asarray([h / image_size[0], w / image_size[1]], jnp.float32)
+  cells = jnp.round(views.shifts * scale).astype(jnp.int32)
+  rows = _reflect(jnp.arange(h)[None] + cells[:, :1], h)
+  cols = _reflect(jnp.arange(w)[None] + cells[:, 1:], w)
+  moved = jax.vmap(lambda m, r, c: m[r][:, c])(maps, rows, cols)
+  return flip_with_mask(moved, views.flipped)

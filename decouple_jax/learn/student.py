@@ -60,9 +60,9 @@ def student_loss_fn(model: models.AirbenchNet, cfg: cfglib.StudentConfig) -> tra
   """The student's loss for :func:`decouple_jax.learn.trainer.fit`.
 
   ``batch.extras`` are the searched targets at the batch's positions, one per tap:
-  (B, H_l, W_l, w_l) for each block, then (B, K) logits. With
-  ``cfg.augmented_targets='flip'`` the block targets of the views in ``batch.flipped`` are
-  mirrored along W_l (the logits have no layout to mirror).
+  (B, H_l, W_l, w_l) for each block, then (B, K) logits. ``cfg.augmented_targets`` says
+  whether the block targets of an augmented view are mirrored with it ('flip') or also shifted
+  with its crop ('follow', :func:`decouple_jax.data.follow_views`); the logits have no layout.
   """
   if not model.detach_head:
     raise ValueError('the student needs AirbenchNet(detach_head=True): the head must sit '
@@ -74,8 +74,10 @@ def student_loss_fn(model: models.AirbenchNet, cfg: cfglib.StudentConfig) -> tra
     taps, updates = model.apply({'params': params, 'batch_stats': batch_stats}, batch.images,
                                 use_running_average=False, mutable=['batch_stats'])
     targets = batch.extras[:num_blocks]
-    if cfg.augmented_targets == 'flip' and batch.flipped is not None:
-      targets = [datalib.flip_with_mask(t, batch.flipped) for t in targets]
+    if batch.views is not None and cfg.augmented_targets == 'flip':
+      targets = [datalib.flip_with_mask(t, batch.views.flipped) for t in targets]
+    elif batch.views is not None and cfg.augmented_targets == 'follow':
+      targets = [datalib.follow_views(t, batch.views, batch.images.shape[1:3]) for t in targets]
     mse = {l: squared_error(taps[l], targets[l], cfg.mse_reduction) for l in range(num_blocks)}
     body = sum(cfg.mse_coef * mse[l] for l in blocks) / len(blocks)
     kl = kl_to_searched(batch.extras[-1], taps[-1])

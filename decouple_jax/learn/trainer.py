@@ -5,8 +5,8 @@ The training split lives on the device as uint8 (airbench): shuffling, augmentat
 normalisation run there. Each optimiser step is one jitted call, dispatched from a Python loop
 over the epoch's batches (:func:`make_step_fn` says why not a ``lax.scan``). Per-image side data
 (the searched targets) rides along, gathered at the same positions as the images, so an
-augmented view gets its image's targets; the batch says which views were mirrored, so a loss
-can mirror their targets too (``StudentConfig.augmented_targets``).
+augmented view gets its image's targets; the batch says how each view was cut and whether it
+was mirrored, so a loss can move the targets with it (``StudentConfig.augmented_targets``).
 
 A run in ``workdir`` is resumable: an Orbax checkpoint every ``checkpoint_every`` epochs holds
 the train state, the best-so-far (hold-out selected) weights and the history; restarting the
@@ -76,13 +76,13 @@ class Batch(NamedTuple):
   images: (B, H, W, C) float32, normalised (and augmented).
   labels: (B,) int32.
   extras: per-image side data gathered at the batch's positions (e.g. targets per layer).
-  flipped: (B,) bool, the views augmentation mirrored left-right (all False without it);
-    None in a batch built by hand, meaning none.
+  views: how augmentation made each image (:class:`decouple_jax.data.Views`); None without
+    augmentation or in a batch built by hand.
   """
   images: jax.Array
   labels: jax.Array
   extras: tuple
-  flipped: jax.Array | None = None
+  views: datalib.Views | None = None
 
 
 # loss_fn(params, batch_stats, batch) -> (loss, (new_batch_stats, metrics)); metrics is a dict
@@ -175,13 +175,12 @@ def make_step_fn(loss_fn: LossFn, tx: optax.GradientTransformation, cfg: TrainCo
     return loss * optim.GRAD_SCALE, (loss, batch_stats, metrics)
 
   def step(state: TrainState, images, labels, extras, idx, key):
-    x = images[idx]
-    flipped = jnp.zeros(idx.shape, bool)
+    x, views = images[idx], None
     if cfg.augment:
-      x, flipped = datalib.augment(key, x, pad=cfg.crop_pad, flip=cfg.flip)
+      x, views = datalib.augment(key, x, pad=cfg.crop_pad, flip=cfg.flip)
     x = jax.lax.with_sharding_constraint(datalib.normalize(x, mean, std), batch_sharding)
     batch = Batch(x, labels[idx], tuple(e[idx] for e in extras) if gather_extras else extras,
-                  flipped)
+                  views)
     (_, (loss, batch_stats, metrics)), grads = jax.value_and_grad(scaled_loss, has_aux=True)(
         state.params, state.batch_stats, batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
