@@ -25,7 +25,8 @@ class names (decoded once, then cached; ``data.verify`` does not apply to a fold
   paper's and labelled as such.
 - ``cpu_aug``: ``cpu`` with Table 2's augmentation, for SGD and both students (all layers
   and skip block 0); each image's cached target serves all its augmented views, as in the
-  paper.
+  paper (``student.augmented_targets='flip'`` mirrors them with the view instead: measured
+  worse, BENCHMARKS.md).
 - ``smoke``: seconds; for tests (use with a small archive made by the tests).
 """
 
