@@ -135,7 +135,9 @@ def augment(key: jax.Array, x: jax.Array, *, pad: int, flip: bool) -> tuple[jax.
   crop_key, flip_key = jax.random.split(key)
   offsets = random_offsets(crop_key, x.shape[0], pad)
   x = crop_with_offsets(x, offsets, pad)
-  flipped = random_flips(flip_key, x.shape[0]) if flip else jnp.zeros(x.shape[0], bool)
+  if not flip:
+    return x, Views(offsets - pad, jnp.zeros(x.shape[0], bool))
+  flipped = random_flips(flip_key, x.shape[0])
   return flip_with_mask(x, flipped), Views(offsets - pad, flipped)
 
 
