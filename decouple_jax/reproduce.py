@@ -261,13 +261,15 @@ def reproduce(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
       sgd_runs[convs][seed] = _sgd(runner, exp, ds, seed, convs, train_mesh)
 
   best_convs, selected_by = _sgd_selection(sgd_runs)
+  frozen = exp.sgd.frozen_blocks
+  name_of = lambda method: report.method_name(method, exp.search.method, frozen,
+                                              exp.student.augmented_targets)
   rows = []
   for method, runs, augment in (
       [('sgd', sgd_runs[best_convs], exp.sgd.train.augment)] +
       [(v, students[v], exp.student.train.augment) for v in rc.variants]):
     table, paper = report.paper_result(exp.data.name, method, augment)
-    name = report.method_name(method, exp.search.method, exp.sgd.frozen_blocks,
-                              exp.student.augmented_targets)
+    name = name_of(method)
     if name != report.METHOD_NAMES[method]:  # not the paper's method: no paper number
       paper = None
     rows.append({'method': method, 'name': name, 'augment': augment,
@@ -295,10 +297,7 @@ def reproduce(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
   if distributed.is_main():
     runlog.write_json(workdir / 'results.json', results)
     (workdir / 'table.md').write_text(report.format_table(results))
-    frozen = exp.sgd.frozen_blocks
-    name = lambda m: report.method_name(m, exp.search.method, frozen,
-                                        exp.student.augmented_targets)
-    curves = {f'{name(m)}, seed {s}': runlog.JsonLines(
+    curves = {f'{name_of(m)}, seed {s}': runlog.JsonLines(
         workdir / _run_name(s, m, best_convs, frozen) / 'metrics.jsonl').records()
               for s in exp.seeds for m in ('sgd', *rc.variants)}
     plots.plot_training_curves(curves, workdir / 'training_curves.png',

@@ -135,10 +135,11 @@ def augment(key: jax.Array, x: jax.Array, *, pad: int, flip: bool) -> tuple[jax.
   crop_key, flip_key = jax.random.split(key)
   offsets = random_offsets(crop_key, x.shape[0], pad)
   x = crop_with_offsets(x, offsets, pad)
-  if not flip:
-    return x, Views(offsets - pad, jnp.zeros(x.shape[0], bool))
-  flipped = random_flips(flip_key, x.shape[0])
-  return flip_with_mask(x, flipped), Views(offsets - pad, flipped)
+  flipped = jnp.zeros(x.shape[0], bool)
+  if flip:
+    flipped = random_flips(flip_key, x.shape[0])
+    x = flip_with_mask(x, flipped)
+  return x, Views(offsets - pad, flipped)
 
 
 def _reflect(index: jax.Array, size: int) -> jax.Array:
