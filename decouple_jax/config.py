@@ -749,7 +749,9 @@ class StudentConfig:
       image's cached targets unchanged; the paper), or beyond the paper, so that a target stays
       over the part of the view it was searched for: 'flip' (mirrored left-right when the
       view was; needs ``train.flip``) or 'follow' (also shifted with the view's crop, to the
-      nearest cell of each block's map).
+      nearest cell of each block's map; a shift under half a cell moves nothing, so on 32-pixel
+      CIFAR with 2-pixel crops only block 0's 15x15 map moves, and with skip_block0 'follow'
+      trains exactly as 'flip').
     device_targets_gb: keep the whole target store on the device when it needs at most this
       many GB; otherwise stream batches from disk with prefetch.
   """

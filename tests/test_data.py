@@ -672,3 +672,8 @@ def test_maps_follow_their_views(batch):
   expected = data.flip_with_mask(data.crop_with_offsets(maps, cells + 1, pad=1), how.flipped)
   np.testing.assert_array_equal(np.asarray(data.follow_views(maps, how, (32, 32))),
                                 np.asarray(expected))
+  # Under half a cell nothing moves: CIFAR's blocks 1-2 (7 and 3 cells) are only mirrored.
+  for cells in (7, 3):
+    maps = np.random.default_rng(cells).normal(size=(16, cells, cells, 3)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(data.follow_views(maps, how, (32, 32))),
+                                  np.asarray(data.flip_with_mask(maps, how.flipped)))
