@@ -37,6 +37,7 @@ from decouple_jax import config as cfglib
 from decouple_jax import data as datalib
 from decouple_jax import identity
 from decouple_jax import models
+from decouple_jax import report
 from decouple_jax import runlog
 from decouple_jax.mesh import mesh_1d
 from decouple_jax.analysis import plots
@@ -152,8 +153,8 @@ def run_feedback(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
       with axis 'batch'); default all.
 
   Returns:
-    The dict also written to ``workdir/results.json``: 'rounds' (each round's record, see
-    :func:`run_round`), 'sgd' (test and hold-out accuracy, training seconds), the config.
+    The dict also written to ``workdir/results.json``: 'student' (which student every round
+    trains, as a report names it), 'rounds' (each round's record, see :func:`run_round`), 'sgd' (test and hold-out accuracy, training seconds), the config.
   """
   workdir = pathlib.Path(workdir)
   devices = list(devices) if devices is not None else jax.devices()
@@ -172,6 +173,8 @@ def run_feedback(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
     previous = finished[1]
   results = {
       'name': exp.name, 'scale': exp.scale, 'train_images': len(ds.train_images),
+      'student': report.method_name(exp.student.variant, exp.search.method,
+                                    augmented_targets=exp.student.augmented_targets),
       'rounds': rounds,
       'sgd': {k: sgd_result[k] for k in ('test_accuracy', 'holdout_accuracy', 'train_seconds')},
       'config': cfglib.to_dict(exp),

@@ -70,7 +70,7 @@ def looped(mnist_dir, tmp_path_factory):
                          f'--workdir={workdir}'], cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert 'round 2 (warm): student test' in proc.stdout
+  assert 'round 2 (warm): Search-based (All layers) test' in proc.stdout
   return exp, workdir, runlog.read_json(workdir / 'results.json')
 
 
@@ -94,6 +94,9 @@ def test_two_rounds_run_and_record_every_number(looped):
   assert 0 <= results['sgd']['test_accuracy'] <= 1
   assert (workdir / 'feedback.png').exists()
   assert runlog.read_json(workdir / 'feedback.json')['rounds'] == [1, 2]
+  # The figure names the student every round trains, as a report row would.
+  assert results['student'] == 'Search-based (All layers)'
+  assert runlog.read_json(workdir / 'feedback.json')['student'] == results['student']
 
 
 def test_a_rounds_targets_have_the_next_students_tap_shapes(looped, mnist_dir):

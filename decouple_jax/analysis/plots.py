@@ -240,6 +240,7 @@ def plot_feedback(results: dict, path: str | pathlib.Path, about: dict) -> pathl
   rounds = results['rounds']
   x = [r['round'] for r in rounds]
   numbers = {
+      'student': results['student'],
       'rounds': x,
       'test_accuracy': [100 * r['test_accuracy'] for r in rounds],
       'holdout_accuracy': [None if r['holdout_accuracy'] is None else 100 * r['holdout_accuracy']
@@ -250,8 +251,8 @@ def plot_feedback(results: dict, path: str | pathlib.Path, about: dict) -> pathl
       'layers': list(rounds[0]['mean_best_loss']),
   }
   fig, (acc_ax, ce_ax) = plt.subplots(1, 2, figsize=(11, 4.2), layout='constrained')
-  acc_ax.plot(x, numbers['test_accuracy'], 'o-', label='search-based student, test')
-  acc_ax.plot(x, _nan_for_none(numbers['holdout_accuracy']), 's--', label='student, hold-out')
+  acc_ax.plot(x, numbers['test_accuracy'], 'o-', label=f'{results["student"]}, test')
+  acc_ax.plot(x, _nan_for_none(numbers['holdout_accuracy']), 's--', label='the same, hold-out')
   acc_ax.axhline(numbers['sgd_test_accuracy'], color='k', ls=':',
                  label=f'SGD, same network, test ({numbers["sgd_test_accuracy"]:.2f}%)')
   acc_ax.set_ylabel('accuracy (%)')
