@@ -154,7 +154,8 @@ def run_feedback(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
 
   Returns:
     The dict also written to ``workdir/results.json``: 'student' (which student every round
-    trains, as a report names it), 'rounds' (each round's record, see :func:`run_round`), 'sgd' (test and hold-out accuracy, training seconds), the config.
+    trains, as a report names it), 'rounds' (each round's record, see :func:`run_round`),
+    'sgd' (test and hold-out accuracy, training seconds), the config.
   """
   workdir = pathlib.Path(workdir)
   devices = list(devices) if devices is not None else jax.devices()

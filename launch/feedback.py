@@ -20,8 +20,8 @@ def main(argv):
   results = feedback.run_feedback(exp, _WORKDIR.value)
   sgd = 100 * results['sgd']['test_accuracy']
   for r in results['rounds']:
-    print(f"[{exp.name}, {exp.scale}] round {r['round']} ({r['start']}): "
-          f"{results['student']} test {100 * r['test_accuracy']:.2f}% (SGD, same network: {sgd:.2f}%); mean best CE "
+    print(f"[{exp.name}, {exp.scale}] round {r['round']} ({r['start']}): {results['student']} "
+          f"test {100 * r['test_accuracy']:.2f}% (SGD, same network: {sgd:.2f}%); mean best CE "
           + ' / '.join(f'{v:.3f}' for v in r['mean_best_loss'].values()))
   print(f'results in {_WORKDIR.value}/results.json and feedback.png')
 
