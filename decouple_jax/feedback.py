@@ -172,13 +172,13 @@ def run_feedback(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
     else:
       rounds.append(finished[0])
     previous = finished[1]
+  config = cfglib.to_dict(exp)
   results = {
       'name': exp.name, 'scale': exp.scale, 'train_images': len(ds.train_images),
-      'student': report.method_name(exp.student.variant, exp.search.method,
-                                    augmented_targets=exp.student.augmented_targets),
+      'student': report.run_method_name(exp.student.variant, config),
       'rounds': rounds,
       'sgd': {k: sgd_result[k] for k in ('test_accuracy', 'holdout_accuracy', 'train_seconds')},
-      'config': cfglib.to_dict(exp),
+      'config': config,
   }
   runlog.write_json(workdir / 'results.json', results)
   plots.plot_feedback(results, workdir / 'feedback.png',

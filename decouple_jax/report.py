@@ -38,6 +38,15 @@ def method_name(method: str, search_method: str = 'evolution',
   return name if search_method == 'evolution' else f'{name}, {search_method} control'
 
 
+def run_method_name(method: str, config: dict) -> str:
+  """:func:`method_name` of ``method`` in a run whose config is ``config`` (its ``to_dict``
+  form, as results files hold it): the one place that reads which of a run's fields name its
+  rows. Results written before a field existed lack it and ran with its default."""
+  return method_name(method, config['search']['method'],
+                     tuple(config['sgd'].get('frozen_blocks', ())),
+                     config['student'].get('augmented_targets', 'reuse'))
+
+
 def scale_label(scale: str) -> str:
   """``scale`` as printed next to every number: 'paper', or a visible 'scaled down' note."""
   return scale if scale == 'paper' or 'scaled down' in scale.lower() else f'scaled down: {scale}'
@@ -106,10 +115,7 @@ def format_table(results: dict) -> str:
             '| student | R^2 train | R^2 hold-out | p_hat = label | linear probe | KL head |',
             '|---|---|---|---|---|---|']
   search_method = results['config']['search']['method']
-  # results written before the field existed lack it, and reused their targets
-  targets = results['config']['student'].get('augmented_targets', 'reuse')
-  student_name = lambda variant: method_name(variant, search_method,
-                                             augmented_targets=targets)
+  student_name = lambda variant: run_method_name(variant, results['config'])
   for variant, s in results['students'].items():
     d = s['diagnostics']
     lines.append(f'| {student_name(variant)} | {_floats(d["r2_train"])} | '

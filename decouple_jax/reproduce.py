@@ -262,8 +262,8 @@ def reproduce(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
 
   best_convs, selected_by = _sgd_selection(sgd_runs)
   frozen = exp.sgd.frozen_blocks
-  name_of = lambda method: report.method_name(method, exp.search.method, frozen,
-                                              exp.student.augmented_targets)
+  config = cfglib.to_dict(exp)
+  name_of = lambda method: report.run_method_name(method, config)
   rows = []
   for method, runs, augment in (
       [('sgd', sgd_runs[best_convs], exp.sgd.train.augment)] +
@@ -292,7 +292,7 @@ def reproduce(exp: cfglib.ExperimentConfig, workdir: str | pathlib.Path, *,
                        'this_invocation': time.perf_counter() - t_start,
                        'per_run': runner.wall},
       'ran_this_invocation': runner.ran,
-      'config': cfglib.to_dict(exp),
+      'config': config,
   }
   if distributed.is_main():
     runlog.write_json(workdir / 'results.json', results)
